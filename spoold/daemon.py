@@ -1,0 +1,833 @@
+"""spoold, the daemon: the event loop that moves jobs through the spool.
+
+Owns: the loop (watchdog events, signals and timers wake it), applying the
+scheduler's decisions, recovery at start, requests, time limits and kills.
+
+Invariants:
+- Everything it knows is rebuilt from the spool at start; what it keeps in
+  memory (parsed-job cache, kill deadlines, the GPU readings) is a cache.
+- Events only wake the loop: each wake re-lists the folders that may have
+  changed, and a timer re-lists everything, because inotify can drop events.
+- Each state change is one rename; records are completed before the rename
+  that makes them final (running -> done/failed/cancelled), or right after the
+  rename for files that were never ours (pending -> failed/cancelled).
+- Nothing a job file contains can stop the loop: every per-job step is fenced,
+  and a failure ends that job with a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import logging
+import logging.handlers
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import job as jobmod
+from . import runner
+from . import spool as spoolmod
+from .gpus import GpuReading, busy_reason, open_source
+from .scheduler import Gpu, Request, Resources, Running, schedule
+from .spool import BadFile, Spool
+from .util import parse_size_mib
+
+log = logging.getLogger("spoold")
+
+SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
+RESCAN_S = 5.0  # full re-list of the spool even if no event came
+
+
+@dataclass
+class Options:
+    spool: Path
+    gpus: list[int] | None = None
+    max_pending: int = 10000
+    keep: int = 10000
+    limit: int | None = None
+    max_load: float = 0.1
+    max_memory: float = 0.1
+    poll: float = 1.0
+    fake_gpus: Path | None = None
+    cpus: int | None = None
+    mem: int | None = None
+    kill_grace: float = 10.0
+    host: str = field(default_factory=socket.gethostname)
+    default_time_limit: float | None = None
+
+
+@dataclass
+class Run:
+    """A running job of this host, as its record says."""
+
+    id: int
+    record: dict
+    pid: int | None = None
+    kill_at: float | None = None  # when to send KILL after TERM
+
+    def booking(self) -> Running:
+        r = self.record
+        limit, started = r.get("time_limit"), r.get("started_at")
+        return Running(id=self.id, gpus=tuple(r.get("assigned_gpus") or ()),
+                       gpu_mem=r.get("gpu_mem") or 0, cpus=tuple(r.get("assigned_cpus") or ()),
+                       mem=r.get("mem") or 0,
+                       ends_at=(started + limit) if limit and started else None,
+                       array_id=r.get("array_id") or 0)
+
+
+class Waker:
+    """A self-pipe: watchdog threads and signals make select() return."""
+
+    def __init__(self):
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.w, b"x")
+
+    def wait(self, timeout: float) -> None:
+        select.select([self.r], [], [], max(0.0, timeout))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.r, 4096):
+                pass
+
+
+class Daemon:
+    def __init__(self, opts: Options):
+        self.o = opts
+        self.spool = Spool(opts.spool)
+        self.waker = Waker()
+        self.runs: dict[int, Run] = {}
+        self.cache: dict[str, tuple[tuple, object]] = {}  # pending name -> (stat key, Job|str)
+        self.closed: set[str] = set()  # names closed after writing in pending/
+        self.readings: list[GpuReading] = []
+        self.next_poll = 0.0
+        self.next_rescan = 0.0
+        self.stop = False
+        self.dirty = True
+        self.uid = os.geteuid()
+        self.source = None
+        self.managed: list[int] = []
+        self.cpu_ids: tuple[int, ...] = ()
+        self.mem = 0
+        self.final_count = 0
+
+    # ---- start-up ------------------------------------------------------------
+    def lock(self) -> None:
+        self.spool.create()
+        fd = os.open(self.spool.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            raise SystemExit(f"spoold: another spoold (pid {other}) already runs the spool "
+                             f"{self.spool.root}; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd  # held for the daemon's life
+
+    def setup_resources(self) -> None:
+        self.source = open_source(self.o.fake_gpus)
+        self.readings = self.source.read() if self.source else []
+        found = [r.index for r in self.readings]
+        if self.o.gpus is not None:
+            missing = sorted(set(self.o.gpus) - set(found))
+            if missing:
+                log.warning("--gpus names GPU(s) %s that were not found; they count as busy",
+                            missing)
+            self.managed = list(self.o.gpus)
+        else:
+            self.managed = found
+        if self.source:
+            log.info("GPUs: %s; managing %s", self.source.description, self.managed or "none")
+        avail = sorted(os.sched_getaffinity(0))
+        self.cpu_ids = tuple(avail[: self.o.cpus] if self.o.cpus else avail)
+        phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+        self.mem = self.o.mem if self.o.mem is not None else phys
+        self.limit = self.o.limit if self.o.limit is not None else min(8, len(self.managed))
+        (self.spool.state / "max-pending").write_text(f"{self.o.max_pending}\n")
+
+    def recover(self) -> None:
+        """Rebuild everything from the spool after any kind of stop."""
+        now = time.time()
+        for p in self.spool.tmp.iterdir():
+            age = now - p.lstat().st_mtime
+            if age > 86400 or (p.name.startswith(".spoold.") and age > 60):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    log.info("removed stale tmp/%s", p.name)
+        for job_id in self.spool.list_ids("running"):
+            self.guard(job_id, self.recover_one, job_id)
+        live = set(self.spool.list_ids("running"))
+        for p in self.spool.state_run.iterdir():
+            stem = p.name.split(".")[0]
+            if stem.isdigit() and int(stem) not in live:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        self.final_count = sum(len(self.spool.list_ids(d)) for d in spoolmod.FINAL_DIRS)
+
+    def recover_one(self, job_id: int) -> None:
+        path = self.spool.record("running", job_id)
+        try:
+            rec = jobmod.load_record(spoolmod.read_untrusted(path))
+        except (BadFile, jobmod.JobError, ValueError) as e:
+            rec = {"id": job_id}
+            log.error("running/%s is unreadable (%s)", path.name, e)
+        if rec.get("host") not in (None, self.o.host):
+            return  # another host's job (shared spool)
+        state, code = runner.status(self.spool, job_id)
+        run = Run(job_id, rec, rec.get("pid"))
+        if state == "running":
+            log.info("job %d: adopted (its shepherd is alive)", job_id)
+            self.runs[job_id] = run
+            if rec.get("kill_reason"):
+                self.kill(run, rec["kill_reason"])
+        elif state == "exited":
+            self.runs[job_id] = run
+            self.finish(run, code)
+        elif state == "vanished":
+            self.runs[job_id] = run
+            self.finish(run, None)
+        else:  # claimed, never started: back in the queue, fields kept
+            prio = rec.get("priority")
+            prio = prio if isinstance(prio, int) and 0 <= prio <= 9999 else 10
+            os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
+            log.info("job %d: claimed but never started; put back in pending/", job_id)
+
+    # ---- the loop ------------------------------------------------------------
+    def run(self) -> None:
+        self.lock()
+        self.setup_logfile()
+        self.setup_resources()
+        self.recover()
+        observer = self.watch()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.waker.w, warn_on_full_buffer=False)
+        log.info("spoold %s on %s: host %s, %d GPU(s), %d CPU(s), %d MiB", _version(),
+                 self.spool.root, self.o.host, len(self.managed), len(self.cpu_ids), self.mem)
+        self.tick()
+        _sd_notify("READY=1")
+        try:
+            while not self.stop:
+                self.waker.wait(self.timeout())
+                if self.stop:
+                    break
+                self.tick()
+        finally:
+            observer.stop()
+            log.info("spoold stopping; %d running job(s) keep running and will be adopted "
+                     "by the next spoold", len(self.runs))
+
+    def setup_logfile(self) -> None:
+        """The daemon's own log, in the spool: the old tool's first TODO."""
+        h = logging.handlers.RotatingFileHandler(self.spool.daemon_log, maxBytes=1 << 20,
+                                                 backupCount=3)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(h)
+
+    def _on_stop(self, signum, _frame) -> None:
+        self.stop = True
+
+    def timeout(self) -> float:
+        now = time.time()
+        t = min(self.next_poll, self.next_rescan)
+        for run in self.runs.values():
+            if run.kill_at:
+                t = min(t, run.kill_at)
+            b = run.booking()
+            if b.ends_at and not run.record.get("kill_reason"):
+                t = min(t, b.ends_at)
+        if self.pending_unsettled:
+            t = min(t, now + 0.5)
+        return t - now
+
+    pending_unsettled = False
+
+    def watch(self):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                dest = getattr(event, "dest_path", "") or ""
+                for path, kind in ((event.src_path, event.event_type), (dest, "moved_to")):
+                    if not path:
+                        continue
+                    p = Path(os.fsdecode(path))
+                    if p.parent == daemon.spool.pending:
+                        if kind == "closed":
+                            daemon.closed.add(p.name)
+                        elif kind in ("modified", "created", "moved_to"):
+                            daemon.closed.discard(p.name)
+                daemon.dirty = True
+                daemon.waker.wake()
+
+        obs = Observer()
+        handler = Handler()
+        for d in (self.spool.pending, self.spool.requests, self.spool.state_run, self.spool.tmp):
+            obs.schedule(handler, str(d), recursive=False)
+        obs.daemon = True
+        obs.start()
+        return obs
+
+    def guard(self, job_id: int, fn, *args) -> None:
+        """Run one job's step; a failure there never takes the daemon down."""
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("job %s: unexpected error (the daemon carries on)", job_id)
+
+    def tick(self) -> None:
+        now = time.time()
+        runner.reap()
+        if now >= self.next_poll:
+            self.poll_gpus()
+            self.next_poll = now + self.o.poll
+        full = now >= self.next_rescan
+        if full:
+            self.next_rescan = now + RESCAN_S
+        self.handle_requests()
+        for run in list(self.runs.values()):
+            self.guard(run.id, self.check_run, run, now)
+        self.dirty = False
+        self.schedule_pass(time.time())
+
+    # ---- GPUs ----------------------------------------------------------------
+    def poll_gpus(self) -> None:
+        if self.source is None:
+            return
+        try:
+            self.readings = self.source.read()
+        except Exception as e:  # a broken driver must not stop the queue
+            log.warning("GPU reading failed: %s", e)
+            self.readings = [GpuReading(index=i, error=str(e)) for i in self.managed]
+        snap = [r.as_dict() | {"busy": busy_reason(r, self.o.max_load, self.o.max_memory)}
+                for r in self.gpu_views()]
+        data = jobmod.dump({"host": self.o.host, "time": time.time(), "gpus": snap,
+                            "max_load": self.o.max_load, "max_memory": self.o.max_memory,
+                            "cpus": len(self.cpu_ids), "mem": self.mem, "limit": self.limit})
+        with contextlib.suppress(OSError):
+            self.spool.replace_atomic(self.spool.gpu_snapshot, data, sync=False)
+
+    def gpu_views(self) -> list[GpuReading]:
+        by_index = {r.index: r for r in self.readings}
+        return [by_index.get(i, GpuReading(index=i, error="GPU not found"))
+                for i in self.managed]
+
+    def resources(self) -> Resources:
+        gpus = []
+        for r in self.gpu_views():
+            why = busy_reason(r, self.o.max_load, self.o.max_memory)
+            gpus.append(Gpu(r.index, why, r.memory_total, r.memory_used, failed=bool(r.error)
+                            or r.memory_total is None))
+        return Resources(gpus=tuple(gpus), cpus=self.cpu_ids, mem=self.mem, limit=self.limit,
+                         host=self.o.host, paused=self.spool.paused_flag.exists())
+
+    # ---- pending ---------------------------------------------------------------
+    def load_pending(self, name: str, now: float):
+        """The parsed Job, a reason string if it is bad, or None if not complete yet."""
+        path = self.spool.pending / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
+        hit = self.cache.get(name)
+        if hit and hit[0] == key:
+            return hit[1]
+        try:
+            try:
+                raw = spoolmod.read_untrusted(path, check_closed=True)
+            except spoolmod.LeaseUnsupported:
+                # No way to see the writer: wait for its close event or 2 s of quiet.
+                if name not in self.closed and now - st.st_mtime < SETTLE_S:
+                    self.pending_unsettled = True
+                    return None
+                raw = spoolmod.read_untrusted(path)
+            job = jobmod.parse(raw)
+            if not self.owner_ok(st.st_uid):
+                job = f"file owned by uid {st.st_uid}; this spoold runs as uid {self.uid} " \
+                      "and runs only its own user's files"
+        except spoolmod.StillOpen:
+            self.pending_unsettled = True
+            return None  # being written in place: its close wakes us
+        except (BadFile, jobmod.JobError) as e:
+            job = str(e)
+        except FileNotFoundError:
+            return None
+        self.cache[name] = (key, job)
+        return job
+
+    def owner_ok(self, uid: int) -> bool:
+        return self.uid == 0 or uid == self.uid
+
+    def queue(self, names: list, bad: list, now: float):
+        """Requests in queue order, parsed lazily as the scheduler asks."""
+        for p in names:
+            if not p.has_id:
+                continue
+            job = self.load_pending(p.name, now)
+            if job is None:
+                continue
+            if isinstance(job, str):
+                bad.append((p, job))
+                continue
+            self.by_id[p.job_id] = (p, job)
+            yield Request(id=p.job_id, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus,
+                          mem=job.mem, time_limit=job.time_limit or self.o.default_time_limit,
+                          after=tuple(job.after), held=job.hold,
+                          array_id=job.get("array_id") or 0,
+                          array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"))
+
+    def schedule_pass(self, now: float) -> None:
+        self.pending_unsettled = False
+        names = self.spool.list_pending()
+        self.name_foreign(names, now)
+        names = self.spool.list_pending() if any(not p.has_id for p in names) else names
+        live = {p.name for p in names}
+        for k in [k for k in self.cache if k not in live]:
+            del self.cache[k]
+        self.closed &= live
+        self.pending_ids = {p.job_id: p for p in names if p.has_id}
+        self.by_id: dict[int, tuple] = {}
+        bad: list = []
+        deps = _DepStates(self)
+        decision = schedule(self.queue(names, bad, now), [r.booking() for r in self.runs.values()],
+                            self.resources(), now, deps)
+        for p, reason in bad:
+            self.guard(p.job_id, self.reject_file, p, reason)
+        for job_id, reason in decision.reject.items():
+            self.guard(job_id, self.end_pending, job_id, "failed", reason)
+        for job_id, reason in decision.cancel.items():
+            self.guard(job_id, self.end_pending, job_id, "cancelled", reason)
+        for s in decision.start:
+            self.guard(s.id, self.start, s)
+
+    def name_foreign(self, names: list, now: float) -> None:
+        """Give files dropped without an id one, by renaming them (content kept)."""
+        count = sum(1 for p in names if p.has_id)
+        for p in names:
+            if p.has_id:
+                continue
+            job = self.load_pending(p.name, now)
+            if job is None:
+                continue
+            if isinstance(job, jobmod.Job) and "priority" in job.data and not p.name[0].isdigit():
+                prio = job.priority
+            else:
+                prio = p.priority if p.priority <= 9999 else 10
+            target = self.rename_with_new_id(p.name, prio)
+            if target is None:
+                continue
+            new_id = target.job_id
+            log.info("pending/%s: dropped without an id; now job %d (%s)", p.name, new_id,
+                     target.name)
+            if isinstance(job, str) or count >= self.o.max_pending:
+                reason = job if isinstance(job, str) else (
+                    f"queue full: {count} jobs pending (spoold --max-pending)")
+                self.guard(new_id, self.reject_file, target, reason, p.name)
+            else:
+                count += 1
+                self.cache.pop(p.name, None)
+
+    def rename_with_new_id(self, name: str, prio: int):
+        """pending/<name> -> pending/<prio>-<fresh id>.yaml, never over another file."""
+        while True:
+            new_id = self.spool.allocate_ids(1)
+            target = spoolmod.PendingName(prio, new_id, spoolmod.pending_name(prio, new_id))
+            try:
+                spoolmod.move_noreplace(self.spool.pending / name, self.spool.pending / target.name)
+                return target
+            except FileExistsError:
+                continue  # someone wrote that name by hand: take the next id
+            except FileNotFoundError:
+                return None
+
+    def reject_file(self, p, reason: str, original: str | None = None) -> None:
+        """A pending entry that is not a valid job: keep its bytes, record why."""
+        src = self.spool.pending / p.name
+        try:
+            os.rename(src, self.spool.rejected_copy(p.job_id))  # as it is: link, fifo, dir
+        except FileNotFoundError:
+            return
+        rec = {"id": p.job_id, "original_name": original or p.name,
+               "reason": f"rejected: {reason}", "ended_at": time.time()}
+        self.spool.create_atomic(self.spool.record("failed", p.job_id), jobmod.dump(rec))
+        self.final_count += 1
+        log.warning("job %d (pending/%s) rejected: %s; original kept as failed/%d.orig",
+                    p.job_id, p.name, reason, p.job_id)
+
+    def end_pending(self, job_id: int, state: str, reason: str) -> None:
+        """pending -> failed/ or cancelled/ by one rename, then the reason."""
+        p = self.pending_ids.get(job_id)
+        if p is None:
+            return
+        dest = self.spool.record(state, job_id)
+        try:
+            spoolmod.move_noreplace(self.spool.pending / p.name, dest)
+        except FileNotFoundError:
+            return
+        except FileExistsError:
+            log.error("job %d: %s already exists; leaving pending/%s", job_id, dest, p.name)
+            return
+        data = jobmod.load_record(spoolmod.read_untrusted(dest))
+        data.update(id=job_id, ended_at=time.time(), reason=reason)
+        self.spool.replace_atomic(dest, jobmod.dump(data))
+        self.final_count += 1
+        log.info("job %d -> %s/: %s", job_id, state, reason)
+        self.prune()
+
+    # ---- start -------------------------------------------------------------------
+    def start(self, s) -> None:
+        p, cached = self.by_id[s.id]
+        if self.duplicate(s.id):
+            target = self.rename_with_new_id(p.name, p.priority)
+            if target:
+                log.warning("job %d: id already used in the spool; renamed to job %d", s.id,
+                            target.job_id)
+            return
+        path = self.spool.record("running", s.id)
+        try:
+            os.rename(self.spool.pending / p.name, path)  # the claim
+        except FileNotFoundError:
+            return  # cancelled or re-prioritised meanwhile
+        spoolmod.fsync_dir(self.spool.running)
+        try:
+            fd_st = os.lstat(path)
+            job = jobmod.parse(spoolmod.read_untrusted(path))
+        except (BadFile, jobmod.JobError) as e:
+            self.finish_claimed(s.id, path, "failed", f"rejected: {e}")
+            return
+        if (job.gpus, job.gpu_mem, job.cpus, job.mem) != (cached.gpus, cached.gpu_mem,
+                                                          cached.cpus, cached.mem):
+            os.rename(path, self.spool.pending / p.name)  # changed under us: decide again
+            return
+        uid = fd_st.st_uid
+        if uid == self.uid and isinstance(job.get("uid"), int):
+            uid = job.get("uid")  # a record we rewrote ourselves keeps its owner
+        if not self.owner_ok(uid):
+            self.finish_claimed(s.id, path, "failed", f"rejected: file owned by uid {uid}; "
+                                f"this spoold (uid {self.uid}) runs only its own files")
+            return
+        now = time.time()
+        rec = dict(job.data)
+        rec.update(id=s.id, uid=uid, host=self.o.host, claimed_at=now,
+                   assigned_gpus=list(s.gpus), assigned_cpus=list(s.cpus))
+        rec.setdefault("submitted_at", fd_st.st_mtime)
+        rec.setdefault("user", runner.creds_for(uid).name)
+        if job.time_limit is None and self.o.default_time_limit:
+            rec["time_limit"] = self.o.default_time_limit
+        for k in ("pid", "started_at", "ended_at", "exit_code", "reason", "kill_reason"):
+            rec.pop(k, None)
+        self.spool.replace_atomic(path, jobmod.dump(rec))
+        creds = runner.creds_for(uid) if self.uid == 0 else None
+        job.id = s.id
+        log_path = Path(job.get("log")) if job.get("log") else self.spool.log_path(s.id)
+        try:
+            pid = runner.launch(self.spool, job, s.gpus, s.cpus, creds, log_path)
+        except OSError as e:
+            self.finish_claimed(s.id, path, "failed", f"could not start: {e}")
+            return
+        rec.update(pid=pid, started_at=time.time())
+        self.spool.replace_atomic(path, jobmod.dump(rec), sync=False)
+        self.runs[s.id] = Run(s.id, rec, pid)
+        log.info("job %d started on GPU(s) %s (shepherd pid %d)", s.id, list(s.gpus) or "none",
+                 pid)
+
+    def duplicate(self, job_id: int) -> bool:
+        return job_id in self.runs or any(
+            self.spool.record(d, job_id).exists() for d in ("running", *spoolmod.FINAL_DIRS))
+
+    def finish_claimed(self, job_id: int, path: Path, state: str, reason: str) -> None:
+        try:
+            data = jobmod.load_record(spoolmod.read_untrusted(path))
+        except (BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
+            os.rename(path, self.spool.rejected_copy(job_id))
+            data = {"id": job_id}
+        data.update(id=job_id, ended_at=time.time(), reason=reason)
+        if path.exists():
+            self.spool.replace_atomic(path, jobmod.dump(data))
+            spoolmod.move_noreplace(path, self.spool.record(state, job_id))
+        else:
+            self.spool.create_atomic(self.spool.record(state, job_id), jobmod.dump(data))
+        self.final_count += 1
+        log.warning("job %d -> %s/: %s", job_id, state, reason)
+
+    # ---- running -------------------------------------------------------------------
+    def check_run(self, run: Run, now: float) -> None:
+        state, code = runner.status(self.spool, run.id)
+        if state == "exited":
+            self.finish(run, code)
+            return
+        if state != "running":
+            self.finish(run, None)
+            return
+        if run.kill_at and now >= run.kill_at:
+            n = runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
+            log.info("job %d: grace over, KILL sent to %d process(es)", run.id, n)
+            run.kill_at = None
+        b = run.booking()
+        if b.ends_at and now >= b.ends_at and not run.record.get("kill_reason"):
+            self.kill(run, "time limit")
+
+    def kill(self, run: Run, reason: str) -> None:
+        if not run.record.get("kill_reason"):
+            run.record["kill_reason"] = reason
+            self.spool.replace_atomic(self.spool.record("running", run.id),
+                                      jobmod.dump(run.record))
+        n = runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGTERM)
+        run.kill_at = time.time() + self.o.kill_grace
+        log.info("job %d: %s: TERM sent to %d process(es), KILL in %gs", run.id, reason, n,
+                 self.o.kill_grace)
+
+    def finish(self, run: Run, code: int | None) -> None:
+        rec = run.record
+        kill_reason = rec.get("kill_reason")
+        ended = time.time()
+        if code is not None:  # the status was written as the job ended
+            with contextlib.suppress(FileNotFoundError):
+                ended = self.spool.run_lock(run.id).stat().st_mtime
+        if code is None:
+            state = "failed"
+            reason = ("job processes vanished while spoold was not watching them "
+                      "(reboot, OOM killer, or kill -9 of the whole tree)")
+        elif kill_reason == "time limit":
+            state = "failed"
+            reason = f"time limit ({rec.get('time_limit'):g}s) exceeded; exit code {code}"
+        elif kill_reason:
+            state, reason = "cancelled", f"{kill_reason}; exit code {code}"
+        elif code == 0:
+            state, reason = "done", None
+        else:
+            state = "failed"
+            reason = (f"killed by signal {code - 128}" if code > 128
+                      else f"exit code {code}")
+        rec.update(ended_at=ended)
+        if code is not None:
+            rec["exit_code"] = code
+        if reason:
+            rec["reason"] = reason
+        path = self.spool.record("running", run.id)
+        self.spool.replace_atomic(path, jobmod.dump(rec))
+        try:
+            spoolmod.move_noreplace(path, self.spool.record(state, run.id))
+        except FileExistsError:
+            log.error("job %d: %s/%d.yaml exists already; record left in running/", run.id,
+                      state, run.id)
+            return
+        spoolmod.fsync_dir(self.spool.dir(state))
+        # Leftovers (daemonised children) would hold the GPUs the next job gets.
+        runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
+        runner.clear(self.spool, run.id)
+        self.runs.pop(run.id, None)
+        self.final_count += 1
+        log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
+                 f": {reason}" if reason else "")
+        self.prune()
+
+    def prune(self) -> None:
+        """--keep: drop the oldest finished records (by end time) beyond the limit."""
+        excess = self.final_count - self.o.keep
+        if excess <= 0:
+            return
+        entries = []
+        for d in spoolmod.FINAL_DIRS:
+            with os.scandir(self.spool.dir(d)) as it:
+                for e in it:
+                    job_id = spoolmod.parse_record_name(e.name)
+                    if job_id is not None:
+                        entries.append((e.stat(follow_symlinks=False).st_mtime, job_id, d))
+        entries.sort()
+        drop = entries[: max(excess, len(entries) - self.o.keep)]
+        for _, job_id, d in drop:
+            for p in (self.spool.record(d, job_id), self.spool.log_path(job_id),
+                      self.spool.rejected_copy(job_id)):
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(p)
+        self.final_count = len(entries) - len(drop)
+
+    # ---- requests --------------------------------------------------------------------
+    def handle_requests(self) -> None:
+        for name in self.spool.list_requests():
+            self.guard(None, self.handle_request, name)
+
+    def handle_request(self, name: str) -> None:
+        path = self.spool.requests / name
+        parsed = spoolmod.parse_request_name(name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if parsed is None:
+            log.warning("requests/%s: not a request (kill-ID, cancel-ID, hold-ID, release-ID,"
+                        " pause, resume); removed", name)
+        elif not self.owner_ok(st.st_uid):
+            log.warning("requests/%s: owned by uid %d, not ours; removed", name, st.st_uid)
+        else:
+            kind, job_id = parsed
+            self.apply_request(kind, job_id)
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(path)
+
+    def apply_request(self, kind: str, job_id: int | None) -> None:
+        if kind == "pause":
+            self.spool.paused_flag.touch()
+            log.info("queue paused; running jobs continue")
+            return
+        if kind == "resume":
+            with contextlib.suppress(FileNotFoundError):
+                self.spool.paused_flag.unlink()
+            log.info("queue resumed")
+            return
+        run = self.runs.get(job_id)
+        if run is not None:
+            if kind == "kill":
+                self.kill(run, "killed on request")
+            else:
+                log.info("job %d is running: %s request ignored (gkill kills it)", job_id, kind)
+            return
+        p = {q.job_id: q for q in self.spool.list_pending()}.get(job_id)
+        if p is None:
+            where = next((d for d in ("running", *spoolmod.FINAL_DIRS)
+                          if self.spool.record(d, job_id).exists()), None)
+            log.info("%s request for job %d ignored: %s", kind, job_id,
+                     f"it is in {where}/" if where else "no such job")
+            return
+        if kind in ("kill", "cancel"):
+            job = self.load_pending(p.name, time.time() + SETTLE_S)
+            if isinstance(job, str):
+                self.reject_file(p, job)
+                return
+            self.pending_ids = {p.job_id: p}
+            self.end_pending(job_id, "cancelled", f"{kind} requested before it started")
+        else:
+            self.set_hold(p, kind == "hold")
+
+    def set_hold(self, p, hold: bool) -> None:
+        path = self.spool.pending / p.name
+        job = jobmod.parse(spoolmod.read_untrusted(path))
+        st = os.lstat(path)
+        data = dict(job.data)
+        data["hold"] = hold
+        data.setdefault("uid", st.st_uid)
+        self.spool.replace_atomic(path, jobmod.dump(data))
+        log.info("job %d %s", p.job_id, "held" if hold else "released")
+
+
+class _DepStates:
+    """Mapping id -> state for --after, looked up only for ids a job names."""
+
+    def __init__(self, d: Daemon):
+        self.d = d
+
+    def get(self, job_id: int, default=None):
+        if job_id in self.d.runs:
+            return "running"
+        if job_id in self.d.pending_ids:
+            return "pending"
+        for state in (*spoolmod.FINAL_DIRS, "running"):
+            if self.d.spool.record(state, job_id).exists():
+                return state
+        return default
+
+
+def _sd_notify(msg: str) -> None:
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(msg.encode())
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("spoold")
+    except Exception:
+        return "dev"
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    ap = argparse.ArgumentParser(
+        prog="spoold", description="Run GPU jobs from a spool directory (foreground daemon).",
+        epilog="Example: spoold --gpus 0 1 --max-load 0.2 &   then   gsub -n 1 python train.py")
+    ap.add_argument("--spool", type=Path, default=None,
+                    help="spool directory (default: $SPOOLD_SPOOL, else ~/.local/share/spoold)")
+    ap.add_argument("--gpus", nargs="+", default=None,
+                    help="GPU indices to manage, e.g. --gpus 0 1 or --gpus 0,1 (default: all)")
+    ap.add_argument("--max-pending", type=int, default=10000, help="queue length cap (10000)")
+    ap.add_argument("--keep", type=int, default=10000, help="finished records kept (10000)")
+    ap.add_argument("--limit", type=int, default=None, help="GPUs per job (min(8, #gpus))")
+    ap.add_argument("--max-load", type=float, default=0.1,
+                    help="a GPU is busy at this utilisation fraction or more (0.1)")
+    ap.add_argument("--max-memory", type=float, default=0.1,
+                    help="a GPU is busy at this memory-used fraction or more (0.1)")
+    ap.add_argument("--poll", type=float, default=1.0, help="seconds between GPU readings (1)")
+    ap.add_argument("--fake-gpus", type=Path, default=None, metavar="FILE",
+                    help="read GPUs from a YAML file instead of NVML (tests, demos)")
+    ap.add_argument("--cpus", type=int, default=None, help="CPUs to hand out (all online)")
+    ap.add_argument("--mem", default=None, help="memory to hand out, e.g. 64G (physical)")
+    ap.add_argument("--kill-grace", type=float, default=10.0,
+                    help="seconds between TERM and KILL (10)")
+    ap.add_argument("--host", default=socket.gethostname(), help="host name to record")
+    ap.add_argument("--default-time-limit", default=None, metavar="DURATION",
+                    help="time limit for jobs submitted without -t (none)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    a = ap.parse_args(argv)
+    gpus = None
+    if a.gpus is not None:
+        try:
+            gpus = sorted({int(x) for g in a.gpus for x in g.split(",") if x})
+        except ValueError:
+            ap.error(f"--gpus takes GPU indices, got {' '.join(a.gpus)!r}")
+    from .util import parse_duration
+
+    try:
+        mem = parse_size_mib(a.mem) if a.mem else None
+        dtl = parse_duration(a.default_time_limit) if a.default_time_limit else None
+    except ValueError as e:
+        ap.error(str(e))
+    for name in ("max_pending", "keep", "poll", "kill_grace"):
+        if getattr(a, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive")
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s spoold[%(process)d] %(levelname)s %(message)s")
+    return Options(spool=(a.spool or spoolmod.default_spool()).absolute(), gpus=gpus,
+                   max_pending=a.max_pending, keep=a.keep, limit=a.limit, max_load=a.max_load,
+                   max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
+                   mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl)
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        Daemon(opts).run()
+    except SystemExit:
+        raise
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EROFS, errno.ENOSPC):
+            print(f"spoold: {e}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

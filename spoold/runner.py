@@ -1,0 +1,215 @@
+"""Starting jobs under a shepherd, telling live jobs from dead ones, killing trees.
+
+Owns: the shepherd (one line of ``sh``: a shell, not a Python interpreter),
+the job's environment, and process-tree signalling.
+
+Invariants:
+- ``state/run/<id>.lock`` is created just before the shepherd starts, and its
+  existence proves the job may have started (its absence: it never did, so it
+  may go back to pending/). The shepherd gets it as stdin, opened read-write,
+  holds an flock on it for its whole life, and as its last act writes the
+  job's exit status (``$?``: 128+N for signal N) into it.
+  Lock held = running; lock free + status written = finished; lock free +
+  empty = vanished. No pid is ever trusted on its own.
+- The job itself does not inherit that descriptor (its stdin is /dev/null), so
+  a job's daemonised leftovers cannot keep the lock alive.
+- A job's processes are found by ``SPOOLD_JOB_ID`` + ``SPOOLD_SPOOL`` in their
+  environment, and by the shepherd's session: that catches children that
+  called setsid() too. The shepherd is never signalled, so it can always
+  record how the job ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SH = "/bin/sh"
+# stdin is the locked run file; the exit status goes there when the job ends.
+SHEPHERD = '"$@" </dev/null; printf "%s\\n" $? >&0'
+CRON_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Creds:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    home: str
+
+
+def creds_for(uid: int) -> Creds:
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return Creds(uid, uid, (), str(uid), "/")
+    groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    return Creds(uid, pw.pw_gid, groups, pw.pw_name, pw.pw_dir)
+
+
+def default_shell() -> str:
+    return shutil.which("bash") or SH
+
+
+def job_argv(job) -> list[bytes]:
+    """The exact argv, bytes for bytes: argv as given, or cmd under a shell."""
+    if job.argv is not None:
+        return [os.fsencode(a) for a in job.argv]
+    shell = job.get("shell") or default_shell()
+    return [os.fsencode(shell), b"-c", os.fsencode(job.cmd)]
+
+
+def job_env(job, spool_root: Path, gpus: tuple[int, ...], creds: Creds | None) -> dict:
+    env = dict(job.env) if job.env is not None else _cron_env(creds)
+    if creds is not None and os.geteuid() == 0:
+        # As root the identity comes from the file's owner, never from the file.
+        env.update(USER=creds.name, LOGNAME=creds.name, HOME=creds.home)
+    visible = ",".join(map(str, gpus))
+    env.update({
+        "CUDA_VISIBLE_DEVICES": visible,
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA's numbering = NVML's
+        "SPOOLD_JOB_ID": str(job.id),
+        "SPOOLD_GPUS": visible,
+        "SPOOLD_SPOOL": str(spool_root),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if job.get("array_index") is not None:
+        env["SPOOLD_ARRAY_INDEX"] = str(job.get("array_index"))
+    return env
+
+
+def _cron_env(creds: Creds | None) -> dict:
+    """What cron gives a job: a file dropped without env: gets this much."""
+    c = creds or creds_for(os.getuid())
+    return {"PATH": CRON_PATH, "HOME": c.home, "USER": c.name, "LOGNAME": c.name,
+            "SHELL": SH, "LANG": "C.UTF-8"}
+
+
+def launch(spool, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
+           creds: Creds | None, log_path: Path) -> int:
+    """Start ``job`` under a shepherd; return the shepherd's pid.
+
+    Raises OSError (cwd missing, log not writable, exec failed) with nothing
+    started; the caller records the reason."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+    root = os.geteuid() == 0
+    try:
+        if root and creds is not None:
+            os.fchown(log_fd, creds.uid, creds.gid)
+        kw = {}
+        if root and creds is not None and creds.uid != 0:
+            kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
+        cwd = job.get("cwd") or (creds.home if creds else os.path.expanduser("~"))
+        if not os.path.isdir(cwd):
+            raise FileNotFoundError(errno.ENOENT, "working directory does not exist", cwd)
+        run_path = spool.run_lock(job.id)
+        run_fd = os.open(run_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        old_mask = os.sched_getaffinity(0) if cpus else None
+        try:
+            fcntl.flock(run_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if cpus:  # the child inherits this thread's mask: no preexec_fn needed
+                os.sched_setaffinity(0, cpus)
+            proc = subprocess.Popen(
+                [SH, "-c", SHEPHERD, "spoold-shepherd", *job_argv(job)],
+                stdin=run_fd, stdout=log_fd, stderr=log_fd, cwd=cwd,
+                env=job_env(job, spool.root, gpus, creds), start_new_session=True, **kw)
+        except BaseException:
+            # Nothing runs: remove the marker so the job counts as never started.
+            with contextlib.suppress(OSError):
+                os.unlink(run_path)
+            raise
+        finally:
+            os.close(run_fd)  # the shepherd's copy now holds the lock alone
+            if old_mask is not None:
+                os.sched_setaffinity(0, old_mask)
+        _children[proc.pid] = proc
+        return proc.pid
+    finally:
+        os.close(log_fd)
+
+
+# Shepherds started by this daemon, kept only so they are reaped (no zombies).
+_children: dict[int, subprocess.Popen] = {}
+
+
+def reap() -> None:
+    for pid, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[pid]
+
+
+def status(spool, job_id: int) -> tuple[str, int | None]:
+    """('running', None), ('exited', code), ('vanished', None) or ('unstarted', None)."""
+    try:
+        fd = os.open(spool.run_lock(job_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "unstarted", None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "running", None
+        text = os.read(fd, 64).strip()
+    finally:
+        os.close(fd)  # closing drops our probe lock at once
+    if text.isdigit():
+        return "exited", int(text)
+    return "vanished", None
+
+
+def clear(spool, job_id: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(spool.run_lock(job_id))
+
+
+def job_pids(spool_root: Path, job_id: int, shepherd: int | None) -> set[int]:
+    """Every process of the job: by environment marker, and by session."""
+    want_id = b"SPOOLD_JOB_ID=%d\0" % job_id
+    want_spool = b"SPOOLD_SPOOL=" + os.fsencode(str(spool_root)) + b"\0"
+    me = os.getpid()
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in (me, shepherd):
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = b"\0" + f.read()
+            if b"\0" + want_id in env and b"\0" + want_spool in env:
+                found.add(pid)
+                continue
+            if shepherd:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[3]) == shepherd:  # session id
+                    found.add(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def signal_job(spool_root: Path, job_id: int, shepherd: int | None, sig: int) -> int:
+    """Send ``sig`` to every process of the job; return how many got it."""
+    n = 0
+    for pid in job_pids(spool_root, job_id, shepherd):
+        try:
+            os.kill(pid, sig)
+            n += 1
+        except OSError as e:
+            if e.errno not in (errno.ESRCH, errno.EPERM):
+                raise
+    return n
+
+

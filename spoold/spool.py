@@ -1,0 +1,392 @@
+"""The spool on disk: the only module that knows folder and file names.
+
+Owns: the layout (``tmp/ pending/ running/ done/ failed/ cancelled/ requests/
+logs/ state/``), the name patterns, id allocation, safe reads of untrusted
+files and every rename that changes a job's state.
+
+Invariants:
+- A job's state is the folder its file is in; every state change is one
+  rename(2) inside the spool (one filesystem, so rename is atomic).
+- Files are written in ``tmp/`` (daemon files start with ``.spoold.``),
+  fsynced, then renamed into place: readers never see half a record.
+- Final moves never overwrite an existing record (``move_noreplace``).
+- Untrusted files are opened with O_NOFOLLOW|O_NONBLOCK, checked to be regular
+  files with fstat on the open descriptor, and read only up to ``MAX_JOB_BYTES``.
+- Ids come from ``state/next-id`` under flock on ``state/next-id.lock``; the
+  shell tools in ``bin/`` follow the same protocol byte for byte.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_JOB_BYTES = 1 << 20
+DEFAULT_PRIORITY = 10
+MAX_PRIORITY = 9999
+
+JOB_DIRS = ("pending", "running", "done", "failed", "cancelled")
+FINAL_DIRS = ("done", "failed", "cancelled")
+ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run")
+
+_PENDING_RE = re.compile(r"^(\d{1,4})-0*(\d+)\.yaml$")
+_FOREIGN_PRIO_RE = re.compile(r"^(\d{1,4})-.*\.yaml$")
+_RECORD_RE = re.compile(r"^0*(\d+)\.yaml$")
+_REQUEST_RE = re.compile(r"^([a-z]+)-0*(\d+)$")
+REQUEST_KINDS = ("kill", "cancel", "hold", "release")
+QUEUE_REQUESTS = ("pause", "resume")
+
+
+def default_spool() -> Path:
+    """The spool every tool uses without --spool: $SPOOLD_SPOOL, else per user."""
+    env = os.environ.get("SPOOLD_SPOOL")
+    if env:
+        return Path(env).absolute()
+    return Path.home() / ".local" / "share" / "spoold"
+
+
+def pending_name(priority: int, job_id: int) -> str:
+    return f"{priority:04d}-{job_id:08d}.yaml"
+
+
+def record_name(job_id: int) -> str:
+    return f"{job_id}.yaml"
+
+
+def parse_record_name(name: str) -> int | None:
+    m = _RECORD_RE.match(name)
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else None
+
+
+@dataclass(frozen=True, order=True)
+class PendingName:
+    """A name in pending/; sorts in queue order (priority, then id)."""
+
+    priority: int
+    job_id: int  # 0 for a foreign file that has no id yet
+    name: str
+
+    @property
+    def has_id(self) -> bool:
+        return self.job_id > 0
+
+
+def parse_pending_name(name: str) -> PendingName | None:
+    """None for names that are never jobs (dot files, not *.yaml)."""
+    if name.startswith(".") or not name.endswith(".yaml"):
+        return None
+    m = _PENDING_RE.match(name)
+    if m and int(m.group(2)) > 0 and name == pending_name(int(m.group(1)), int(m.group(2))):
+        return PendingName(int(m.group(1)), int(m.group(2)), name)
+    m = _FOREIGN_PRIO_RE.match(name)
+    prio = int(m.group(1)) if m else DEFAULT_PRIORITY
+    return PendingName(prio, 0, name)
+
+
+def parse_request_name(name: str) -> tuple[str, int | None] | None:
+    """('kill', 7) for kill-7; ('pause', None) for queue-wide requests; None if malformed."""
+    if name in QUEUE_REQUESTS:
+        return name, None
+    m = _REQUEST_RE.match(name)
+    if not m or m.group(1) not in REQUEST_KINDS or int(m.group(2)) == 0:
+        return None
+    return m.group(1), int(m.group(2))
+
+
+class BadFile(Exception):
+    """An entry that cannot be read as a job; the message is the user's reason."""
+
+
+class StillOpen(Exception):
+    """Someone still has the file open for writing: not complete yet."""
+
+
+class LeaseUnsupported(Exception):
+    """This filesystem (NFS) cannot tell whether a writer has the file open."""
+
+
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+
+
+def _open_for_writing(fd: int) -> bool | None:
+    """True if any process has the file open for writing, None if we cannot tell.
+
+    A read lease is refused exactly while a writer holds the file open, which
+    is the close-after-write test DESIGN asks for, without relying on events."""
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return True if e.errno == errno.EAGAIN else None
+    fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def read_untrusted(path: Path, cap: int = MAX_JOB_BYTES, check_closed: bool = False) -> bytes:
+    """Read a regular file without following links or blocking on fifos.
+
+    With ``check_closed``: StillOpen if a writer has it open, LeaseUnsupported
+    if that cannot be known here (the caller falls back to a settle time)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    kind = _kind(st.st_mode)
+    if kind != "regular file":
+        raise BadFile(f"{kind} in the spool: not a job file (never opened or followed)")
+    if st.st_size > cap:
+        raise BadFile(f"file is {st.st_size} bytes, over the {cap}-byte cap: refused unread")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BadFile("symbolic link in the spool: never followed") from None
+        raise
+    try:
+        st = os.fstat(fd)  # the file we opened, not the name we looked at
+        if not stat.S_ISREG(st.st_mode):
+            raise BadFile(f"{_kind(st.st_mode)} in the spool: not a job file")
+        if check_closed:
+            writing = _open_for_writing(fd)
+            if writing:
+                raise StillOpen(str(path))
+            if writing is None:
+                raise LeaseUnsupported(str(path))
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > cap:
+                raise BadFile(f"file grew over the {cap}-byte cap while being read: refused")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device or special file"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_NOREPLACE = 1
+_libc = None
+
+
+def move_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing ``dst``."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.renameat2  # noqa: B018 - probe: glibc >= 2.28
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        at_fdcwd = -100
+        rc = _libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst),
+                             _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    # Filesystems without RENAME_NOREPLACE (NFS): link(2) fails atomically on EEXIST.
+    os.link(src, dst, follow_symlinks=False)
+    os.unlink(src)
+
+
+class Spool:
+    """Paths and the few primitive operations on a spool root."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).absolute()
+        for d in ALL_DIRS:
+            setattr(self, d.replace("/", "_"), self.root / d)
+
+    tmp: Path
+    pending: Path
+    running: Path
+    done: Path
+    failed: Path
+    cancelled: Path
+    requests: Path
+    logs: Path
+    state: Path
+    state_run: Path
+
+    def exists(self) -> bool:
+        return self.pending.is_dir()
+
+    def create(self, mode: int = 0o700) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=mode)
+        for d in ALL_DIRS:
+            (self.root / d).mkdir(exist_ok=True, mode=mode)
+        counter = self.state / "next-id"
+        if not counter.exists():
+            self.allocate_ids(0)
+
+    # ---- names -----------------------------------------------------------
+    def dir(self, state: str) -> Path:
+        return self.root / state
+
+    def record(self, state: str, job_id: int) -> Path:
+        return self.root / state / record_name(job_id)
+
+    def log_path(self, job_id: int) -> Path:
+        return self.logs / f"{job_id}.log"
+
+    def run_lock(self, job_id: int) -> Path:
+        return self.state_run / f"{job_id}.lock"
+
+    def rejected_copy(self, job_id: int) -> Path:
+        """Original bytes of a refused file, kept beside its record."""
+        return self.failed / f"{job_id}.orig"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.state / "daemon.lock"
+
+    @property
+    def paused_flag(self) -> Path:
+        return self.state / "paused"
+
+    @property
+    def gpu_snapshot(self) -> Path:
+        return self.state / "gpus.yaml"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.state / "spoold.log"
+
+    # ---- listings --------------------------------------------------------
+    def list_pending(self) -> list[PendingName]:
+        out = []
+        with os.scandir(self.pending) as it:
+            for e in it:
+                p = parse_pending_name(e.name)
+                if p is not None:
+                    out.append(p)
+        out.sort()
+        return out
+
+    def list_oddities(self) -> list[str]:
+        """Entries in pending/ that are not named like jobs but are not dot files."""
+        with os.scandir(self.pending) as it:
+            return [e.name for e in it
+                    if not e.name.startswith(".") and parse_pending_name(e.name) is None]
+
+    def list_ids(self, state: str) -> list[int]:
+        ids = []
+        with os.scandir(self.root / state) as it:
+            for e in it:
+                i = parse_record_name(e.name)
+                if i is not None:
+                    ids.append(i)
+        ids.sort()
+        return ids
+
+    def list_requests(self) -> list[str]:
+        with os.scandir(self.requests) as it:
+            return sorted(e.name for e in it if not e.name.startswith("."))
+
+    # ---- writing ---------------------------------------------------------
+    def tmp_path(self, hint: str) -> Path:
+        return self.tmp / f".spoold.{hint}.{secrets.token_hex(4)}"
+
+    def write_tmp(self, data: bytes, hint: str, mode: int = 0o644, sync: bool = True) -> Path:
+        """Write ``data`` to a fresh file in tmp/ and return its path."""
+        path = self.tmp_path(hint)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path
+
+    def replace_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+        """Replace ``dest`` (a file the daemon owns) with ``data`` in one rename."""
+        tmp = self.write_tmp(data, dest.name, mode, sync)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+
+    def create_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+        """Place a new file at ``dest``; FileExistsError if something is there."""
+        tmp = self.write_tmp(data, dest.name, mode, sync)
+        try:
+            move_noreplace(tmp, dest)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+
+    # ---- ids ---------------------------------------------------------------
+    def allocate_ids(self, count: int = 1) -> int:
+        """Reserve ``count`` consecutive ids; return the first (same protocol as gsub)."""
+        counter = self.state / "next-id"
+        fd = os.open(self.state / "next-id.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                text = counter.read_text().strip()
+            except FileNotFoundError:
+                text = ""
+            first = int(text) if text.isdigit() and int(text) > 0 else None
+            if first is None:  # missing, or garbage from a crash mid-write: recover
+                first = self.max_id_seen() + 1
+                first = self.max_id_seen() + 1
+            counter.write_text(f"{first + count}\n")
+            return first
+        finally:
+            os.close(fd)
+
+    def max_id_seen(self) -> int:
+        best = 0
+        for p in self.list_pending():
+            best = max(best, p.job_id)
+        for d in ("tmp", "running", *FINAL_DIRS):
+            with os.scandir(self.root / d) as it:
+                for e in it:
+                    m = re.match(r"^0*(\d+)\.", e.name)
+                    if m:
+                        best = max(best, int(m.group(1)))
+        return best
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
