@@ -527,6 +527,7 @@ class Daemon:
                    assigned_gpus=list(s.gpus), assigned_cpus=list(s.cpus))
         rec.setdefault("submitted_at", fd_st.st_mtime)
         rec.setdefault("user", runner.creds_for(uid).name)
+        rec.setdefault("name", job.name)
         if job.time_limit is None and self.o.default_time_limit:
             rec["time_limit"] = self.o.default_time_limit
         for k in ("pid", "started_at", "ended_at", "exit_code", "reason", "kill_reason"):
@@ -535,12 +536,13 @@ class Daemon:
         creds = runner.creds_for(uid) if self.uid == 0 else None
         job.id = s.id
         log_path = Path(job.get("log")) if job.get("log") else self.spool.log_path(s.id)
+        started = time.time()
         try:
             pid = runner.launch(self.spool, job, s.gpus, s.cpus, creds, log_path)
         except OSError as e:
             self.finish_claimed(s.id, path, "failed", f"could not start: {e}")
             return
-        rec.update(pid=pid, started_at=time.time())
+        rec.update(pid=pid, started_at=started)
         self.spool.replace_atomic(path, jobmod.dump(rec), sync=False)
         self.runs[s.id] = Run(s.id, rec, pid)
         log.info("job %d started on GPU(s) %s (shepherd pid %d)", s.id, list(s.gpus) or "none",
@@ -598,7 +600,9 @@ class Daemon:
         ended = time.time()
         if code is not None:  # the status was written as the job ended
             with contextlib.suppress(FileNotFoundError):
-                ended = self.spool.run_lock(run.id).stat().st_mtime
+                # mtime comes from the kernel's coarse clock: never before the start
+                ended = max(self.spool.run_lock(run.id).stat().st_mtime,
+                            rec.get("started_at") or 0)
         if code is None:
             state = "failed"
             reason = ("job processes vanished while spoold was not watching them "
