@@ -62,6 +62,7 @@ class Options:
     kill_grace: float = 10.0
     host: str = field(default_factory=socket.gethostname)
     default_time_limit: float | None = None
+    drain: bool = False
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Daemon:
         self.next_poll = 0.0
         self.next_rescan = 0.0
         self.stop = False
+        self.draining = opts.drain
         self.dirty = True
         self.uid = os.geteuid()
         self.source = None
@@ -172,6 +174,13 @@ class Daemon:
             if stem.isdigit() and int(stem) not in live:
                 with contextlib.suppress(OSError):
                     p.unlink()
+        for orig in self.spool.failed.glob("*.orig"):
+            stem = orig.name[:-5]
+            if stem.isdigit() and not self.spool.record("failed", int(stem)).exists():
+                rec = {"id": int(stem), "ended_at": now, "reason": "rejected: the reason was "
+                       "lost in a crash; the original is kept as " + orig.name}
+                self.spool.create_atomic(self.spool.record("failed", int(stem)),
+                                         jobmod.dump(rec))
         self.final_count = sum(len(self.spool.list_ids(d)) for d in spoolmod.FINAL_DIRS)
 
     def recover_one(self, job_id: int) -> None:
@@ -211,6 +220,7 @@ class Daemon:
         observer = self.watch()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGUSR1, self._on_drain)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self.waker.w, warn_on_full_buffer=False)
         log.info("spoold %s on %s: host %s, %d GPU(s), %d CPU(s), %d MiB", _version(),
@@ -225,6 +235,7 @@ class Daemon:
                 self.tick()
         finally:
             observer.stop()
+            observer.join(2)
             log.info("spoold stopping; %d running job(s) keep running and will be adopted "
                      "by the next spoold", len(self.runs))
 
@@ -237,6 +248,9 @@ class Daemon:
 
     def _on_stop(self, signum, _frame) -> None:
         self.stop = True
+
+    def _on_drain(self, signum, _frame) -> None:
+        self.draining = True
 
     def timeout(self) -> float:
         now = time.time()
@@ -301,7 +315,18 @@ class Daemon:
         self.handle_requests()
         for run in list(self.runs.values()):
             self.guard(run.id, self.check_run, run, now)
+        if full:
+            # A record stranded by a failed write (disk full) is recovered like
+            # one found at start.
+            for job_id in self.spool.list_ids("running"):
+                if job_id not in self.runs:
+                    self.guard(job_id, self.recover_one, job_id)
         self.dirty = False
+        if self.draining:
+            if not self.runs:
+                log.info("drained: no job running; exiting")
+                self.stop = True
+            return
         self.schedule_pass(time.time())
 
     # ---- GPUs ----------------------------------------------------------------
@@ -470,23 +495,18 @@ class Daemon:
                     p.job_id, p.name, reason, p.job_id)
 
     def end_pending(self, job_id: int, state: str, reason: str) -> None:
-        """pending -> failed/ or cancelled/ by one rename, then the reason."""
+        """pending -> failed/ or cancelled/, through running/ so that the final
+        record appears complete in one rename. A crash in between puts the job
+        back in pending/, where the same decision (or request) is made again."""
         p = self.pending_ids.get(job_id)
         if p is None:
             return
-        dest = self.spool.record(state, job_id)
+        path = self.spool.record("running", job_id)
         try:
-            spoolmod.move_noreplace(self.spool.pending / p.name, dest)
+            os.rename(self.spool.pending / p.name, path)
         except FileNotFoundError:
             return
-        except FileExistsError:
-            log.error("job %d: %s already exists; leaving pending/%s", job_id, dest, p.name)
-            return
-        data = jobmod.load_record(spoolmod.read_untrusted(dest))
-        data.update(id=job_id, ended_at=time.time(), reason=reason)
-        self.spool.replace_atomic(dest, jobmod.dump(data))
-        self.final_count += 1
-        log.info("job %d -> %s/: %s", job_id, state, reason)
+        self.finish_claimed(job_id, path, state, reason)
         self.prune()
 
     # ---- start -------------------------------------------------------------------
@@ -553,19 +573,22 @@ class Daemon:
             self.spool.record(d, job_id).exists() for d in ("running", *spoolmod.FINAL_DIRS))
 
     def finish_claimed(self, job_id: int, path: Path, state: str, reason: str) -> None:
+        st_uid = os.lstat(path).st_uid
         try:
             data = jobmod.load_record(spoolmod.read_untrusted(path))
         except (BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
             os.rename(path, self.spool.rejected_copy(job_id))
             data = {"id": job_id}
         data.update(id=job_id, ended_at=time.time(), reason=reason)
+        data.setdefault("uid", st_uid)
         if path.exists():
             self.spool.replace_atomic(path, jobmod.dump(data))
             spoolmod.move_noreplace(path, self.spool.record(state, job_id))
         else:
             self.spool.create_atomic(self.spool.record(state, job_id), jobmod.dump(data))
         self.final_count += 1
-        log.warning("job %d -> %s/: %s", job_id, state, reason)
+        (log.info if state == "cancelled" else log.warning)("job %d -> %s/: %s", job_id, state,
+                                                             reason)
 
     # ---- running -------------------------------------------------------------------
     def check_run(self, run: Run, now: float) -> None:
@@ -637,9 +660,23 @@ class Daemon:
         runner.clear(self.spool, run.id)
         self.runs.pop(run.id, None)
         self.final_count += 1
+        if rec.get("on_finish"):
+            self.guard(run.id, self.on_finish, rec, state)
         log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
                  f": {reason}" if reason else "")
         self.prune()
+
+    def on_finish(self, rec: dict, state: str) -> None:
+        """--on-finish: fire and forget, as the job's user; output goes to its log."""
+        job = jobmod.validate({k: v for k, v in rec.items() if k != "argv"}
+                              | {"cmd": rec["on_finish"]})
+        extra = {"SPOOLD_EXIT_CODE": str(rec.get("exit_code", "")), "SPOOLD_STATE": state,
+                 "SPOOLD_REASON": rec.get("reason") or ""}
+        creds = runner.creds_for(rec.get("uid", self.uid)) if self.uid == 0 else None
+        log_path = Path(rec["log"]) if rec.get("log") else self.spool.log_path(job.id)
+        runner.spawn_hook(job, tuple(rec.get("assigned_gpus") or ()), creds, log_path,
+                          self.spool.root, extra)
+        log.info("job %d: on-finish command started", job.id)
 
     def prune(self) -> None:
         """--keep: drop the oldest finished records (by end time) beyond the limit."""
@@ -792,6 +829,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--host", default=socket.gethostname(), help="host name to record")
     ap.add_argument("--default-time-limit", default=None, metavar="DURATION",
                     help="time limit for jobs submitted without -t (none)")
+    ap.add_argument("--drain", action="store_true",
+                    help="start no new job; exit once running jobs have ended (also SIGUSR1)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = ap.parse_args(argv)
     gpus = None
@@ -815,7 +854,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(spool=(a.spool or spoolmod.default_spool()).absolute(), gpus=gpus,
                    max_pending=a.max_pending, keep=a.keep, limit=a.limit, max_load=a.max_load,
                    max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
-                   mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl)
+                   mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl,
+                   drain=a.drain)
 
 
 

@@ -138,6 +138,28 @@ def launch(spool, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
         os.close(log_fd)
 
 
+def spawn_hook(job, gpus: tuple[int, ...], creds: Creds | None, log_path: Path,
+               spool_root: Path, extra: dict) -> None:
+    """Start a job's --on-finish command, detached; nothing waits for it."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+    try:
+        kw = {}
+        if os.geteuid() == 0 and creds is not None and creds.uid != 0:
+            kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
+        env = job_env(job, spool_root, gpus, creds)
+        env.update(extra)
+        env.pop("SPOOLD_SPOOL", None)  # not one of the job's processes: never killed with it
+        env["SPOOLD_HOOK_SPOOL"] = str(spool_root)
+        cwd = job.get("cwd") if os.path.isdir(job.get("cwd") or "") else "/"
+        proc = subprocess.Popen([default_shell(), "-c", job.cmd], stdin=subprocess.DEVNULL,
+                                stdout=log_fd, stderr=log_fd, cwd=cwd, env=env,
+                                start_new_session=True, **kw)
+        _children[proc.pid] = proc
+    finally:
+        os.close(log_fd)
+
+
 # Shepherds started by this daemon, kept only so they are reaped (no zombies).
 _children: dict[int, subprocess.Popen] = {}
 

@@ -1,0 +1,760 @@
+"""Tests of bin/gsub: the real script, run under dash (and bash for the key
+cases), against real spool folders in tmp_path.  No daemon is needed: where a
+test needs one (--wait) a thread plays its part."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+GSUB = ROOT / "bin" / "gsub"
+SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
+FOLDERS = "tmp pending running done failed cancelled requests logs state".split()
+
+pytestmark = pytest.mark.skipif("dash" not in SHELLS, reason="dash is not installed")
+
+# no surrogates (not text), no NUL (can not be in argv or environ)
+TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=40,
+)
+HYPO = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+HOSTILE = [
+    "",
+    " ",
+    "  lead and trail  ",
+    '"',
+    "'",
+    "\\",
+    '\\"',
+    '"\\',
+    "$HOME",
+    "${HOME}",
+    "$(id)",
+    "`id`",
+    "a;b|c&d>e<f",
+    "*",
+    "?[a-z]",
+    "~",
+    "#not a comment",
+    "key: value",
+    "- item",
+    "[1, 2]",
+    "{a: b}",
+    "null",
+    "true",
+    "~",
+    "0o17",
+    "1e3",
+    "line1\nline2",
+    "\n",
+    "\n\n",
+    "trailing\n",
+    "cr\r",
+    "crlf\r\n",
+    "tab\there",
+    "\x01\x02\x1b[31mred\x1b[0m\x7f",
+    "\x1f",
+    "caf\u00e9 na\u00efve",
+    "\u4e2d\u6587\u5b57\u7b26",
+    "\U0001f680 rocket \U0001f4a5",
+    "\u2028",
+    "a\u2029b",
+    "\u0080\u0085\u009f",
+    "\u00a0nbsp",
+    "\ufeffbom",
+    "\ufffe\uffff",
+    "\ufffd",
+    "\U0010ffff",
+    "\ud7ff\ue000",
+    "-",
+    "--",
+    "-c",
+    "-n",
+    "--spool",
+    "--help",
+    "x" * 5000 + "\n" + "y",
+    '"' * 300,
+    "\u00e9" * 2000,
+    "=" * 200 + "\n" + "=" * 200,
+    "%s%d%%",
+    "\\x41\\u2028\\n",
+]
+
+
+# ---------------------------------------------------------------- helpers
+def make_spool(path: Path) -> Path:
+    for name in FOLDERS:
+        (path / name).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return make_spool(tmp_path / "spool")
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLD_")}
+    env.update(extra)
+    return env
+
+
+def run(spool: Path | None, *args, shell: str = "dash", env=None, cwd=None, timeout=30,
+        script: Path = GSUB) -> subprocess.CompletedProcess:
+    argv: list = [shell, str(script)]
+    if spool is not None:
+        argv += ["--spool", str(spool)]
+    argv += list(args)
+    return subprocess.run(argv, capture_output=True, env=base_env() if env is None else env,
+                          cwd=cwd, timeout=timeout)
+
+
+def load_both(text: bytes) -> dict:
+    a = yaml.load(text, Loader=yaml.CSafeLoader)
+    b = yaml.load(text, Loader=yaml.SafeLoader)
+    assert a == b
+    return a
+
+
+def pending_file(spool: Path, job_id: int, prio: int = 10) -> Path:
+    return spool / "pending" / f"{prio:04d}-{job_id:08d}.yaml"
+
+
+def submit(spool: Path, *args, shell: str = "dash", prio: int = 10, **kw) -> tuple[int, dict]:
+    p = run(spool, *args, shell=shell, **kw)
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    out = p.stdout.decode()
+    assert re.fullmatch(r"[1-9][0-9]*\n", out), out
+    job_id = int(out)
+    f = pending_file(spool, job_id, prio)
+    assert f.is_file(), sorted(os.listdir(spool / "pending"))
+    job = load_both(f.read_bytes())
+    assert job["id"] == job_id
+    return job_id, job
+
+
+def default_name(s: str, word: bool = False) -> str:
+    if word:
+        s = re.split(r"[ \t\n]", s.lstrip(" \t\n"), maxsplit=1)[0]
+    while len(s) > 1 and s.endswith("/"):
+        s = s[:-1]
+    if s != "/":
+        s = s.rsplit("/", 1)[-1]
+    b = s.encode()
+    if len(b) > 40:
+        s = b[:40].decode("utf-8", "ignore")
+    return s
+
+
+def assert_nothing_written(spool: Path) -> None:
+    assert os.listdir(spool / "pending") == []
+    assert os.listdir(spool / "tmp") == []
+    assert not (spool / "state" / "next-id").exists()
+
+
+def wait_for(pred, timeout=10.0, step=0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out waiting")
+
+
+# ---------------------------------------------------------------- round trips
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_argv_round_trip(spool, shell):
+    for i in range(0, len(HOSTILE), 12):
+        chunk = HOSTILE[i:i + 12]
+        _, job = submit(spool, "--", *chunk, shell=shell)
+        assert job["argv"] == chunk
+        assert job["name"] == default_name(chunk[0])
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_hostile_cmd_round_trip(spool, shell):
+    for s in HOSTILE:
+        _, job = submit(spool, "-c", s, shell=shell)
+        assert job["cmd"] == s
+        assert "argv" not in job
+        assert job["name"] == default_name(s, word=True)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_escapes_in_file(spool, shell):
+    """The characters YAML readers treat specially are escaped, in the file."""
+    s = "\u2028|\u2029|\u0085|\u0080|\u009f|\ufeff|\ufffe|\uffff|\x7f|\x01|\x1b|\t|\r|\n|\"|\\|\u00e9"
+    job_id, job = submit(spool, "--", s, shell=shell)
+    raw = pending_file(spool, job_id).read_bytes()
+    line = [ln for ln in raw.split(b"\n") if ln.startswith(b"argv:")][0]
+    assert line == (b'argv: ["\\u2028|\\u2029|\\x85|\\x80|\\x9F|\\uFEFF|\\uFFFE|\\uFFFF|'
+                    b'\\x7F|\\x01|\\x1B|\\t|\\r|\\n|\\"|\\\\|\xc3\xa9"]')
+    assert job["argv"] == [s]
+
+
+@settings(HYPO)
+@given(argv=st.lists(TEXT, min_size=1, max_size=6))
+def test_argv_round_trip_property(tmp_path_factory, argv):
+    spool = make_spool(tmp_path_factory.mktemp("spool"))
+    _, job = submit(spool, "--", *argv)
+    assert job["argv"] == argv
+    assert job["name"] == default_name(argv[0])
+
+
+@settings(HYPO)
+@given(cmd=TEXT)
+def test_cmd_round_trip_property(tmp_path_factory, cmd):
+    spool = make_spool(tmp_path_factory.mktemp("spool"))
+    _, job = submit(spool, "-c", cmd)
+    assert job["cmd"] == cmd
+    assert job["name"] == default_name(cmd, word=True)
+
+
+@settings(HYPO, max_examples=30)
+@given(argv=st.lists(TEXT, min_size=1, max_size=4), value=TEXT)
+def test_round_trip_property_bash(tmp_path_factory, argv, value):
+    if "bash" not in SHELLS:
+        pytest.skip("no bash")
+    spool = make_spool(tmp_path_factory.mktemp("spool"))
+    _, job = submit(spool, "--", *argv, shell="bash", env=base_env(HYPO_VALUE=value))
+    assert job["argv"] == argv
+    assert job["env"]["HYPO_VALUE"] == value
+
+
+@settings(HYPO, max_examples=40)
+@given(value=TEXT, other=TEXT)
+def test_env_value_round_trip_property(tmp_path_factory, value, other):
+    spool = make_spool(tmp_path_factory.mktemp("spool"))
+    env = base_env(A_HYPO=value, Z_HYPO=other)
+    _, job = submit(spool, "true", env=env)
+    assert job["env"]["A_HYPO"] == value
+    assert job["env"]["Z_HYPO"] == other
+
+
+def test_leading_dashes_after_double_dash(spool):
+    _, job = submit(spool, "-n", "0", "--", "-n", "3", "--", "-c", "x")
+    assert job["argv"] == ["-n", "3", "--", "-c", "x"]
+    assert job["gpus"] == 0
+    assert job["name"] == "-n"
+
+
+def test_first_word_ends_options(spool):
+    _, job = submit(spool, "-n", "2", "python", "-n", "5", "--hold", "-c", "x")
+    assert job["argv"] == ["python", "-n", "5", "--hold", "-c", "x"]
+    assert job["gpus"] == 2
+    assert "hold" not in job and "cmd" not in job
+
+
+# ---------------------------------------------------------------- invalid UTF-8
+BAD_UTF8 = [b"\xff", b"a\xc3", b"\xc3(", b"\xed\xa0\x80", b"\xc0\xaf", b"\xe0\x80\x80",
+            b"\xf5\x80\x80\x80", b"\xf4\x90\x80\x80", b"ok\x80", b"\xe2\x82"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("bad", BAD_UTF8)
+def test_invalid_utf8_argument_refused(spool, shell, bad):
+    p = run(spool, "--", "prog", b"fine", bad, shell=shell)
+    assert p.returncode == 2
+    assert p.stderr.decode(errors="replace").strip() == "gsub: argument 3 is not valid UTF-8 text"
+    assert_nothing_written(spool)
+    p = run(spool, "-c", b"echo " + bad, shell=shell)
+    assert p.returncode == 2
+    assert b"not valid UTF-8" in p.stderr
+    assert_nothing_written(spool)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_invalid_utf8_env_value_skipped_with_warning(spool, shell):
+    env = {k.encode(): v.encode() for k, v in base_env().items()}
+    env[b"BAD_VALUE"] = b"x\xffy"
+    env[b"GOOD_VALUE"] = "caf\u00e9".encode()
+    p = subprocess.run([shell, str(GSUB), "--spool", str(spool), "true"], capture_output=True,
+                       env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count(b"\n") == 1
+    assert b"BAD_VALUE" in p.stderr and b"warning" in p.stderr
+    job = load_both(pending_file(spool, int(p.stdout)).read_bytes())
+    assert "BAD_VALUE" not in job["env"]
+    assert job["env"]["GOOD_VALUE"] == "caf\u00e9"
+
+
+# ---------------------------------------------------------------- environment
+@pytest.mark.parametrize("shell", SHELLS)
+def test_env_captured_exactly(spool, shell, tmp_path):
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/home/someone",
+        "MULTI": "first line\nexport FAKE='not a var'\nlast \"quoted\" 'single'",
+        "BLANKS": "a\n\n\nb\n",
+        "QUOTES": "it's \"x\" \\ $y `z`",
+        "EMPTY": "",
+        "UNICODE": "\u00e9\u2028\U0001f680",
+        "LC_ALL": "fr_FR.UTF-8",
+        "CONDA_PREFIX": "/opt/conda/envs/x",
+        "_gt": "mine\nexport EVIL='1'",
+        "_gx": "internal name",
+        "_other": "kept",
+    }
+    job_id, job = submit(spool, "true", shell=shell, env=env, cwd=tmp_path)
+    got = dict(job["env"])
+    # what the shell itself adds
+    assert got.pop("PWD") == str(tmp_path)
+    got.pop("SHLVL", None)
+    got.pop("OLDPWD", None)
+    expected = {k: v for k, v in env.items() if not k.startswith("_g")}
+    assert got == expected
+    assert "FAKE" not in got and "EVIL" not in got
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_env_no_internal_variables(spool, shell):
+    _, job = submit(spool, "-c", "x\ty\u00e9", shell=shell)
+    assert not [k for k in job["env"] if k.startswith("_g")]
+    assert "LC_ALL" not in job["env"] or "LC_ALL" in os.environ
+    assert "_" not in job["env"]
+
+
+def test_env_without_lc_all(spool):
+    env = base_env()
+    env.pop("LC_ALL", None)
+    _, job = submit(spool, "true", env=env)
+    assert "LC_ALL" not in job["env"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_env_many_variables_in_both_shells(spool, shell):
+    env = base_env(**{f"V{i:03d}": f"value {i}\n" * (i % 3) for i in range(150)})
+    _, job = submit(spool, "true", shell=shell, env=env)
+    for i in range(150):
+        assert job["env"][f"V{i:03d}"] == f"value {i}\n" * (i % 3)
+
+
+# ---------------------------------------------------------------- fields
+def test_defaults_and_layout(spool, tmp_path):
+    env = base_env(USER="alice")
+    job_id, job = submit(spool, "python", "dir/train.py", env=env, cwd=tmp_path)
+    assert job_id == 1
+    assert list(job) == ["id", "argv", "name", "gpus", "priority", "cwd", "user", "env"]
+    assert job["name"] == "python"
+    assert job["gpus"] == 1 and job["priority"] == 10
+    assert job["cwd"] == str(tmp_path)
+    assert job["user"] == "alice"
+    assert (spool / "state" / "next-id").read_text() == "2\n"
+    assert os.listdir(spool / "tmp") == []
+    assert os.listdir(spool / "pending") == ["0010-00000001.yaml"]
+    assert (spool / "pending" / "0010-00000001.yaml").stat().st_mode & 0o077 == 0
+
+
+def test_user_from_logname_or_absent(spool):
+    env = base_env(LOGNAME="bob")
+    env.pop("USER", None)
+    assert submit(spool, "true", env=env)[1]["user"] == "bob"
+    env.pop("LOGNAME")
+    assert "user" not in submit(spool, "true", env=env)[1]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_every_flag(spool, shell, tmp_path):
+    env = base_env(USER="alice")
+    p = run(spool, "-n", "0", "-p", "7", "-J", "my job \u00e9", "-t", "1:30:00", "--cpus", "4",
+            "--mem", "30G", "--after", "3,004", "--after=5", "--hold", "-o", "out/x.log",
+            "--on-finish", "notify.sh \"done\"", "--host", "node2", "--requeue", "-c",
+            "echo $HOME && ls", shell=shell, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    job_id = int(p.stdout)
+    job = load_both(pending_file(spool, job_id, 7).read_bytes())
+    env_ = job.pop("env")
+    assert env_["USER"] == "alice"
+    assert list(job.items()) == [
+        ("id", job_id), ("cmd", "echo $HOME && ls"), ("name", "my job \u00e9"), ("gpus", 0),
+        ("priority", 7), ("cwd", str(tmp_path)), ("user", "alice"), ("time_limit", 5400),
+        ("cpus", 4), ("mem", 30720), ("after", [3, 4, 5]), ("hold", True),
+        ("log", str(tmp_path / "out/x.log")), ("on_finish", 'notify.sh "done"'),
+        ("pin_host", "node2"), ("requeue", True),
+    ]
+
+
+def test_long_option_forms(spool):
+    _, job = submit(spool, "--gpus=2", "--priority=3", "--name=n", "--time=10m", "--cpus=2",
+                    "--mem=1G", "--output=/abs.log", "--on-finish=x", "--host=h", "-n3",
+                    "--job-name", "nn", "--", "a", prio=3)
+    assert job["gpus"] == 3 and job["priority"] == 3 and job["name"] == "nn"
+    assert job["time_limit"] == 600 and job["cpus"] == 2 and job["mem"] == 1024
+    assert job["log"] == "/abs.log" and job["on_finish"] == "x" and job["pin_host"] == "h"
+
+
+@pytest.mark.parametrize("prio", [0, 1, 10, 99, 9999])
+def test_priority_in_file_name(spool, prio):
+    job_id, job = submit(spool, "-p", str(prio), "true", prio=prio)
+    assert job["priority"] == prio
+    assert os.listdir(spool / "pending") == [f"{prio:04d}-{job_id:08d}.yaml"]
+
+
+def test_priority_leading_zeros(spool):
+    _, job = submit(spool, "-p", "0008", "true", prio=8)
+    assert job["priority"] == 8
+
+
+@pytest.mark.parametrize("argv0, name", [
+    ("python", "python"), ("/usr/bin/python3", "python3"), ("./run.sh", "run.sh"),
+    ("dir/", "dir"), ("/", "/"), ("", ""), ("a" * 100, "a" * 40),
+    ("\u00e9" * 30, "\u00e9" * 20), ("x" + "\u00e9" * 30, "x" + "\u00e9" * 19),
+    ("with space", "with space"),
+])
+def test_default_name_from_argv(spool, argv0, name):
+    assert submit(spool, "--", argv0, "arg")[1]["name"] == name
+
+
+@pytest.mark.parametrize("cmd, name", [
+    ("echo hi", "echo"), ("  \t\n python x.py", "python"), ("./a/b.sh --x", "b.sh"),
+    ("VAR=1 prog", "VAR=1"), ("", ""), ("one\ttwo", "one"), ("z" * 50 + " y", "z" * 40),
+])
+def test_default_name_from_cmd(spool, cmd, name):
+    assert submit(spool, "-c", cmd)[1]["name"] == name
+
+
+def test_gpu_mem(spool):
+    _, job = submit(spool, "--gpu-mem", "8G", "true")
+    assert job["gpus"] == 1 and job["gpu_mem"] == 8192
+    _, job = submit(spool, "-n", "1", "--gpu-mem", "512", "true")
+    assert job["gpus"] == 1 and job["gpu_mem"] == 512
+    for n in ("2", "0"):
+        p = run(spool, "-n", n, "--gpu-mem", "8G", "true")
+        assert p.returncode == 2 and p.stderr.startswith(b"gsub: ")
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("90s", 90), ("90S", 90), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1:30:00", 5400),
+    ("0:0:1", 1), ("5:30", 330), ("45", 2700), ("1", 60), ("007", 420), ("1-2", 93600),
+    ("1-2:30", 95400), ("1-0:0:10", 86410), ("0-1", 3600), ("100:00:00", 360000),
+])
+def test_time_limit(spool, value, seconds):
+    assert submit(spool, "-t", value, "true")[1]["time_limit"] == seconds
+
+
+def test_time_limit_infinite(spool):
+    assert "time_limit" not in submit(spool, "-t", "infinite", "true")[1]
+
+
+@pytest.mark.parametrize("size, mib", [
+    ("512M", 512), ("512", 512), ("30G", 30720), ("1T", 1048576), ("4096K", 4), ("1K", 1),
+    ("1025K", 2), ("2GiB", 2048), ("3gb", 3072), ("7MiB", 7), ("0010G", 10240),
+])
+def test_mem_sizes(spool, size, mib):
+    _, job = submit(spool, "--mem", size, "--gpu-mem", size, "true")
+    assert job["mem"] == mib and job["gpu_mem"] == mib
+
+
+def test_log_absolute(spool, tmp_path):
+    assert submit(spool, "-o", "/var/x.log", "true")[1]["log"] == "/var/x.log"
+    assert submit(spool, "-o", "y.log", "true", cwd=tmp_path)[1]["log"] == str(tmp_path / "y.log")
+
+
+def test_cwd_is_physical_directory(spool, tmp_path):
+    d = tmp_path / "work dir \u00e9"
+    d.mkdir()
+    env = base_env()
+    env.pop("PWD", None)
+    assert submit(spool, "true", cwd=d, env=env)[1]["cwd"] == str(d)
+
+
+def test_spool_from_env_and_home(tmp_path):
+    s1 = make_spool(tmp_path / "s1")
+    p = run(None, "true", env=base_env(SPOOLD_SPOOL=str(s1)))
+    assert p.returncode == 0 and pending_file(s1, int(p.stdout)).exists()
+    home = tmp_path / "home"
+    s2 = make_spool(home / ".local/share/spoold")
+    p = run(None, "true", env=base_env(HOME=str(home)))
+    assert p.returncode == 0 and pending_file(s2, int(p.stdout)).exists()
+    # --spool wins over the variable, and a relative one is taken from cwd
+    p = run(None, "--spool", "s1", "true", env=base_env(SPOOLD_SPOOL=str(s2)), cwd=tmp_path)
+    assert p.returncode == 0 and pending_file(s1, int(p.stdout)).exists()
+
+
+def test_no_spool(tmp_path):
+    p = run(tmp_path / "nope", "true")
+    assert p.returncode == 1
+    assert p.stderr.decode() == (f"gsub: no spool at {tmp_path / 'nope'} (start spoold once, "
+                                 "or pass --spool / set SPOOLD_SPOOL)\n")
+
+
+def test_help():
+    for flag in ("-h", "--help"):
+        p = run(None, flag)
+        assert p.returncode == 0
+        assert b"usage: gsub" in p.stdout and p.stdout.count(b"\n  gsub ") >= 3
+        assert p.stderr == b""
+
+
+# ---------------------------------------------------------------- arrays, --file
+@pytest.mark.parametrize("shell", SHELLS)
+def test_array(spool, shell):
+    submit(spool, "true", shell=shell)
+    p = run(spool, "--array", "2-5%2", "-p", "3", "-c", "echo $SPOOLD_ARRAY_INDEX", shell=shell)
+    assert p.returncode == 0, p.stderr
+    ids = [int(x) for x in p.stdout.split()]
+    assert ids == [2, 3, 4, 5]
+    for i, job_id in enumerate(ids):
+        job = load_both(pending_file(spool, job_id, 3).read_bytes())
+        assert job["id"] == job_id and job["cmd"] == "echo $SPOOLD_ARRAY_INDEX"
+        assert job["array_id"] == 2 and job["array_index"] == 2 + i and job["array_limit"] == 2
+        assert list(job)[-4:] == ["array_id", "array_index", "array_limit", "env"]
+    assert (spool / "state" / "next-id").read_text() == "6\n"
+    assert os.listdir(spool / "tmp") == []
+
+
+def test_array_without_limit_and_single(spool):
+    p = run(spool, "--array", "0-1", "true")
+    ids = [int(x) for x in p.stdout.split()]
+    jobs = [load_both(pending_file(spool, i).read_bytes()) for i in ids]
+    assert [j["array_index"] for j in jobs] == [0, 1]
+    assert all("array_limit" not in j and j["argv"] == ["true"] for j in jobs)
+    p = run(spool, "--array=7", "true")
+    assert p.stdout == b"3\n"
+    assert load_both(pending_file(spool, 3).read_bytes())["array_index"] == 7
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_file(spool, shell, tmp_path):
+    f = tmp_path / "jobs.txt"
+    f.write_bytes(b"# a comment\n\necho one\r\n   \n  python \"x y\".py --a=$B\n"
+                  b"  # indented comment\n\tlast line no newline \xc3\xa9")
+    p = run(spool, "--file", str(f), "-n", "0", shell=shell)
+    assert p.returncode == 0, p.stderr
+    ids = [int(x) for x in p.stdout.split()]
+    assert ids == [1, 2, 3]
+    jobs = [load_both(pending_file(spool, i).read_bytes()) for i in ids]
+    assert [j["cmd"] for j in jobs] == ["echo one", '  python "x y".py --a=$B',
+                                       "\tlast line no newline \u00e9"]
+    assert [j["name"] for j in jobs] == ["echo", "python", "last"]
+    assert all(j["gpus"] == 0 and "array_id" not in j for j in jobs)
+
+
+def test_file_from_stdin_and_name(spool):
+    p = subprocess.run(["dash", str(GSUB), "--spool", str(spool), "-J", "sweep", "--file", "-"],
+                       input=b"a 1\nb 2\n", capture_output=True, env=base_env())
+    assert p.returncode == 0, p.stderr
+    jobs = [load_both(pending_file(spool, int(i)).read_bytes()) for i in p.stdout.split()]
+    assert [(j["cmd"], j["name"]) for j in jobs] == [("a 1", "sweep"), ("b 2", "sweep")]
+
+
+def test_file_errors(spool, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n\n")
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"ok\nnot \xff ok\n")
+    for args in (["--file", str(empty)], ["--file", str(tmp_path / "missing")],
+                 ["--file", str(bad)], ["--file", str(empty), "--array", "1-2"],
+                 ["--file", str(empty), "true"], ["--file", str(empty), "-c", "x"]):
+        p = run(spool, *args)
+        assert p.returncode == 2, args
+        assert p.stderr.startswith(b"gsub: ")
+        assert_nothing_written(spool)
+
+
+# ---------------------------------------------------------------- ids
+def test_concurrent_submissions_get_distinct_ids(spool):
+    procs = [subprocess.Popen(["dash", str(GSUB), "--spool", str(spool), "-c", f"job {i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=base_env())
+             for i in range(20)]
+    ids = []
+    for p in procs:
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0, err
+        ids.append(int(out))
+    assert sorted(ids) == list(range(1, 21))
+    files = sorted(os.listdir(spool / "pending"))
+    assert files == [f"0010-{i:08d}.yaml" for i in range(1, 21)]
+    cmds = {load_both((spool / "pending" / f).read_bytes())["cmd"] for f in files}
+    assert cmds == {f"job {i}" for i in range(20)}
+    assert (spool / "state" / "next-id").read_text() == "21\n"
+
+
+def test_concurrent_arrays_and_singles(spool):
+    procs = [subprocess.Popen(["dash", str(GSUB), "--spool", str(spool)]
+                              + (["--array", "1-3"] if i % 2 else []) + ["true"],
+                              stdout=subprocess.PIPE, env=base_env()) for i in range(10)]
+    ids = [int(x) for p in procs for x in p.communicate(timeout=30)[0].split()]
+    assert sorted(ids) == list(range(1, 21))
+    assert len(os.listdir(spool / "pending")) == 20
+
+
+@pytest.mark.parametrize("content", ["", "garbage\n", "12abc\n", "\n", "-5\n", "0\n"])
+def test_counter_recovery(spool, content):
+    (spool / "state" / "next-id").write_text(content)
+    (spool / "done" / "5.yaml").write_text("id: 5\n")
+    (spool / "failed" / "00000011.yaml").write_text("id: 11\n")
+    (spool / "pending" / "0003-00000009.yaml").write_text("id: 9\n")
+    (spool / "tmp" / "13.yaml").write_text("id: 13\n")
+    (spool / "running" / "7.yaml").write_text("id: 7\n")
+    job_id, _ = submit(spool, "true")
+    assert job_id == 14
+    assert (spool / "state" / "next-id").read_text() == "15\n"
+
+
+def test_counter_missing_on_fresh_spool_and_leading_zeros(spool):
+    assert submit(spool, "true")[0] == 1
+    (spool / "state" / "next-id").write_text("0042\n")
+    assert submit(spool, "true")[0] == 42
+    (spool / "state" / "next-id").write_text("50")
+    assert submit(spool, "true")[0] == 50
+
+
+# ---------------------------------------------------------------- queue limit
+def test_queue_full(spool):
+    (spool / "state" / "max-pending").write_text("3\n")
+    for _ in range(3):
+        submit(spool, "true")
+    (spool / "pending" / ".hidden.yaml").write_text("")
+    (spool / "pending" / "notes.txt").write_text("")
+    before = (spool / "state" / "next-id").read_text()
+    p = run(spool, "true")
+    assert p.returncode == 1
+    assert p.stderr == b"gsub: queue full: 3 jobs pending (spoold --max-pending)\n"
+    assert p.stdout == b""
+    assert (spool / "state" / "next-id").read_text() == before
+    assert len(os.listdir(spool / "pending")) == 5
+    (spool / "state" / "max-pending").write_text("5\n")
+    p = run(spool, "--array", "1-3", "true")
+    assert p.returncode == 1 and b"queue full" in p.stderr
+    p = run(spool, "--array", "1-2", "true")
+    assert p.returncode == 0 and p.stdout == b"4\n5\n"
+
+
+# ---------------------------------------------------------------- errors
+ERRORS = [
+    [], ["-n"], ["-n", "x", "true"], ["-n", "-1", "true"], ["-n", "1.5", "true"],
+    ["-p", "10000", "true"], ["-p", "-1", "true"], ["-p", "", "true"], ["-J"],
+    ["--bogus", "true"], ["-x", "true"], ["--hold=1", "true"], ["-c", "x", "extra"],
+    ["-c", "x", "--", "y"], ["-t", "0", "true"], ["-t", "abc", "true"], ["-t", "1.5h", "true"],
+    ["-t", ":30", "true"], ["-t", "1::2", "true"], ["-t", "", "true"], ["--cpus", "0", "true"],
+    ["--mem", "0", "true"], ["--mem", "12Q", "true"], ["--mem", "G", "true"],
+    ["--mem", "1.5G", "true"], ["--gpu-mem", "x", "true"], ["--after", "0", "true"],
+    ["--after", "a", "true"], ["--after", "3,,4", "true"], ["--after", "", "true"],
+    ["--after", "3,", "true"], ["--array", "5-2", "true"], ["--array", "a-b", "true"],
+    ["--array", "1-2%0", "true"], ["--array", "", "true"], ["--array", "0-20000", "true"],
+    ["-o", "", "true"], ["-n", "99999999999999", "true"], ["--spool"], ["--file"],
+    ["-J", b"\xff", "true"], ["--host", b"\xc3", "true"], ["--on-finish", b"\xfe", "true"],
+    ["-o", b"x\xff", "true"],
+]
+
+
+@pytest.mark.parametrize("args", ERRORS, ids=[repr(a) for a in ERRORS])
+def test_errors(spool, args):
+    p = run(spool, *args)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    err = p.stderr.decode(errors="replace")
+    assert err.startswith("gsub: ") and err.endswith("\n") and err.count("\n") == 1
+    assert p.stdout == b""
+    assert_nothing_written(spool)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_errors_bash(spool, shell):
+    for args in (["-n", "x", "true"], ["--bogus"], [], ["-c", "a", "b"]):
+        p = run(spool, *args, shell=shell)
+        assert p.returncode == 2 and p.stderr.startswith(b"gsub: ")
+    assert_nothing_written(spool)
+
+
+def test_unwritable_state_is_an_error(spool):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    (spool / "state").chmod(0o500)
+    try:
+        p = run(spool, "true")
+        assert p.returncode == 1 and b"gsub: " in p.stderr
+        assert os.listdir(spool / "pending") == []
+    finally:
+        (spool / "state").chmod(0o700)
+
+
+# ---------------------------------------------------------------- --wait
+def fake_daemon(spool: Path, results: dict[int, str], stop: threading.Event) -> None:
+    """Move each pending job whose id is in results to done/failed with that text."""
+    while not stop.is_set():
+        for name in os.listdir(spool / "pending"):
+            if name.startswith("."):
+                continue
+            job_id = int(name.split("-")[1].split(".")[0])
+            text = results.get(job_id)
+            if text is None:
+                continue
+            folder = "done" if "exit_code: 0\n" in text else "failed"
+            (spool / "tmp" / f"r{job_id}").write_text(f"id: {job_id}\n{text}")
+            os.rename(spool / "tmp" / f"r{job_id}", spool / folder / f"{job_id}.yaml")
+            os.unlink(spool / "pending" / name)
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def daemon(spool):
+    stop = threading.Event()
+    results: dict[int, str] = {}
+    t = threading.Thread(target=fake_daemon, args=(spool, results, stop), daemon=True)
+    t.start()
+    yield results
+    stop.set()
+    t.join(5)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_wait_exit_code(spool, daemon, shell):
+    daemon[1] = "name: x\nexit_code: 3\nreason: exited with 3\n"
+    p = run(spool, "--wait", "false", shell=shell)
+    assert p.returncode == 3
+    assert p.stdout == b"1\n"
+    assert (spool / "failed" / "1.yaml").exists()
+
+
+def test_wait_success_and_padded_record(spool):
+    def later():
+        f = wait_for(lambda: [n for n in os.listdir(spool / "pending") if n.endswith(".yaml")])
+        (spool / "done" / "00000001.yaml").write_text("id: 1\nexit_code: 0\n")
+        os.unlink(spool / "pending" / f[0])
+
+    t = threading.Thread(target=later)
+    t.start()
+    p = run(spool, "--wait", "true")
+    t.join()
+    assert p.returncode == 0 and p.stdout == b"1\n"
+
+
+def test_wait_no_exit_code(spool, daemon):
+    daemon[1] = "reason: the dependency 7 failed\n"
+    p = run(spool, "--wait", "true")
+    assert p.returncode == 1
+    assert b"reason: the dependency 7 failed" in p.stderr
+
+
+def test_wait_array_first_nonzero(spool, daemon):
+    daemon.update({1: "exit_code: 0\n", 2: "exit_code: 5\n", 3: "exit_code: 2\n"})
+    p = run(spool, "--wait", "--array", "1-3", "true")
+    assert p.returncode == 5
+    assert p.stdout == b"1\n2\n3\n"
+
+
+def test_wait_all_zero(spool, daemon, tmp_path):
+    daemon.update({1: "exit_code: 0\n", 2: "exit_code: 0\n"})
+    f = tmp_path / "jobs"
+    f.write_text("a\nb\n")
+    p = run(spool, "--wait", "--file", str(f))
+    assert p.returncode == 0 and p.stdout == b"1\n2\n"
