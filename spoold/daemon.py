@@ -206,6 +206,7 @@ class Daemon:
             self.runs[job_id] = run
             self.finish(run, None)
         else:  # claimed, never started: back in the queue, fields kept
+            runner.clear(self.spool, job_id)
             prio = rec.get("priority")
             prio = prio if isinstance(prio, int) and 0 <= prio <= 9999 else 10
             os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))

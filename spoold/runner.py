@@ -4,13 +4,14 @@ Owns: the shepherd (one line of ``sh``: a shell, not a Python interpreter),
 the job's environment, and process-tree signalling.
 
 Invariants:
-- ``state/run/<id>.lock`` is created just before the shepherd starts, and its
-  existence proves the job may have started (its absence: it never did, so it
-  may go back to pending/). The shepherd gets it as stdin, opened read-write,
-  holds an flock on it for its whole life, and as its last act writes the
-  job's exit status (``$?``: 128+N for signal N) into it.
-  Lock held = running; lock free + status written = finished; lock free +
-  empty = vanished. No pid is ever trusted on its own.
+- ``state/run/<id>.lock`` is created just before the shepherd starts. The
+  shepherd gets it as stdin, opened read-write, holds an flock on it for its
+  whole life, writes ``s`` into it before it runs the job and the job's exit
+  status (``$?``: 128+N for signal N) as its last act.
+  Lock held = running; lock free + status = finished; lock free + ``s`` only
+  = vanished after starting; no file, or an empty one = never started (the
+  daemon died before the shepherd ran), so the job may go back to pending/.
+  No pid is ever trusted on its own.
 - The job itself does not inherit that descriptor (its stdin is /dev/null), so
   a job's daemonised leftovers cannot keep the lock alive.
 - A job's processes are found by ``SPOOLD_JOB_ID`` + ``SPOOLD_SPOOL`` in their
@@ -33,7 +34,7 @@ from pathlib import Path
 
 SH = "/bin/sh"
 # stdin is the locked run file; the exit status goes there when the job ends.
-SHEPHERD = '"$@" </dev/null; printf "%s\\n" $? >&0'
+SHEPHERD = 'printf "s\\n" >&0; "$@" </dev/null; printf "%s\\n" $? >&0'
 CRON_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -181,11 +182,13 @@ def status(spool, job_id: int) -> tuple[str, int | None]:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return "running", None
-        text = os.read(fd, 64).strip()
+        words = os.read(fd, 64).split()
     finally:
         os.close(fd)  # closing drops our probe lock at once
-    if text.isdigit():
-        return "exited", int(text)
+    if not words:
+        return "unstarted", None
+    if words[-1].isdigit():
+        return "exited", int(words[-1])
     return "vanished", None
 
 

@@ -197,7 +197,7 @@ def test_sigterm_leaves_running_jobs_running_and_next_daemon_adopts(spool, daemo
     assert d.stop() == 0
     assert spool.where(j) == "running"
     go.touch()  # the job ends while no daemon runs
-    wait_for(lambda: (spool.root / "state" / "run" / f"{j}.lock").read_text().strip() == "7",
+    wait_for(lambda: (spool.root / "state" / "run" / f"{j}.lock").read_text().split() == ["s", "7"],
              what="shepherd to record the exit status")
     daemon_factory()
     assert spool.wait_state(j, "failed")["exit_code"] == 7

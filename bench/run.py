@@ -1,0 +1,1033 @@
+#!/usr/bin/env python3
+"""Benchmark spoold against task-spooler (tsp) and nq on identical work.
+
+    python3 bench/run.py            # full run, a few minutes
+    python3 bench/run.py --quick    # under ~2 minutes
+    python3 bench/run.py --profile  # run every daemon under cProfile (timings inflated)
+
+Every tool gets private state under one temp dir (TS_SOCKET/TMPDIR for tsp,
+NQDIR for nq, a fresh spool for spoold with --fake-gpus and --poll 1).  Every
+process started here carries an environment marker; at exit (normal, error,
+Ctrl-C, SIGTERM) every process with that marker or the temp dir in its
+environment is killed, so no daemon, tsp server or job is left behind.
+
+Results: a table on stdout (ratios to task-spooler, PASS/MISS against the
+targets in docs/performance.md) and bench/results/latest.json.
+Stdlib + PyYAML only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+MARK = f"SPOOLD_BENCH_MARK={uuid.uuid4().hex}"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+YLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+POLL = 1.0  # --poll given to every spoold
+
+QUICK = dict(submit_n=30, start_n=8, tput_n=100, idle_s=5.0, scale_n=10_000, scale_idle_s=3.0)
+FULL = dict(submit_n=120, start_n=20, tput_n=500, idle_s=30.0, scale_n=100_000, scale_idle_s=5.0)
+
+TMP: Path | None = None  # the temp root; its path also marks our processes
+STARTED: list[subprocess.Popen] = []  # daemons we started (killed in cleanup)
+
+
+# ---------------------------------------------------------------- small helpers
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def pctl(values: list[float], q: float) -> float | None:
+    """Percentile with linear interpolation (q in 0..100)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q / 100.0
+    lo = int(k)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def summary_ms(seconds: list[float]) -> dict:
+    ms = [s * 1000 for s in seconds]
+    return {"n": len(ms), "median_ms": pctl(ms, 50), "p90_ms": pctl(ms, 90),
+            "min_ms": min(ms) if ms else None, "max_ms": max(ms) if ms else None,
+            "mean_ms": statistics.fmean(ms) if ms else None}
+
+
+def base_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    k, v = MARK.split("=", 1)
+    env[k] = v
+    env.update(extra)
+    return env
+
+
+def wait_for(pred, timeout: float, interval: float = 0.001, what: str = "condition"):
+    """Poll pred() until truthy; return (value, time.time() when seen). Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v, time.time()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def run(cmd, env=None, timeout=60, check=True, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=kw.pop("cwd", TMP),
+                       **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
+    return r
+
+
+def timed(cmd, env, timeout=30) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of one command, fork+exec included, as a user's shell would see it."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=TMP)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
+    return dt, r
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime+stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem_mb(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) / 1024.0
+    return out
+
+
+def proc_ctxsw(pid: int) -> int:
+    """Voluntary context switches over all threads: roughly, wake-ups."""
+    n = 0
+    with contextlib.suppress(OSError):
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        n += int(line.split()[1])
+    return n
+
+
+def write_atomic(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(data)
+    os.rename(tmp, path)
+
+
+# ---------------------------------------------------------------- cleanup
+def sweep() -> int:
+    """SIGKILL every process (not us) whose environment has our marker or temp dir."""
+    needles = [MARK.encode() + b"\0"]
+    if TMP is not None:
+        needles.append(os.fsencode(str(TMP)) + b"/")
+    me, killed = os.getpid(), 0
+    for _round in range(3):
+        found = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            if any(n in env for n in needles):
+                with contextlib.suppress(OSError):
+                    os.kill(int(name), signal.SIGKILL)
+                    found += 1
+        killed += found
+        if not found:
+            break
+        time.sleep(0.05)
+    return killed
+
+
+def stop_daemon(p: subprocess.Popen, timeout: float = 15.0) -> None:
+    if p.poll() is None:
+        with contextlib.suppress(OSError):
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    if p in STARTED:
+        STARTED.remove(p)
+
+
+def cleanup() -> None:
+    for p in list(STARTED):
+        with contextlib.suppress(Exception):
+            stop_daemon(p, 5)
+    n = sweep()
+    if n:
+        log(f"cleanup: killed {n} leftover process(es)")
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# ---------------------------------------------------------------- the peers
+def find_tsp() -> str | None:
+    for name in ("tsp", "ts"):  # moreutils also ships a `ts`: check it is task-spooler
+        path = shutil.which(name)
+        if not path:
+            continue
+        with contextlib.suppress(Exception):
+            r = subprocess.run([path, "-V"], capture_output=True, timeout=5,
+                               env=base_env(TS_SOCKET="/nonexistent/none"))
+            if b"Task Spooler" in r.stdout + r.stderr:
+                return path
+    return None
+
+
+def install_peers(notes: list[str]) -> None:
+    want = []
+    if not find_tsp():
+        want.append("task-spooler")
+    if not (shutil.which("nq") and shutil.which("fq")):
+        want.append("nq")
+    if not want:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        notes.append(f"not installed (need root and apt-get): {', '.join(want)}; skipped")
+        return
+    log(f"installing {' '.join(want)} with apt-get")
+    env = base_env(DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *want]
+    r = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    if r.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        r = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    if r.returncode != 0:
+        notes.append(f"apt-get install {' '.join(want)} failed; skipped: "
+                     + r.stderr.decode(errors="replace")[-200:])
+
+
+class Tsp:
+    name = "tsp"
+
+    def __init__(self, path: str, root: Path, slots: int = 4):
+        self.path = path
+        self.dir = root
+        self.dir.mkdir(parents=True)
+        self.env = base_env(TS_SOCKET=str(root / "socket"), TMPDIR=str(root),
+                            TS_MAXFINISHED="100000")
+        self.slots = slots
+
+    def start(self) -> None:
+        run([self.path, "-S", str(self.slots)], env=self.env)  # starts the server
+        run([self.path, "-S"], env=self.env)
+
+    def submit_cmd(self, argv: list[str]) -> list[str]:
+        return [self.path, *argv]
+
+    def wait_id(self, job_id: str, timeout: float = 60) -> None:
+        run([self.path, "-w", job_id], env=self.env, timeout=timeout, check=False)
+
+    def counts(self) -> dict:
+        out = run([self.path, "-l"], env=self.env).stdout.decode()
+        c: dict[str, int] = {}
+        for line in out.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) > 1:
+                c[parts[1]] = c.get(parts[1], 0) + 1
+        return c
+
+    def server_pid(self) -> int | None:
+        """The task-spooler server: the live tsp process with our socket in its env."""
+        want = f"TS_SOCKET={self.env['TS_SOCKET']}\0".encode()
+        best = None
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{name}/exe") != os.path.realpath(self.path):
+                    continue
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    if want not in f.read():
+                        continue
+            except OSError:
+                continue
+            if best is None or int(name) < best:
+                best = int(name)
+        return best
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            run([self.path, "-K"], env=self.env, check=False, timeout=10)
+
+
+class Nq:
+    name = "nq"
+
+    def __init__(self, root: Path):
+        self.dir = root
+        self.dir.mkdir(parents=True)
+        self.env = base_env(NQDIR=str(root))
+
+    def submit_cmd(self, argv: list[str]) -> list[str]:
+        return ["nq", *argv]
+
+    def wait_all(self, timeout: float = 600) -> None:
+        run(["nq", "-w"], env=self.env, timeout=timeout, check=False)
+
+
+class Spoold:
+    name = "spoold"
+
+    def __init__(self, root: Path, n_gpus: int, gsub_sh: str, busy: bool = False):
+        self.root = root
+        self.spool = root / "spool"
+        self.gpus_file = root / "fake-gpus.yaml"
+        self.n_gpus = n_gpus
+        self.gsub = [gsub_sh, str(REPO / "bin" / "gsub"), "--spool", str(self.spool)]
+        self.env = base_env(PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.env.pop("SPOOLD_SPOOL", None)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = root / "daemon.out"
+        root.mkdir(parents=True)
+        self.set_gpus(busy=[busy] * n_gpus)
+        self.create_spool()
+
+    def create_spool(self) -> None:
+        # The layout exactly as the daemon creates it (spoold.spool.Spool.create).
+        code = "import sys; from spoold.spool import Spool; Spool(sys.argv[1]).create()"
+        run([sys.executable, "-c", code, str(self.spool)], env=self.env)
+
+    def set_gpus(self, busy: list[bool]) -> None:
+        gpus = [{"index": i, "uuid": f"GPU-bench-{i:04d}", "name": "Fake GPU",
+                 "memory_total": 81559, "memory_used": 80000 if b else 0,
+                 "utilization": 100 if b else 0} for i, b in enumerate(busy)]
+        write_atomic(self.gpus_file, yaml.safe_dump(gpus, sort_keys=False))
+
+    def submit_cmd(self, argv: list[str], gpus: int = 1) -> list[str]:
+        return [*self.gsub, "-n", str(gpus), "--", *argv]
+
+    def start(self, extra: list[str] = (), profile: Path | None = None, wait: bool = True,
+              timeout: float = 60) -> float:
+        cmd = [sys.executable]
+        if profile:
+            cmd += ["-m", "cProfile", "-o", str(profile)]
+        cmd += ["-m", "spoold.daemon", "--spool", str(self.spool), "--fake-gpus",
+                str(self.gpus_file), "--poll", f"{POLL:g}", "--host", "bench", *extra]
+        out = open(self.log_path, "ab")  # noqa: SIM115 - closed with the daemon
+        t0 = time.time()
+        self.proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
+                                     stderr=subprocess.STDOUT, cwd=self.root,
+                                     start_new_session=True)
+        out.close()
+        STARTED.append(self.proc)
+        if wait:
+            self.wait_ready(timeout)
+        return t0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> bool:
+        if not self.alive():
+            raise RuntimeError(f"spoold exited ({self.proc.returncode}); log tail:\n"
+                               + self.log_tail())
+        return True
+
+    def wait_ready(self, timeout: float) -> float:
+        snap = self.spool / "state" / "gpus.yaml"
+        _, t = wait_for(lambda: self.check_alive() and snap.exists(), timeout,
+                        what="spoold to write state/gpus.yaml")
+        return t
+
+    def log_tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-n:]
+        return ""
+
+    def count(self, *dirs: str) -> int:
+        n = 0
+        for d in dirs:
+            with os.scandir(self.spool / d) as it:
+                n += sum(1 for e in it if e.name.endswith(".yaml"))
+        return n
+
+    def finished(self, job_id: str) -> str | None:
+        for d in ("done", "failed", "cancelled"):
+            if (self.spool / d / f"{job_id}.yaml").exists():
+                return d
+        return None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_daemon(self.proc)
+        sweep_spool(self.spool)
+
+
+def sweep_spool(spool: Path) -> None:
+    """Kill jobs the daemon left running (SIGTERM leaves them running by design)."""
+    needle = b"SPOOLD_SPOOL=" + os.fsencode(str(spool)) + b"\0"
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read():
+                    os.kill(int(name), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- measurements
+def bench_submit(cfg, tools, gsub_sh, res) -> None:
+    """Wall time of one submit command; spoold's daemon is not running (pure submit cost)."""
+    n = cfg["submit_n"]
+    log(f"submit latency: {n} submissions per tool, 2 rounds")
+    runners = []  # (name, env, argv-maker)
+    sp = Spoold(TMP / "submit-spoold", 1, gsub_sh)
+    runners.append(("spoold", sp.env, lambda: sp.submit_cmd(["true"], gpus=0)))
+    if tools.get("tsp"):
+        ts = Tsp(tools["tsp"], TMP / "submit-tsp")
+        ts.start()
+        runners.append(("tsp", ts.env, lambda: ts.submit_cmd(["true"])))
+    if tools.get("nq"):
+        nq = Nq(TMP / "submit-nq")
+        runners.append(("nq", nq.env, lambda: nq.submit_cmd(["true"])))
+    floor_env = base_env()
+    runners.append(("floor", floor_env, lambda: ["/bin/true"]))
+    sh = [gsub_sh, "-c", ":"]
+    runners.append(("sh_floor", floor_env, lambda: sh))
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in runners}
+    try:
+        for _round in range(2):  # two rounds in alternating order: drift hits all alike
+            order = runners if _round == 0 else list(reversed(runners))
+            for name, env, mk in order:
+                for _ in range(3):  # warm-up (page cache, tsp connection, nq dir)
+                    timed(mk(), env)
+                for _ in range((n + 1) // 2):
+                    dt, _r = timed(mk(), env)
+                    samples[name].append(dt)
+                time.sleep(0.3)  # let background jobs of tsp/nq finish
+    finally:
+        if tools.get("tsp"):
+            ts.stop()
+        if tools.get("nq"):
+            with contextlib.suppress(Exception):
+                nq.wait_all(60)
+    for name, s in samples.items():
+        res.setdefault("submit", {})[name] = summary_ms(s)
+    res["submit"]["spoold"]["pending_after"] = sp.count("pending")
+
+
+def bench_gsub_breakdown(gsub_sh, res) -> None:
+    """What gsub's time is made of: the programs it runs, each timed alone."""
+    d = TMP / "breakdown"
+    d.mkdir()
+    f = d / "f"
+    f.write_text("x")
+    lock = d / "lock"
+    env = base_env(LC_ALL="C")
+    parts = {
+        "dash -c : (shell start)": [gsub_sh, "-c", ":"],
+        "dash -c 'x=$(:)' (one fork)": [gsub_sh, "-c", "x=$(:)"],
+        "flock (program)": [gsub_sh, "-c", f"exec 9>>{lock}; flock 9"],
+        "mv (program)": [gsub_sh, "-c", f"mv {f} {f}2 && mv {f}2 {f}"],
+        "sync FILE DIR FILE (program)": [gsub_sh, "-c", f"sync -- {f} {d} {lock}"],
+    }
+    raw = {}
+    for name, cmd in parts.items():
+        s = []
+        for _ in range(3):
+            timed(cmd, env)
+        for _ in range(20):
+            s.append(timed(cmd, env)[0])
+        raw[name] = summary_ms(s)["median_ms"]
+    # each part net of the shell that runs it (mv runs twice in its line)
+    sh = raw["dash -c : (shell start)"]
+    out = {"fork+exec of a dash running nothing": sh}
+    for name, v in raw.items():
+        if name != "dash -c : (shell start)":
+            out[name.replace(" (program)", "")] = (v - sh) / (2 if name.startswith("mv") else 1)
+    res["gsub_breakdown_ms"] = out
+
+
+def _ts_file(path: Path) -> float | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def bench_start(cfg, tools, gsub_sh, res, profile_dir) -> None:
+    """Submit -> the job's own first instruction (`date` writes a timestamp)."""
+    n = cfg["start_n"]
+    log(f"submit->start latency: {n} jobs per tool, one at a time")
+    rnd = random.Random(7)
+    out = {}
+
+    def job(mark: Path) -> list[str]:
+        return ["sh", "-c", f"date +%s.%N > {mark}.tmp && mv {mark}.tmp {mark}"]
+
+    def measure(name, env, submit, after):
+        lat = []
+        for i in range(n + 1):  # the first is warm-up
+            mark = TMP / f"start-{name}-{i}"
+            t0 = time.time()
+            r = subprocess.run(submit(job(mark)), env=env, stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=30, cwd=TMP)
+            if r.returncode != 0:
+                raise RuntimeError(f"{name} submit failed: {r.stderr.decode()[-300:]}")
+            ts, _ = wait_for(lambda m=mark: _ts_file(m), 30, what=f"{name} job start")
+            after(r.stdout.decode().strip())
+            if i:
+                lat.append(ts - t0)
+            time.sleep(rnd.uniform(0.05, 0.25))  # no phase lock with any timer
+        return summary_ms(lat)
+
+    sp = Spoold(TMP / "start-spoold", 4, gsub_sh)
+    sp.start(profile=profile_dir / "start.prof" if profile_dir else None)
+    try:
+        out["spoold"] = measure(
+            "spoold", sp.env, lambda a: sp.submit_cmd(a, gpus=1),
+            lambda jid: wait_for(lambda: sp.finished(jid), 30, 0.002, "spoold job end"))
+    finally:
+        sp.stop()
+    if tools.get("tsp"):
+        ts = Tsp(tools["tsp"], TMP / "start-tsp")
+        ts.start()
+        try:
+            out["tsp"] = measure("tsp", ts.env, ts.submit_cmd, lambda jid: ts.wait_id(jid))
+        finally:
+            ts.stop()
+    if tools.get("nq"):
+        nq = Nq(TMP / "start-nq")
+        out["nq"] = measure("nq", nq.env, nq.submit_cmd, lambda jid: nq.wait_all(30))
+    res["start"] = out
+
+
+def bench_throughput(cfg, tools, gsub_sh, res, profile_dir) -> None:
+    n = cfg["tput_n"]
+    log(f"throughput: {n} trivial jobs per tool, 4 slots")
+    out = {}
+    if tools.get("tsp"):
+        ts = Tsp(tools["tsp"], TMP / "tput-tsp", slots=4)
+        ts.start()
+        try:
+            t0 = time.perf_counter()
+            last = None
+            for _ in range(n):
+                last = run(ts.submit_cmd(["true"]), env=ts.env).stdout.decode().strip()
+            t_sub = time.perf_counter() - t0
+            ts.wait_id(last, timeout=600)
+            wait_for(lambda: ts.counts().get("finished", 0) >= n, 600, 0.01, "tsp jobs")
+            t_all = time.perf_counter() - t0
+            pid = ts.server_pid()
+            mem = proc_mem_mb(pid) if pid else {}
+            out["tsp"] = {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
+                          "server_hwm_mb": mem.get("VmHWM"), "server_rss_mb": mem.get("VmRSS"),
+                          "server_cpu_s": proc_cpu_s(pid) if pid else None}
+        finally:
+            ts.stop()
+    if tools.get("nq"):
+        nq = Nq(TMP / "tput-nq")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            run(nq.submit_cmd(["true"]), env=nq.env)
+        t_sub = time.perf_counter() - t0
+        nq.wait_all(600)
+        t_all = time.perf_counter() - t0
+        out["nq"] = {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
+                     "note": "nq runs one job at a time (strictly serial queue)"}
+    sp = Spoold(TMP / "tput-spoold", 4, gsub_sh)
+    sp.start(profile=profile_dir / "throughput.prof" if profile_dir else None)
+    try:
+        time.sleep(1.0)
+        cpu0 = proc_cpu_s(sp.proc.pid)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            run(sp.submit_cmd(["true"], gpus=1), env=sp.env)
+        t_sub = time.perf_counter() - t0
+        wait_for(lambda: sp.check_alive() and sp.count("done", "failed", "cancelled") >= n,
+                 600, 0.01, "spoold jobs")
+        t_all = time.perf_counter() - t0
+        mem = proc_mem_mb(sp.proc.pid)
+        cpu = proc_cpu_s(sp.proc.pid) - cpu0
+        out["spoold"] = {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
+                         "failed": sp.count("failed", "cancelled"),
+                         "daemon_hwm_mb": mem.get("VmHWM"), "daemon_rss_mb": mem.get("VmRSS"),
+                         "daemon_cpu_s": cpu, "daemon_cpu_ms_per_job": cpu / n * 1000}
+    finally:
+        sp.stop()
+    res["throughput"] = out
+
+
+def bench_idle(cfg, tools, gsub_sh, res, profile_dir) -> None:
+    secs = cfg["idle_s"]
+    log(f"idle CPU: {secs:g}s, 8 fake GPUs, --poll {POLL:g}")
+    sp = Spoold(TMP / "idle-spoold", 8, gsub_sh)
+    sp.start(profile=profile_dir / "idle.prof" if profile_dir else None)
+    ts = None
+    try:
+        tsp_pid = None
+        if tools.get("tsp"):
+            ts = Tsp(tools["tsp"], TMP / "idle-tsp")
+            ts.start()
+            tsp_pid = ts.server_pid()
+        time.sleep(2.0)  # past start-up
+        pid = sp.proc.pid
+        c0, w0, t0 = proc_cpu_s(pid), proc_ctxsw(pid), time.perf_counter()
+        tc0 = proc_cpu_s(tsp_pid) if tsp_pid else None
+        time.sleep(secs)
+        sp.check_alive()
+        dt = time.perf_counter() - t0
+        cpu = proc_cpu_s(pid) - c0
+        mem = proc_mem_mb(pid)
+        out = {"spoold": {"seconds": dt, "cpu_s": cpu, "cpu_pct": 100 * cpu / dt,
+                          "wakeups_per_s": (proc_ctxsw(pid) - w0) / dt,
+                          "rss_mb": mem.get("VmRSS"), "hwm_mb": mem.get("VmHWM")}}
+        if tsp_pid:
+            tcpu = proc_cpu_s(tsp_pid) - tc0
+            tm = proc_mem_mb(tsp_pid)
+            out["tsp"] = {"seconds": dt, "cpu_s": tcpu, "cpu_pct": 100 * tcpu / dt,
+                          "rss_mb": tm.get("VmRSS"), "hwm_mb": tm.get("VmHWM")}
+        res["idle"] = out
+    finally:
+        sp.stop()
+        if ts:
+            ts.stop()
+
+
+def open_writer(fifo: Path, timeout: float = 5.0) -> None:
+    """Open a fifo for writing and close it at once; its reader then sees EOF."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError as e:  # ENXIO: the reader has not opened it yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no reader on {fifo}: {e}") from None
+            time.sleep(0.001)
+
+
+def gen_pending(sp: Spoold, n: int, fifo1: Path, fifo2: Path, t1: Path, t2: Path) -> None:
+    """n pending jobs written straight into pending/ (as a program would), ids 1..n.
+    Job 1 and 2 record their start time and wait on a fifo; the rest run `true`."""
+    pend = sp.spool / "pending"
+    special = {
+        1: f'argv: ["sh", "-c", "date +%s.%N > {t1}; exec cat {fifo1}"]\ngpus: 1\n',
+        2: f'argv: ["sh", "-c", "date +%s.%N > {t2}; exec cat {fifo2}"]\ngpus: 1\n',
+    }
+    plain = b'argv: ["true"]\ngpus: 1\n'
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for i in range(1, n + 1):
+        fd = os.open(pend / f"0010-{i:08d}.yaml", flags, 0o644)
+        try:
+            os.write(fd, special[i].encode() if i in special else plain)
+        finally:
+            os.close(fd)
+    (sp.spool / "state" / "next-id").write_text(f"{n + 1}\n")
+
+
+def bench_scale(cfg, tools, gsub_sh, res, profile_dir) -> None:
+    n = cfg["scale_n"]
+    log(f"scale: {n} pending jobs, all 4 fake GPUs busy")
+    sp = Spoold(TMP / "scale-spoold", 4, gsub_sh, busy=True)
+    fifo1, fifo2 = TMP / "scale-fifo1", TMP / "scale-fifo2"
+    t1, t2 = TMP / "scale-t1", TMP / "scale-t2"
+    os.mkfifo(fifo1)
+    os.mkfifo(fifo2)
+    out: dict = {"n": n}
+    res["scale"] = out
+    g0 = time.perf_counter()
+    gen_pending(sp, n, fifo1, fifo2, t1, t2)
+    out["generate_s"] = time.perf_counter() - g0
+    # gsub with a long queue (it counts pending/ for --max-pending): -n 1, same shape
+    (sp.spool / "state" / "max-pending").write_text(f"{2 * n + 100}\n")
+    s = [timed(sp.submit_cmd(["true"], gpus=1), sp.env)[0] for _ in range(5)]
+    out["gsub_with_queue"] = summary_ms(s)
+    try:
+        log("scale: starting spoold")
+        t0 = sp.start(extra=["--max-pending", str(2 * n + 100)],
+                      profile=profile_dir / "scale.prof" if profile_dir else None, wait=False)
+        logline = None
+        snap = sp.spool / "state" / "gpus.yaml"
+        probe = sp.spool / "requests" / "bench-probe"
+        deadline = time.monotonic() + 300
+        t_snap = t_log = t_probe = None
+        while time.monotonic() < deadline:
+            sp.check_alive()
+            now = time.time()
+            if t_log is None:
+                for line in sp.log_tail(100000).splitlines():
+                    if " on " in line and "spoold " in line and "INFO spoold" in line:
+                        t_log, logline = now, line
+                        break
+            if t_snap is None and snap.exists():
+                t_snap = now
+                probe.write_text("")  # malformed request: removed on the next tick
+            if t_probe is None and t_snap is not None and not probe.exists():
+                t_probe = now
+            if t_snap and t_log and t_probe:
+                break
+            time.sleep(0.002)
+        out["start_log_s"] = (t_log - t0) if t_log else None
+        out["start_gpus_yaml_s"] = (t_snap - t0) if t_snap else None
+        out["start_responsive_s"] = (t_probe - t0) if t_probe else None
+        out["log_line"] = logline
+        if t_probe is None:
+            out["error"] = "daemon did not answer a request within 300 s"
+            return
+        pid = sp.proc.pid
+        time.sleep(0.5)
+        out["after_start_mem_mb"] = proc_mem_mb(pid)
+        # idle, with the queue full and every GPU busy
+        c0, w0, tt = proc_cpu_s(pid), proc_ctxsw(pid), time.perf_counter()
+        time.sleep(cfg["scale_idle_s"])
+        dt = time.perf_counter() - tt
+        out["idle_cpu_pct"] = 100 * (proc_cpu_s(pid) - c0) / dt
+        out["idle_wakeups_per_s"] = (proc_ctxsw(pid) - w0) / dt
+        # 1) another user's load goes away: GPU 0 reads idle at the next poll.  The poll
+        # that saw it is the first state/gpus.yaml (rewritten by rename at every poll)
+        # showing GPU 0 idle; its `time` field is when the daemon took that reading.
+        seen = {"ino": snap.stat().st_ino, "poll": None, "poll_seen": None}
+        tw = time.time()
+        sp.set_gpus([False] + [True] * (sp.n_gpus - 1))
+
+        def claimed():
+            sp.check_alive()
+            if seen["poll"] is None:
+                with contextlib.suppress(OSError, yaml.YAMLError, TypeError, KeyError):
+                    st = snap.stat()
+                    if st.st_ino != seen["ino"]:
+                        seen["ino"] = st.st_ino
+                        data = yaml.load(snap.read_bytes(), Loader=YLoader)
+                        g0 = next(g for g in data["gpus"] if g["index"] == 0)
+                        if g0.get("busy") is None:
+                            seen["poll"], seen["poll_seen"] = float(data["time"]), time.time()
+            return (sp.spool / "running" / "1.yaml").exists()
+
+        _, t_claim = wait_for(claimed, 30, 0.0005, "job 1 in running/")
+        ts1, _ = wait_for(lambda: _ts_file(t1), 30, 0.001, "job 1 start")
+        t_poll = seen["poll"] if seen["poll"] is not None else t_claim
+        out["freed_external"] = {
+            "claim_ms": (t_claim - tw) * 1000, "job_start_ms": (ts1 - tw) * 1000,
+            "wait_for_poll_ms": (t_poll - tw) * 1000,
+            "poll_to_claim_ms": (t_claim - t_poll) * 1000,
+            "poll_to_job_start_ms": (ts1 - t_poll) * 1000,
+            "poll_found": seen["poll"] is not None,
+            "note": "poll = the `time` of the first state/gpus.yaml that shows GPU 0 idle"}
+        # 2) our own job ends: the GPU it held goes to the next job
+        time.sleep(0.2)  # job 1 is blocked in open(fifo1)
+        te = time.time()
+        open_writer(fifo1)  # and close it: EOF, job 1 exits 0
+        _, t_claim2 = wait_for(lambda: sp.check_alive() and
+                               (sp.spool / "running" / "2.yaml").exists(),
+                               30, 0.0005, "job 2 in running/")
+        ts2, _ = wait_for(lambda: _ts_file(t2), 30, 0.001, "job 2 start")
+        wait_for(lambda: sp.finished("1"), 30, 0.001, "job 1 recorded")
+        out["own_job_end"] = {"claim_ms": (t_claim2 - te) * 1000,
+                              "job_start_ms": (ts2 - te) * 1000,
+                              "job1_state": sp.finished("1")}
+        out["end_mem_mb"] = proc_mem_mb(pid)
+        with contextlib.suppress(OSError, TimeoutError):
+            open_writer(fifo2, 1.0)
+    finally:
+        sp.stop()
+
+
+# ---------------------------------------------------------------- report
+def versions(tools, gsub_sh) -> dict:
+    def cmd_out(cmd, env=None):
+        with contextlib.suppress(Exception):
+            r = subprocess.run(cmd, capture_output=True, timeout=10, env=env)
+            return (r.stdout + r.stderr).decode(errors="replace").strip()
+        return None
+
+    def dpkg(pkg):
+        return cmd_out(["dpkg-query", "-W", "-f=${Version}", pkg])
+
+    model = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    env = base_env(PYTHONPATH=str(REPO))
+    spoold_v = cmd_out([sys.executable, "-c", "from spoold.daemon import _version; "
+                        "print(_version())"], env)
+    git = cmd_out(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    tsp_v = None
+    if tools.get("tsp"):
+        tsp_v = (cmd_out([tools["tsp"], "-V"], base_env(TS_SOCKET="/nonexistent/x")) or "")
+        tsp_v = tsp_v.splitlines()[0] if tsp_v else None
+        tsp_v = f"{tsp_v} (deb {dpkg('task-spooler')})"
+    mem_total = None
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem_total = int(f.readline().split()[1]) // 1024
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "spoold": f"{spoold_v} (git {git})",
+        "tsp": tsp_v,
+        "nq": f"nq {dpkg('nq')}" if tools.get("nq") else None,
+        "python": platform.python_version(),
+        "pyyaml": f"{yaml.__version__} (libyaml: {getattr(yaml, '__with_libyaml__', False)})",
+        "shell_for_gsub": f"{gsub_sh} ({dpkg('dash') or '?'})",
+        "kernel": platform.release(),
+        "os": cmd_out(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "mem_mib": mem_total,
+        "filesystem_tmp": cmd_out(["findmnt", "-no", "FSTYPE,OPTIONS", "-T", str(TMP)]),
+    }
+
+
+def fmt(v, nd=1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{nd}f}"
+
+
+def table(res: dict) -> tuple[list[dict], str]:
+    rows: list[dict] = []
+
+    def get(*path):
+        d = res
+        for p in path:
+            if not isinstance(d, dict) or p not in d:
+                return None
+            d = d[p]
+        return d
+
+    def row(metric, unit, sp, tsp=None, nq=None, target=None, check=None, ratio=True,
+            note=""):
+        r = sp / tsp if (ratio and sp is not None and tsp) else None
+        verdict = ""
+        if check is not None and sp is not None:
+            verdict = "PASS" if check(sp, r) else "MISS"
+        elif check is not None:
+            verdict = "n/a"
+        rows.append({"metric": metric, "unit": unit, "spoold": sp, "tsp": tsp, "nq": nq,
+                     "ratio": r, "target": target or "", "result": verdict, "note": note})
+
+    s = get("submit") or {}
+    row("submit latency, median", "ms", get("submit", "spoold", "median_ms"),
+        get("submit", "tsp", "median_ms"), get("submit", "nq", "median_ms"),
+        "<= 1.3x tsp", (lambda v, r: r is not None and r <= 1.3))
+    row("submit latency, p90", "ms", get("submit", "spoold", "p90_ms"),
+        get("submit", "tsp", "p90_ms"), get("submit", "nq", "p90_ms"))
+    if s:
+        fl = get("submit", "floor", "median_ms")
+        row("floor: fork+exec /bin/true", "ms", fl, fl, fl, ratio=False,
+            note="same for every tool")
+        shf = get("submit", "sh_floor", "median_ms")
+        row("floor: dash -c : (a shell starts)", "ms", shf, None, None, ratio=False,
+            note="gsub is a sh script")
+    row("submit->start, median", "ms", get("start", "spoold", "median_ms"),
+        get("start", "tsp", "median_ms"), get("start", "nq", "median_ms"),
+        "<= 1.5x tsp", (lambda v, r: r is not None and r <= 1.5))
+    row("submit->start, p90", "ms", get("start", "spoold", "p90_ms"),
+        get("start", "tsp", "p90_ms"), get("start", "nq", "p90_ms"))
+    n = get("throughput", "spoold", "n") or get("throughput", "tsp", "n")
+    row(f"throughput, {n or 'N'} jobs, 4 slots", "jobs/s", get("throughput", "spoold", "jobs_per_s"),
+        get("throughput", "tsp", "jobs_per_s"), get("throughput", "nq", "jobs_per_s"),
+        ">= 0.8x tsp", (lambda v, r: r is not None and r >= 0.8),
+        note="nq: 1 job at a time")
+    row("  of which submitting", "s", get("throughput", "spoold", "submit_s"),
+        get("throughput", "tsp", "submit_s"), get("throughput", "nq", "submit_s"))
+    row("  daemon CPU per job", "ms", get("throughput", "spoold", "daemon_cpu_ms_per_job"),
+        (get("throughput", "tsp", "server_cpu_s") or 0) * 1000 / n if n and
+        get("throughput", "tsp", "server_cpu_s") is not None else None)
+    row("peak RSS of the daemon (throughput run)", "MB",
+        get("throughput", "spoold", "daemon_hwm_mb"), get("throughput", "tsp", "server_hwm_mb"),
+        None, "< 40 MB", (lambda v, r: v < 40))
+    row("idle CPU, 8 GPUs polled at 1 s", "%", get("idle", "spoold", "cpu_pct"),
+        get("idle", "tsp", "cpu_pct"), None, "< 0.5 %", (lambda v, r: v < 0.5), ratio=False)
+    row("  idle wake-ups", "/s", get("idle", "spoold", "wakeups_per_s"), None, None,
+        ratio=False)
+    sn = get("scale", "n")
+    if sn:
+        k = f"{sn // 1000}k" if sn >= 1000 else str(sn)
+        row(f"{k} pending: start until state/gpus.yaml", "s", get("scale", "start_gpus_yaml_s"),
+            target="< 2 s", check=(lambda v, r: v < 2), ratio=False)
+        row(f"{k} pending: start until it answers a request", "s",
+            get("scale", "start_responsive_s"), target="< 2 s", check=(lambda v, r: v < 2),
+            ratio=False, note="first scheduling pass done")
+        row(f"{k} pending: RSS after start", "MB", get("scale", "after_start_mem_mb", "VmRSS"),
+            target="< 150 MB", check=(lambda v, r: v < 150), ratio=False)
+        row(f"{k} pending: peak RSS", "MB", get("scale", "end_mem_mb", "VmHWM"),
+            target="< 150 MB", check=(lambda v, r: v < 150), ratio=False)
+        row(f"{k} pending: CPU while nothing changes", "%", get("scale", "idle_cpu_pct"),
+            ratio=False)
+        row(f"{k} pending: GPU freed by others -> claimed (wall)", "ms",
+            get("scale", "freed_external", "claim_ms"), ratio=False,
+            note=f"includes waiting for the next poll (<= {POLL:g} s)")
+        row(f"{k} pending:   ... from the poll that saw it", "ms",
+            get("scale", "freed_external", "poll_to_claim_ms"), target="< 50 ms",
+            check=(lambda v, r: v < 50), ratio=False)
+        row(f"{k} pending: own job ends -> next claimed", "ms",
+            get("scale", "own_job_end", "claim_ms"), target="< 50 ms",
+            check=(lambda v, r: v < 50), ratio=False, note="event-driven, no poll involved")
+        row(f"{k} pending: own job ends -> next job runs", "ms",
+            get("scale", "own_job_end", "job_start_ms"), ratio=False)
+        row(f"gsub with {k} pending", "ms", get("scale", "gsub_with_queue", "median_ms"),
+            ratio=False, note="gsub counts pending/ for --max-pending")
+
+    head = ["metric", "unit", "spoold", "tsp", "nq", "spoold/tsp", "target", "result"]
+    body = [[r["metric"], r["unit"], fmt(r["spoold"]), fmt(r["tsp"]), fmt(r["nq"]),
+             (f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""), r["target"],
+             r["result"]] for r in rows]
+    widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
+    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for b in body:
+        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(b, widths)) + " |")
+    return rows, "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+SECTIONS = ("submit", "start", "throughput", "idle", "scale")
+
+
+def main() -> int:
+    global TMP
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer samples, 10k pending (< 2 min)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections ({','.join(SECTIONS)})")
+    ap.add_argument("--scale-n", type=int, default=None, help="pending jobs for the scale test")
+    ap.add_argument("--profile", action="store_true",
+                    help="run each spoold under cProfile; .prof files go to bench/results/")
+    ap.add_argument("--no-install", action="store_true", help="never apt-get the peers")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (debugging)")
+    ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="JSON output")
+    a = ap.parse_args()
+    cfg = dict(QUICK if a.quick else FULL)
+    if a.scale_n:
+        cfg["scale_n"] = a.scale_n
+    only = [s.strip() for s in a.only.split(",") if s.strip()]
+    bad = set(only) - set(SECTIONS)
+    if bad:
+        ap.error(f"unknown section(s): {', '.join(sorted(bad))}")
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    atexit.register(cleanup)
+    notes: list[str] = []
+    if not a.no_install:
+        install_peers(notes)
+    tools = {"tsp": find_tsp(), "nq": shutil.which("nq")}
+    if not tools["tsp"]:
+        notes.append("task-spooler not available: ratios cannot be computed")
+    if not tools["nq"]:
+        notes.append("nq not available: its column is empty")
+    gsub_sh = shutil.which("dash") or "/bin/sh"
+    TMP = Path(tempfile.mkdtemp(prefix="spoold-bench-"))
+    profile_dir = None
+    if a.profile:
+        profile_dir = RESULTS / "profiles"
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        notes.append("profiled run: every daemon ran under cProfile; its timings are inflated")
+    res: dict = {}
+    t_begin = time.perf_counter()
+    try:
+        meta = versions(tools, gsub_sh)
+        meta["mode"] = "quick" if a.quick else "full"
+        meta["config"] = cfg
+        log(f"temp dir {TMP}; mode {meta['mode']}")
+        for sec in SECTIONS:
+            if sec not in only:
+                continue
+            t = time.perf_counter()
+            try:
+                if sec == "submit":
+                    bench_submit(cfg, tools, gsub_sh, res)
+                    bench_gsub_breakdown(gsub_sh, res)
+                elif sec == "start":
+                    bench_start(cfg, tools, gsub_sh, res, profile_dir)
+                elif sec == "throughput":
+                    bench_throughput(cfg, tools, gsub_sh, res, profile_dir)
+                elif sec == "idle":
+                    bench_idle(cfg, tools, gsub_sh, res, profile_dir)
+                elif sec == "scale":
+                    bench_scale(cfg, tools, gsub_sh, res, profile_dir)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one broken section must not hide the others
+                log(f"section {sec} failed: {type(e).__name__}: {e}")
+                res.setdefault("errors", {})[sec] = f"{type(e).__name__}: {e}"
+            finally:
+                cleanup()
+            log(f"section {sec}: {time.perf_counter() - t:.1f}s")
+    finally:
+        cleanup()
+        if TMP and not a.keep_tmp:
+            shutil.rmtree(TMP, ignore_errors=True)
+    meta["elapsed_s"] = time.perf_counter() - t_begin
+    rows, text = table(res)
+    print()
+    for k in ("date", "spoold", "tsp", "nq", "python", "pyyaml", "shell_for_gsub", "kernel",
+              "os", "nproc", "cpu", "mem_mib", "filesystem_tmp", "mode"):
+        print(f"{k:>15}: {meta.get(k)}")
+    print()
+    print(text)
+    gb = res.get("gsub_breakdown_ms")
+    if gb:
+        print("\ngsub's parts, each timed alone (median ms): "
+              + "; ".join(f"{k} {v:.2f}" for k, v in gb.items()))
+    for sec, err in (res.get("errors") or {}).items():
+        print(f"ERROR in {sec}: {err}")
+    for n in notes:
+        print(f"note: {n}")
+    print(f"\n(took {meta['elapsed_s']:.0f}s)")
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps({"meta": meta, "notes": notes, "results": res, "table": rows},
+                                 indent=2, default=str) + "\n")
+    print(f"JSON: {a.json}")
+    return 1 if res.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
