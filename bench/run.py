@@ -3,7 +3,9 @@
 
     python3 bench/run.py            # full run, a few minutes
     python3 bench/run.py --quick    # under ~2 minutes
-    python3 bench/run.py --profile  # run every daemon under cProfile (timings inflated)
+    python3 bench/run.py --profile cprofile   # every daemon under cProfile (timings inflated)
+    python3 bench/run.py --profile py-spy     # every daemon sampled by py-spy, if installed
+    python3 bench/run.py --what-if nodelay,noopen   # patched daemon: see WHAT_IF below
 
 Every tool gets private state under one temp dir (TS_SOCKET/TMPDIR for tsp,
 NQDIR for nq, a fresh spool for spoold with --fake-gpus and --poll 1).  Every
@@ -45,10 +47,33 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 YLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 POLL = 1.0  # --poll given to every spoold
 
-QUICK = dict(submit_n=30, start_n=8, tput_n=100, idle_s=5.0, scale_n=10_000, scale_idle_s=3.0)
-FULL = dict(submit_n=120, start_n=20, tput_n=500, idle_s=30.0, scale_n=100_000, scale_idle_s=5.0)
+QUICK = dict(submit_n=30, start_n=8, tput_n=100, idle_s=5.0, busy_s=3.0, scale_n=10_000,
+             scale_idle_s=3.0)
+FULL = dict(submit_n=120, start_n=20, tput_n=500, idle_s=30.0, busy_s=10.0, scale_n=100_000,
+            scale_idle_s=5.0)
 
 TMP: Path | None = None  # the temp root; its path also marks our processes
+PROFILE: dict = {"mode": None, "dir": None}  # --profile
+WHAT_IF: list[str] = []  # --what-if
+
+# --what-if: run the daemon with a patch applied from outside (spoold's files untouched),
+# to show what a proposed change would buy.  Timings of such runs are not spoold's.
+WHAT_IF_PATCHES = {
+    # watchdog holds every IN_MOVED_FROM whose IN_MOVED_TO it did not see for 0.5 s, and
+    # every later event of that folder waits behind it (DelayedQueue is FIFO)
+    "nodelay": "import watchdog.observers.inotify_move_event_grouper as g\n"
+               "g.InotifyMoveEventGrouper.delay = 0.0\n",
+    # do not wake on open/close-without-write: the daemon's own reads of pending/ and
+    # state/run/ files would otherwise wake it again, for ever while a job runs
+    "noopen": "import watchdog.observers.api as a, watchdog.events as e\n"
+              "_s = a.BaseObserver.schedule\n"
+              "def schedule(self, h, path, *, recursive=False, event_filter=None, **kw):\n"
+              "    f = [c for c in (e.FileCreatedEvent, e.DirCreatedEvent, e.FileModifiedEvent,\n"
+              "         e.DirModifiedEvent, e.FileMovedEvent, e.DirMovedEvent, e.FileDeletedEvent,\n"
+              "         e.DirDeletedEvent, e.FileClosedEvent)]\n"
+              "    return _s(self, h, path, recursive=recursive, event_filter=f, **kw)\n"
+              "a.BaseObserver.schedule = schedule\n",
+}
 STARTED: list[subprocess.Popen] = []  # daemons we started (killed in cleanup)
 
 
@@ -341,13 +366,23 @@ class Spoold:
     def submit_cmd(self, argv: list[str], gpus: int = 1) -> list[str]:
         return [*self.gsub, "-n", str(gpus), "--", *argv]
 
-    def start(self, extra: list[str] = (), profile: Path | None = None, wait: bool = True,
+    def start(self, tag: str, extra: list[str] = (), wait: bool = True,
               timeout: float = 60) -> float:
+        args = ["--spool", str(self.spool), "--fake-gpus", str(self.gpus_file), "--poll",
+                f"{POLL:g}", "--host", "bench", *extra]
         cmd = [sys.executable]
-        if profile:
-            cmd += ["-m", "cProfile", "-o", str(profile)]
-        cmd += ["-m", "spoold.daemon", "--spool", str(self.spool), "--fake-gpus",
-                str(self.gpus_file), "--poll", f"{POLL:g}", "--host", "bench", *extra]
+        if PROFILE["mode"] == "cprofile":
+            cmd += ["-m", "cProfile", "-o", str(PROFILE["dir"] / f"{tag}.prof")]
+        if WHAT_IF:
+            code = "".join(WHAT_IF_PATCHES[w] for w in WHAT_IF) + (
+                "import runpy, sys\nsys.argv = ['spoold', *sys.argv[1:]]\n"
+                "runpy.run_module('spoold.daemon', run_name='__main__', alter_sys=True)\n")
+            launcher = self.root / "whatif_launch.py"
+            launcher.write_text(code)
+            cmd += [str(launcher), *args]
+        else:
+            cmd += ["-m", "spoold.daemon", *args]
+        self.tag = tag
         out = open(self.log_path, "ab")  # noqa: SIM115 - closed with the daemon
         t0 = time.time()
         self.proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
@@ -355,6 +390,15 @@ class Spoold:
                                      start_new_session=True)
         out.close()
         STARTED.append(self.proc)
+        self.spy = None
+        if PROFILE["mode"] == "py-spy":
+            self.spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(self.proc.pid), "--rate", "250",
+                 "--nonblocking", "--format", "raw", "-o",
+                 str(PROFILE["dir"] / f"{tag}.pyspy.txt")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env=base_env())
+            STARTED.append(self.spy)
         if wait:
             self.wait_ready(timeout)
         return t0
@@ -393,6 +437,13 @@ class Spoold:
         return None
 
     def stop(self) -> None:
+        if getattr(self, "spy", None) is not None:  # py-spy writes its file on SIGINT
+            with contextlib.suppress(OSError):
+                self.spy.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.spy.wait(20)
+            stop_daemon(self.spy, 1)
+            self.spy = None
         if self.proc is not None:
             stop_daemon(self.proc)
         sweep_spool(self.spool)
@@ -496,7 +547,7 @@ def _ts_file(path: Path) -> float | None:
         return None
 
 
-def bench_start(cfg, tools, gsub_sh, res, profile_dir) -> None:
+def bench_start(cfg, tools, gsub_sh, res) -> None:
     """Submit -> the job's own first instruction (`date` writes a timestamp)."""
     n = cfg["start_n"]
     log(f"submit->start latency: {n} jobs per tool, one at a time")
@@ -523,7 +574,7 @@ def bench_start(cfg, tools, gsub_sh, res, profile_dir) -> None:
         return summary_ms(lat)
 
     sp = Spoold(TMP / "start-spoold", 4, gsub_sh)
-    sp.start(profile=profile_dir / "start.prof" if profile_dir else None)
+    sp.start("start")
     try:
         out["spoold"] = measure(
             "spoold", sp.env, lambda a: sp.submit_cmd(a, gpus=1),
@@ -543,7 +594,7 @@ def bench_start(cfg, tools, gsub_sh, res, profile_dir) -> None:
     res["start"] = out
 
 
-def bench_throughput(cfg, tools, gsub_sh, res, profile_dir) -> None:
+def bench_throughput(cfg, tools, gsub_sh, res) -> None:
     n = cfg["tput_n"]
     log(f"throughput: {n} trivial jobs per tool, 4 slots")
     out = {}
@@ -577,7 +628,7 @@ def bench_throughput(cfg, tools, gsub_sh, res, profile_dir) -> None:
         out["nq"] = {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
                      "note": "nq runs one job at a time (strictly serial queue)"}
     sp = Spoold(TMP / "tput-spoold", 4, gsub_sh)
-    sp.start(profile=profile_dir / "throughput.prof" if profile_dir else None)
+    sp.start("throughput")
     try:
         time.sleep(1.0)
         cpu0 = proc_cpu_s(sp.proc.pid)
@@ -599,11 +650,11 @@ def bench_throughput(cfg, tools, gsub_sh, res, profile_dir) -> None:
     res["throughput"] = out
 
 
-def bench_idle(cfg, tools, gsub_sh, res, profile_dir) -> None:
+def bench_idle(cfg, tools, gsub_sh, res) -> None:
     secs = cfg["idle_s"]
     log(f"idle CPU: {secs:g}s, 8 fake GPUs, --poll {POLL:g}")
     sp = Spoold(TMP / "idle-spoold", 8, gsub_sh)
-    sp.start(profile=profile_dir / "idle.prof" if profile_dir else None)
+    sp.start("idle")
     ts = None
     try:
         tsp_pid = None
@@ -629,6 +680,24 @@ def bench_idle(cfg, tools, gsub_sh, res, profile_dir) -> None:
             out["tsp"] = {"seconds": dt, "cpu_s": tcpu, "cpu_pct": 100 * tcpu / dt,
                           "rss_mb": tm.get("VmRSS"), "hwm_mb": tm.get("VmHWM")}
         res["idle"] = out
+        # The usual state of a GPU box: one long job running, nothing else happening.
+        log(f"CPU with one long job running: {cfg['busy_s']:g}s")
+        jid = run(sp.submit_cmd(["sleep", "3600"], gpus=1), env=sp.env).stdout.decode().strip()
+        wait_for(lambda: sp.check_alive() and (sp.spool / "state" / "run" / f"{jid}.lock").exists()
+                 and (sp.spool / "running" / f"{jid}.yaml").exists(), 30, 0.01, "sleep job")
+        if tsp_pid:
+            run(ts.submit_cmd(["sleep", "3600"]), env=ts.env)
+        time.sleep(1.0)
+        c0, w0, t0 = proc_cpu_s(pid), proc_ctxsw(pid), time.perf_counter()
+        tc0 = proc_cpu_s(tsp_pid) if tsp_pid else None
+        time.sleep(cfg["busy_s"])
+        sp.check_alive()
+        dt = time.perf_counter() - t0
+        cpu = proc_cpu_s(pid) - c0
+        out["spoold"]["one_job_cpu_pct"] = 100 * cpu / dt
+        out["spoold"]["one_job_wakeups_per_s"] = (proc_ctxsw(pid) - w0) / dt
+        if tsp_pid:
+            out["tsp"]["one_job_cpu_pct"] = 100 * (proc_cpu_s(tsp_pid) - tc0) / dt
     finally:
         sp.stop()
         if ts:
@@ -667,7 +736,7 @@ def gen_pending(sp: Spoold, n: int, fifo1: Path, fifo2: Path, t1: Path, t2: Path
     (sp.spool / "state" / "next-id").write_text(f"{n + 1}\n")
 
 
-def bench_scale(cfg, tools, gsub_sh, res, profile_dir) -> None:
+def bench_scale(cfg, tools, gsub_sh, res) -> None:
     n = cfg["scale_n"]
     log(f"scale: {n} pending jobs, all 4 fake GPUs busy")
     sp = Spoold(TMP / "scale-spoold", 4, gsub_sh, busy=True)
@@ -686,8 +755,7 @@ def bench_scale(cfg, tools, gsub_sh, res, profile_dir) -> None:
     out["gsub_with_queue"] = summary_ms(s)
     try:
         log("scale: starting spoold")
-        t0 = sp.start(extra=["--max-pending", str(2 * n + 100)],
-                      profile=profile_dir / "scale.prof" if profile_dir else None, wait=False)
+        t0 = sp.start("scale", extra=["--max-pending", str(2 * n + 100)], wait=False)
         logline = None
         snap = sp.spool / "state" / "gpus.yaml"
         probe = sp.spool / "requests" / "bench-probe"
@@ -887,6 +955,11 @@ def table(res: dict) -> tuple[list[dict], str]:
         get("idle", "tsp", "cpu_pct"), None, "< 0.5 %", (lambda v, r: v < 0.5), ratio=False)
     row("  idle wake-ups", "/s", get("idle", "spoold", "wakeups_per_s"), None, None,
         ratio=False)
+    row("CPU while one long job runs (extra)", "%", get("idle", "spoold", "one_job_cpu_pct"),
+        get("idle", "tsp", "one_job_cpu_pct"), None, "< 0.5 %", (lambda v, r: v < 0.5),
+        ratio=False, note="not in the brief's list; same bar as idle")
+    row("  wake-ups while one job runs", "/s", get("idle", "spoold", "one_job_wakeups_per_s"),
+        None, None, ratio=False)
     sn = get("scale", "n")
     if sn:
         k = f"{sn // 1000}k" if sn >= 1000 else str(sn)
@@ -938,8 +1011,10 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections ({','.join(SECTIONS)})")
     ap.add_argument("--scale-n", type=int, default=None, help="pending jobs for the scale test")
-    ap.add_argument("--profile", action="store_true",
-                    help="run each spoold under cProfile; .prof files go to bench/results/")
+    ap.add_argument("--profile", choices=("cprofile", "py-spy"), default=None,
+                    help="profile every spoold; files go to bench/results/profiles/")
+    ap.add_argument("--what-if", default="",
+                    help=f"patch the daemon from outside: {','.join(WHAT_IF_PATCHES)}")
     ap.add_argument("--no-install", action="store_true", help="never apt-get the peers")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (debugging)")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="JSON output")
@@ -965,16 +1040,26 @@ def main() -> int:
         notes.append("nq not available: its column is empty")
     gsub_sh = shutil.which("dash") or "/bin/sh"
     TMP = Path(tempfile.mkdtemp(prefix="spoold-bench-"))
-    profile_dir = None
     if a.profile:
-        profile_dir = RESULTS / "profiles"
-        profile_dir.mkdir(parents=True, exist_ok=True)
-        notes.append("profiled run: every daemon ran under cProfile; its timings are inflated")
+        if a.profile == "py-spy" and not shutil.which("py-spy"):
+            ap.error("--profile py-spy: py-spy is not installed (pip install py-spy)")
+        PROFILE.update(mode=a.profile, dir=RESULTS / "profiles")
+        PROFILE["dir"].mkdir(parents=True, exist_ok=True)
+        notes.append(f"profiled run ({a.profile}): timings are inflated; profiles in "
+                     f"{PROFILE['dir']}")
+    WHAT_IF[:] = [w.strip() for w in a.what_if.split(",") if w.strip()]
+    if set(WHAT_IF) - set(WHAT_IF_PATCHES):
+        ap.error(f"--what-if takes {', '.join(WHAT_IF_PATCHES)}")
+    if WHAT_IF:
+        notes.append(f"WHAT-IF run: the daemon ran patched ({', '.join(WHAT_IF)}); these are "
+                     "not spoold's numbers")
     res: dict = {}
     t_begin = time.perf_counter()
     try:
         meta = versions(tools, gsub_sh)
-        meta["mode"] = "quick" if a.quick else "full"
+        meta["mode"] = ("quick" if a.quick else "full") + (
+            f", what-if {'+'.join(WHAT_IF)}" if WHAT_IF else "") + (
+            f", profiled ({a.profile})" if a.profile else "")
         meta["config"] = cfg
         log(f"temp dir {TMP}; mode {meta['mode']}")
         for sec in SECTIONS:
@@ -986,13 +1071,13 @@ def main() -> int:
                     bench_submit(cfg, tools, gsub_sh, res)
                     bench_gsub_breakdown(gsub_sh, res)
                 elif sec == "start":
-                    bench_start(cfg, tools, gsub_sh, res, profile_dir)
+                    bench_start(cfg, tools, gsub_sh, res)
                 elif sec == "throughput":
-                    bench_throughput(cfg, tools, gsub_sh, res, profile_dir)
+                    bench_throughput(cfg, tools, gsub_sh, res)
                 elif sec == "idle":
-                    bench_idle(cfg, tools, gsub_sh, res, profile_dir)
+                    bench_idle(cfg, tools, gsub_sh, res)
                 elif sec == "scale":
-                    bench_scale(cfg, tools, gsub_sh, res, profile_dir)
+                    bench_scale(cfg, tools, gsub_sh, res)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # one broken section must not hide the others

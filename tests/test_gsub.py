@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 GSUB = ROOT / "bin" / "gsub"
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
-FOLDERS = "tmp pending running done failed cancelled requests logs state".split()
+FOLDERS = ["tmp", "pending", "running", "done", "failed", "cancelled", "requests", "logs", "state"]
 
 pytestmark = pytest.mark.skipif("dash" not in SHELLS, reason="dash is not installed")
 

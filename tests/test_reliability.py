@@ -8,7 +8,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 import yaml
 from conftest import wait_for
 
