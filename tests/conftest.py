@@ -130,12 +130,11 @@ class Daemon:
         self.logfile = spool.root.parent / "daemon.out"
 
     def start(self, *extra: str, wait: bool = True) -> Daemon:
-        out = open(self.logfile, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spoold.daemon", "--spool", str(self.spool.root),
-             "--fake-gpus", str(self.spool.gpu_file), *self.args, *extra],
-            stdout=out, stderr=subprocess.STDOUT, env=tool_env(), cwd=REPO)
-        out.close()
+        with open(self.logfile, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spoold.daemon", "--spool", str(self.spool.root),
+                 "--fake-gpus", str(self.spool.gpu_file), *self.args, *extra],
+                stdout=out, stderr=subprocess.STDOUT, env=tool_env(), cwd=REPO)
         if wait:
             wait_for(lambda: (self.spool.root / "state" / "gpus.yaml").exists()
                      or self.proc.poll() is not None, 20, "daemon start")

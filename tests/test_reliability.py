@@ -32,7 +32,7 @@ def test_soak_kill9_and_restart_never_loses_or_repeats_a_job(spool, daemon_facto
     d = daemon_factory()
     want: dict[int, int] = {}
     kills = 0
-    for i in range(SOAK_JOBS):
+    for _ in range(SOAK_JOBS):
         code = rnd.choice([0, 0, 0, 1, 3, 42])
         gpus = rnd.choice([0, 1, 1, 2])
         # set -C: a second run of the same job cannot create its marker again.
@@ -139,9 +139,7 @@ HOSTILE: dict[str, bytes] = {
 
 
 def test_hostile_corpus_fails_with_reasons_and_valid_jobs_still_run(spool, daemon, tmp_path):
-    names = {}
-    for n, (label, raw) in enumerate(HOSTILE.items()):
-        names[f"0010-{label}.yaml"] = label
+    for label, raw in HOSTILE.items():
         spool.drop(f"0010-{label}.yaml", raw)
     pend = spool.root / "pending"
     os.mkfifo(pend / "0010-fifo.yaml")

@@ -190,7 +190,7 @@ def test_no_starvation_under_a_stream_of_small_jobs(seed, small_limit):
     now, running, ids = 0.0, [], itertools.count(2)
     ends: dict[int, float] = {}
     queue = [Request(1, gpus=4, time_limit=100)]
-    for step in range(400):
+    for _ in range(400):
         queue += [Request(next(ids), gpus=1, time_limit=small_limit)
                   for _ in range(rnd.randint(0, 3))]
         d = schedule(sorted(queue, key=lambda q: q.id), running, res(4), now)

@@ -41,7 +41,8 @@ def test_job_is_pinned_to_its_cpus(spool, daemon_factory, tmp_path):
         pytest.skip("needs 2 CPUs to tell pinned from unpinned")
     daemon_factory()
     out = tmp_path / "mask"
-    j = spool.gsub("-n", "0", "--cpus", "1", "-c", f"grep Cpus_allowed_list /proc/self/status > {out}")
+    j = spool.gsub("-n", "0", "--cpus", "1", "-c",
+                   f"grep Cpus_allowed_list /proc/self/status > {out}")
     rec = spool.wait_state(j, "done")
     assert out.read_text().split()[-1] == str(rec["assigned_cpus"][0])
 
