@@ -1016,6 +1016,8 @@ def main() -> int:
     ap.add_argument("--what-if", default="",
                     help=f"patch the daemon from outside: {','.join(WHAT_IF_PATCHES)}")
     ap.add_argument("--no-install", action="store_true", help="never apt-get the peers")
+    ap.add_argument("--tmpdir", type=Path, default=None,
+                    help="where the private state of every tool goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (debugging)")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="JSON output")
     a = ap.parse_args()
@@ -1039,7 +1041,7 @@ def main() -> int:
     if not tools["nq"]:
         notes.append("nq not available: its column is empty")
     gsub_sh = shutil.which("dash") or "/bin/sh"
-    TMP = Path(tempfile.mkdtemp(prefix="spoold-bench-"))
+    TMP = Path(tempfile.mkdtemp(prefix="spoold-bench-", dir=a.tmpdir))
     if a.profile:
         if a.profile == "py-spy" and not shutil.which("py-spy"):
             ap.error("--profile py-spy: py-spy is not installed (pip install py-spy)")

@@ -556,7 +556,7 @@ class Daemon:
         self.spool.replace_atomic(path, jobmod.dump(rec))
         creds = runner.creds_for(uid) if self.uid == 0 else None
         job.id = s.id
-        log_path = Path(job.get("log")) if job.get("log") else self.spool.log_path(s.id)
+        log_path = self.spool.log_path(s.id)  # -o FILE is opened by the shepherd
         started = time.time()
         try:
             pid = runner.launch(self.spool, job, s.gpus, s.cpus, creds, log_path)
@@ -674,7 +674,7 @@ class Daemon:
         extra = {"SPOOLD_EXIT_CODE": str(rec.get("exit_code", "")), "SPOOLD_STATE": state,
                  "SPOOLD_REASON": rec.get("reason") or ""}
         creds = runner.creds_for(rec.get("uid", self.uid)) if self.uid == 0 else None
-        log_path = Path(rec["log"]) if rec.get("log") else self.spool.log_path(job.id)
+        log_path = self.spool.log_path(job.id)  # daemon-opened: never a user-chosen path
         runner.spawn_hook(job, tuple(rec.get("assigned_gpus") or ()), creds, log_path,
                           self.spool.root, extra)
         log.info("job %d: on-finish command started", job.id)

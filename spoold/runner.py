@@ -35,6 +35,9 @@ from pathlib import Path
 SH = "/bin/sh"
 # stdin is the locked run file; the exit status goes there when the job ends.
 SHEPHERD = 'printf "s\\n" >&0; "$@" </dev/null; printf "%s\\n" $? >&0'
+# With `gsub -o FILE`: the shepherd, already running as the job's user, opens
+# FILE itself, so the daemon never opens a user-chosen path with its rights.
+SHEPHERD_TO = 'L=$1; shift; printf "s\\n" >&0; "$@" </dev/null >>"$L" 2>&1; printf "%s\\n" $? >&0'
 CRON_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -120,8 +123,11 @@ def launch(spool, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
             fcntl.flock(run_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if cpus:  # the child inherits this thread's mask: no preexec_fn needed
                 os.sched_setaffinity(0, cpus)
+            out = job.get("log")
+            script = [SHEPHERD_TO, "spoold-shepherd", os.fsencode(out)] if out else [
+                SHEPHERD, "spoold-shepherd"]
             proc = subprocess.Popen(
-                [SH, "-c", SHEPHERD, "spoold-shepherd", *job_argv(job)],
+                [SH, "-c", *script, *job_argv(job)],
                 stdin=run_fd, stdout=log_fd, stderr=log_fd, cwd=cwd,
                 env=job_env(job, spool.root, gpus, creds), start_new_session=True, **kw)
         except BaseException:

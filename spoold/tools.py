@@ -232,6 +232,8 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
                      (p["user"] or "")[:12], gp, fmt_duration(p.get("wait")), p["reason"]])
     lines.append(c("1", f"# pending: {len(snap['pending'])}"))
     lines += _table(rows, width) if len(rows) > 1 else []
+    if not c.on:  # (colour codes would be cut in the middle)
+        lines = [line[:width].rstrip() for line in lines]
     return "\n".join(lines) + "\n"
 
 
@@ -332,8 +334,18 @@ def ghist_main(argv: list[str] | None = None) -> int:
                     help="delete finished records (and their logs) instead of listing them")
     ap.add_argument("--older-than", type=parse_duration, default=None, metavar="DURATION",
                     help="with --clean: only records that ended more than this long ago")
+    ap.add_argument("--timeline", nargs="?", const=6.0, type=float, metavar="HOURS",
+                    help="draw which job held which GPU over the last HOURS (6)")
+    ap.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     sp = open_spool(a.spool, "ghist")
+    width = a.width or (shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty()
+                        else 100)
+    if a.timeline:
+        now = time.time()
+        rows, gpus = timeline_rows(sp, now)
+        sys.stdout.write(render_timeline(rows, gpus, now, a.timeline, width))
+        return 0
     states = spoolmod.FINAL_DIRS if a.failed or a.clean else ("done",)
     rows = history(sp, states, a.user, a.since)
     if a.clean:
@@ -353,8 +365,8 @@ def ghist_main(argv: list[str] | None = None) -> int:
     if a.json:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     else:
-        width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 10_000
-        sys.stdout.write(render_ghist(rows, width))
+        sys.stdout.write(render_ghist(rows, a.width or (width if sys.stdout.isatty()
+                                                        else 10_000)))
     return 0
 
 
@@ -414,3 +426,93 @@ def glog_main(argv: list[str] | None = None) -> int:
             return 0
         time.sleep(0.1)
 
+
+
+# ---- ghist --timeline ---------------------------------------------------------------------
+
+_SYMBOLS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def render_timeline(rows: list[dict], gpus: list[int], now: float, hours: float,
+                    width: int = 100) -> str:
+    """Which job held which GPU over the last ``hours``: one line per GPU."""
+    label = 6
+    cols = max(10, width - label - 2)
+    start = now - hours * 3600
+    step = (now - start) / cols
+    spans = [r for r in rows if r.get("assigned_gpus") and r.get("started_at")
+             and (r.get("ended_at") or now) >= start]
+    spans.sort(key=lambda r: (r["started_at"], r["id"]))
+    sym = {r["id"]: _SYMBOLS[i % len(_SYMBOLS)] for i, r in enumerate(spans)}
+    grid = {g: ["."] * cols for g in gpus}
+    for r in spans:
+        lo = int((max(r["started_at"], start) - start) / step)
+        hi = int(((r.get("ended_at") or now) - start) / step)
+        for g in r["assigned_gpus"]:
+            if g in grid:
+                for c in range(max(0, lo), min(cols, max(hi, lo + 1))):
+                    grid[g][c] = sym[r["id"]]
+    left = f"-{hours:g}h"
+    out = [f"{'':{label}}|{left}{'now'.rjust(cols - len(left))}|"]
+    out += [f"{'GPU' + str(g):<{label}}|{''.join(grid[g])}|" for g in gpus]
+    legend = [f"{sym[r['id']]}={r['id']} {r.get('name') or ''} ({r.get('state', 'running')})"
+              for r in spans]
+    line = "jobs:"
+    for item in legend:
+        if len(line) + len(item) + 2 > width:
+            out.append(line)
+            line = "     "
+        line += "  " + item
+    out.append(line if legend else "jobs:  none in this window")
+    return "\n".join(out) + "\n"
+
+
+def timeline_rows(sp: Spool, now: float) -> tuple[list[dict], list[int]]:
+    rows = history(sp, spoolmod.FINAL_DIRS)
+    snap = snapshot(sp, now=now)
+    for r in snap["running"]:
+        rows.append({**r, "state": "running", "ended_at": None})
+    gpus = sorted({g["index"] for g in snap["gpus"]}
+                  | {g for r in rows for g in r.get("assigned_gpus") or []})
+    return rows, gpus
+
+
+# ---- grequeue ------------------------------------------------------------------------------
+
+def grequeue_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="grequeue", description="Submit finished, failed or cancelled jobs again: same "
+        "command, environment, working directory and resources; prints the new ids.",
+        epilog="Examples: grequeue 12 | grequeue $(ghist -f --json | jq '.[] | "
+               "select(.state==\"failed\") | .id')")
+    _spool_arg(ap)
+    ap.add_argument("ids", nargs="+", metavar="ID")
+    a = ap.parse_args(argv)
+    bad = [i for i in a.ids if not i.isdigit() or int(i) == 0]
+    if bad:
+        ap.error(f"not a job id: {bad[0]!r}")
+    sp = open_spool(a.spool, "grequeue")
+    recs = []
+    for i in map(int, a.ids):
+        found = find_job(sp, i)
+        if found is None or found[0] not in spoolmod.FINAL_DIRS:
+            print(f"grequeue: job {i} is {found[0] if found else 'not in the spool'}: only "
+                  "finished jobs can be requeued", file=sys.stderr)
+            return 1
+        rec = read_record(found[1])
+        if rec is None or not (rec.get("argv") or rec.get("cmd")):
+            print(f"grequeue: job {i} has no command to run again (a refused file?)",
+                  file=sys.stderr)
+            return 1
+        recs.append((i, rec))
+    for old, rec in recs:
+        data = {k: v for k, v in rec.items() if k in jobmod.SUBMIT_FIELDS and k not in (
+            "id", "submitted_at", "array_id", "array_index", "array_limit", "after", "hold")}
+        new = sp.allocate_ids(1)
+        data = {"id": new, **data, "requeued_from": old}
+        prio = data.get("priority", spoolmod.DEFAULT_PRIORITY)
+        tmp = sp.write_tmp(jobmod.dump(data), f"requeue-{new}", mode=0o600)
+        os.rename(tmp, sp.pending / spoolmod.pending_name(prio, new))
+        spoolmod.fsync_dir(sp.pending)
+        print(new)
+    return 0

@@ -1,0 +1,255 @@
+"""The everyday tools against the real daemon: dependencies, arrays, hold, pause,
+requeue, hooks, output files, history cleaning and the gstat/ghist views."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import wait_for
+
+from spoold import tools
+
+
+def test_after_runs_only_after_success_and_failed_dependency_cancels(spool, daemon, tmp_path):
+    go = tmp_path / "go"
+    first = spool.gsub("-n", "0", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    then = spool.gsub("-n", "0", "--after", str(first), "--", "true")
+    bad = spool.gsub("-n", "0", "-c", "exit 1")
+    never = spool.gsub("-n", "0", "--after", f"{bad},{first}", "--", "true")
+    rec = spool.wait_state(never, "cancelled")
+    assert rec["reason"] == f"dependency {bad} failed" and "exit_code" not in rec
+    assert spool.where(then) == "pending"
+    pend = {p["id"]: p for p in json.loads(spool.run("gstat", "--json").stdout)["pending"]}
+    assert pend[then]["reason"] == f"waiting for job {first}"
+    go.touch()
+    assert spool.wait_state(then, "done")["started_at"] >= spool.record(first)["ended_at"]
+    ghost = spool.gsub("-n", "0", "--after", "9999", "--", "true")
+    assert "does not exist" in spool.wait_state(ghost, "failed")["reason"]
+
+
+def test_wait_exits_with_the_jobs_code(spool, daemon):
+    p = spool.run("gsub", "-n", "0", "--wait", "-c", "exit 7", check=False)
+    assert p.returncode == 7 and p.stdout.decode().strip().isdigit()
+    assert spool.run("gsub", "-n", "0", "--wait", "--", "true").returncode == 0
+
+
+def test_array_throttle_and_index(spool, daemon, tmp_path):
+    live, seen = tmp_path / "live", tmp_path / "seen"
+    live.mkdir()
+    seen.mkdir()
+    # Each element marks itself live, records how many are live, and leaves.
+    body = (f": > {live}/$SPOOLD_ARRAY_INDEX; ls {live} | wc -l > {seen}/$SPOOLD_ARRAY_INDEX;"
+            f" sleep 0.4; rm {live}/$SPOOLD_ARRAY_INDEX")
+    ids = [int(x) for x in spool.run("gsub", "-n", "0", "--array", "3-8%2", "-c", body)
+           .stdout.split()]
+    assert len(ids) == 6 and ids == list(range(ids[0], ids[0] + 6))
+    for j in ids:
+        spool.wait_state(j, "done")
+    assert sorted(int(p.name) for p in seen.iterdir()) == list(range(3, 9))
+    assert max(int(p.read_text()) for p in seen.iterdir()) <= 2
+    assert spool.record(ids[2])["array_index"] == 5
+
+
+def test_hold_release_and_pause_resume(spool, daemon):
+    held = spool.gsub("-n", "0", "--hold", "--", "true")
+    other = spool.gsub("-n", "0", "--", "true")
+    spool.wait_state(other, "done")
+    assert spool.where(held) == "pending"
+    assert "held" in _reason(spool, held)
+    spool.run("grelease", str(held))
+    spool.wait_state(held, "done")
+
+    spool.run("gpause")
+    wait_for(lambda: (spool.root / "state" / "paused").exists(), what="paused")
+    j = spool.gsub("-n", "0", "--", "true")
+    wait_for(lambda: "paused" in _reason(spool, j), what="reason: paused")
+    assert "queue paused" in spool.run("gstat").stdout.decode()
+    spool.run("ghold", str(j))
+    wait_for(lambda: "held" in _reason(spool, j), what="hold while paused")
+    spool.run("gresume")
+    spool.run("grelease", str(j))
+    spool.wait_state(j, "done")
+
+
+def _reason(spool, job_id) -> str:
+    for p in json.loads(spool.run("gstat", "--json").stdout)["pending"]:
+        if p["id"] == job_id:
+            return p["reason"]
+    return ""
+
+
+def test_grequeue_same_command_env_cwd_new_id(spool, daemon, tmp_path):
+    j = spool.gsub("-n", "1", "-J", "again", "-c", "echo $MARK $PWD; exit 3", cwd=tmp_path,
+                   env={"MARK": "m1"})
+    spool.wait_state(j, "failed")
+    new = int(spool.run("grequeue", str(j)).stdout)
+    rec = spool.wait_state(new, "failed")
+    assert new != j and rec["requeued_from"] == j and rec["name"] == "again"
+    assert spool.log(new).strip() == f"m1 {tmp_path}"
+    p = spool.run("grequeue", "99", check=False)
+    assert p.returncode == 1 and b"not in the spool" in p.stderr
+
+
+def test_on_finish_runs_with_id_and_code_and_output_file(spool, daemon, tmp_path):
+    hook_out, out = tmp_path / "hook", tmp_path / "sub dir" / "out.log"
+    out.parent.mkdir()
+    j = spool.gsub("-n", "0", "-o", str(out), "--on-finish",
+                   f"echo $SPOOLD_JOB_ID $SPOOLD_EXIT_CODE $SPOOLD_STATE > {hook_out}",
+                   "-c", "echo to-file; exit 2")
+    spool.wait_state(j, "failed")
+    wait_for(hook_out.exists, what="on-finish hook")
+    assert hook_out.read_text().split() == [str(j), "2", "failed"]
+    assert out.read_text() == "to-file\n"
+    assert spool.run("glog", str(j)).stdout == b"to-file\n"
+    broken = spool.gsub("-n", "0", "--on-finish", "exit 9; no-such-cmd", "--", "true")
+    spool.wait_state(broken, "done")
+
+
+def test_keep_prunes_oldest_and_ghist_clean(spool, daemon_factory):
+    daemon_factory("--keep", "3")
+    ids = []
+    for _ in range(5):
+        ids.append(spool.gsub("-n", "0", "--", "true"))
+        spool.wait_state(ids[-1], "done")
+    wait_for(lambda: sorted(int(p.stem) for p in (spool.root / "done").glob("*.yaml"))
+             == ids[2:], what="pruning to the newest 3")
+    assert not (spool.root / "logs" / f"{ids[0]}.log").exists()
+    spool.run("ghist", "--clean", "--older-than", "1h")
+    assert len(list((spool.root / "done").glob("*.yaml"))) == 3
+    spool.run("ghist", "--clean")
+    assert not list((spool.root / "done").glob("*.yaml"))
+
+
+def test_ghist_filters(spool, daemon):
+    a = spool.gsub("-n", "0", "--", "true")
+    b = spool.gsub("-n", "0", "-c", "exit 1")
+    c = spool.gsub("-n", "0", "--", "true")
+    for j in (a, b, c):
+        spool.wait_state(j)
+    ids = lambda *args: [r["id"] for r in json.loads(spool.run("ghist", "--json", *args).stdout)]  # noqa: E731
+    assert sorted(ids()) == [a, c] and sorted(ids("-f")) == [a, b, c]
+    assert len(ids("-f", "-n", "2")) == 2
+    assert ids("-u", "nobody-here") == [] and sorted(ids("--since", "1h")) == [a, c]
+    table = spool.run("ghist", "-f").stdout.decode().splitlines()
+    assert [line.split()[0] for line in table[1:]] == [str(i) for i in ids("-f")]
+
+
+# ---- rendering at fixed widths ---------------------------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+def _snap():
+    return {"spool": "/s", "time": NOW, "host": "box", "daemon": {"running": True, "pid": 1},
+            "paused": False,
+            "gpus": [{"index": 0, "utilization": 50, "memory_used": 8192, "memory_total": 16384,
+                      "busy": "utilization 50% >= 10%", "jobs": [7], "error": None},
+                     {"index": 1, "utilization": None, "memory_used": None,
+                      "memory_total": None, "busy": "reading failed: N/A", "jobs": [],
+                      "error": "N/A"}],
+            "running": [{"id": 7, "name": "train", "user": "alice", "assigned_gpus": [0],
+                         "elapsed": 3725, "time_limit": 7200, "command": "python train.py",
+                         "killing": None}],
+            "pending": [{"id": 8, "priority": 10, "name": "eval", "user": "bob", "gpus": 2,
+                         "wait": 61, "reason": "GPUs busy (0 of 2 free)"}]}
+
+
+def test_gstat_renders_at_fixed_width():
+    text = tools.render_gstat(_snap(), width=80)
+    assert text == (
+        "GPU0  [#####.....]  50% [#####.....]   8.0/16.0G  job 7\n"
+        "GPU1  [??????????]   ?% [??????????]        ?/?G  reading failed: N/A\n"
+        "\n"
+        "# running: 1\n"
+        "ID  NAME   USER   GPUS  ELAPSED  LIMIT  COMMAND\n"
+        "7   train  alice  0     1h02m    2h00m  python train.py\n"
+        "# pending: 1\n"
+        "ID  PRIO  NAME  USER  GPUS  WAIT   REASON\n"
+        "8   10    eval  bob   2     1m01s  GPUs busy (0 of 2 free)\n")
+    assert all(len(line) <= 40 for line in tools.render_gstat(_snap(), width=40).splitlines())
+
+
+def test_timeline_renders_at_fixed_width():
+    rows = [{"id": 5, "name": "a", "state": "done", "assigned_gpus": [0, 1],
+             "started_at": NOW - 3600, "ended_at": NOW - 1800},
+            {"id": 6, "name": "b", "state": "running", "assigned_gpus": [1],
+             "started_at": NOW - 900, "ended_at": None}]
+    text = tools.render_timeline(rows, [0, 1], NOW, 2, width=48)
+    # 40 columns of 3 minutes: job 5 held both GPUs from -60 to -30 min,
+    # job 6 holds GPU 1 since -15 min.
+    assert text == (
+        "      |-2h                                  now|\n"
+        "GPU0  |....................aaaaaaaaaa..........|\n"
+        "GPU1  |....................aaaaaaaaaa.....bbbbb|\n"
+        "jobs:  a=5 a (done)  b=6 b (running)\n")
+
+
+JSON_SCHEMA_KEYS = {
+    "top": {"spool", "time", "host", "daemon", "paused", "gpus", "running", "pending", "limits"},
+    "gpu": {"index", "uuid", "name", "memory_total", "memory_used", "utilization", "error",
+            "busy", "jobs"},
+    "running": {"id", "name", "user", "gpus", "assigned_gpus", "gpu_mem", "cpus",
+                "assigned_cpus", "mem", "priority", "host", "pid", "started_at", "elapsed",
+                "time_limit", "command", "killing"},
+    "pending": {"id", "name", "user", "gpus", "gpu_mem", "cpus", "mem", "priority",
+                "submitted_at", "wait", "time_limit", "after", "held", "command", "reason"},
+    "ghist": {"id", "state", "exit_code", "name", "user", "gpus", "assigned_gpus", "host",
+              "submitted_at", "started_at", "ended_at", "elapsed", "reason", "command"},
+}
+
+
+def test_json_matches_documented_schema(spool, daemon, tmp_path):
+    go = tmp_path / "go"
+    r = spool.gsub("-n", "1", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    spool.gsub("-n", "4", "--", "true")
+    wait_for(lambda: spool.where(r) == "running" and spool.record(r).get("pid"))
+    snap = json.loads(spool.run("gstat", "--json").stdout)
+    assert set(snap) == JSON_SCHEMA_KEYS["top"]
+    assert all(set(g) == JSON_SCHEMA_KEYS["gpu"] for g in snap["gpus"])
+    assert set(snap["running"][0]) == JSON_SCHEMA_KEYS["running"]
+    assert set(snap["pending"][0]) == JSON_SCHEMA_KEYS["pending"]
+    go.touch()
+    spool.wait_state(r, "done")
+    hist = json.loads(spool.run("ghist", "--json").stdout)
+    assert set(hist[0]) == JSON_SCHEMA_KEYS["ghist"]
+    doc = (tools.Path(__file__).parent.parent / "docs" / "json.md").read_text()
+    for keys in JSON_SCHEMA_KEYS.values():
+        for k in keys:
+            assert f"`{k}`" in doc, f"docs/json.md does not document {k}"
+
+
+def test_tools_refuse_bad_arguments(spool):
+    for args in (["glog", "x"], ["glog"], ["gstat", "--bogus"], ["ghist", "-n", "many"],
+                 ["grequeue", "0"], ["gkill"], ["gkill", "7x"], ["gsub"], ["gsub", "-n", "x",
+                                                                          "true"]):
+        p = spool.run(*args, check=False)
+        assert p.returncode == 2 and p.stderr, args
+    p = spool.run("gstat", check=False, env={"SPOOLD_SPOOL": "/nonexistent/spool"})
+    assert p.returncode == 1 and b"no spool at /nonexistent/spool" in p.stderr
+
+
+def test_every_tool_has_help():
+    import subprocess
+    import sys
+
+    from conftest import BIN, tool_env
+
+    for name in ("gsub", "gkill", "gcancel", "ghold", "grelease", "gpause", "gresume"):
+        p = subprocess.run(["dash", str(BIN / name), "--help"], capture_output=True)
+        assert p.returncode == 0 and b"example" in p.stdout.lower(), name
+    for name in ("gstat", "ghist", "glog", "grequeue"):
+        p = subprocess.run([sys.executable, "-c", f"from spoold.tools import {name}_main as m;"
+                            " m()", "--help"], capture_output=True, env=tool_env())
+        assert p.returncode == 0 and b"Example" in p.stdout, name
+    p = subprocess.run([sys.executable, "-m", "spoold.daemon", "--help"], capture_output=True)
+    assert p.returncode == 0 and b"Example" in p.stdout
+
+
+@pytest.mark.parametrize("width", [60, 120])
+def test_gstat_width_is_respected_with_real_data(spool, daemon, width):
+    spool.gsub("-n", "9", "--", "true")
+    spool.gsub("-n", "0", "--hold", "-c", "echo " + "x" * 300)
+    text = tools.render_gstat(tools.snapshot(tools.Spool(spool.root)), width=width)
+    assert all(len(line) <= width for line in text.splitlines())
+    assert "held (grelease" in text
