@@ -116,6 +116,7 @@ class Daemon:
         self.draining = opts.drain
         self.dirty = True
         self.uid = os.geteuid()
+        self.shared = self.uid == 0  # root: one spool for every user
         self.source = None
         self.managed: list[int] = []
         self.cpu_ids: tuple[int, ...] = ()
@@ -124,7 +125,7 @@ class Daemon:
 
     # ---- start-up ------------------------------------------------------------
     def lock(self) -> None:
-        self.spool.create()
+        self.spool.create(shared=self.shared)
         fd = os.open(self.spool.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,8 +180,7 @@ class Daemon:
             if stem.isdigit() and not self.spool.record("failed", int(stem)).exists():
                 rec = {"id": int(stem), "ended_at": now, "reason": "rejected: the reason was "
                        "lost in a crash; the original is kept as " + orig.name}
-                self.spool.create_atomic(self.spool.record("failed", int(stem)),
-                                         jobmod.dump(rec))
+                self.save(self.spool.record("failed", int(stem)), rec, create=True)
         self.final_count = sum(len(self.spool.list_ids(d)) for d in spoolmod.FINAL_DIRS)
 
     def recover_one(self, job_id: int) -> None:
@@ -374,6 +374,9 @@ class Daemon:
         if hit and hit[0] == key:
             return hit[1]
         try:
+            if self.shared and st.st_nlink > 1 and not os.path.isdir(path):
+                raise BadFile("hard link in a shared spool: refused unread (it could point "
+                              "at a file its owner may not read)")
             try:
                 raw = spoolmod.read_untrusted(path, check_closed=True)
             except spoolmod.LeaseUnsupported:
@@ -397,7 +400,16 @@ class Daemon:
         return job
 
     def owner_ok(self, uid: int) -> bool:
-        return self.uid == 0 or uid == self.uid
+        return self.shared or uid == self.uid
+
+    def save(self, path: Path, rec: dict, create: bool = False, sync: bool = True) -> None:
+        """Write a record. Shared spool: root's, readable by the job's group only
+        (with user private groups, that is its owner), never writable by users."""
+        group, mode = None, 0o600
+        if self.shared and isinstance(rec.get("uid"), int):
+            group, mode = runner.creds_for(rec["uid"]).gid, 0o640
+        write = self.spool.create_atomic if create else self.spool.replace_atomic
+        write(path, jobmod.dump(rec), mode=mode, sync=sync, group=group)
 
     def queue(self, names: list, bad: list, now: float):
         """Requests in queue order, parsed lazily as the scheduler asks."""
@@ -485,12 +497,13 @@ class Daemon:
         """A pending entry that is not a valid job: keep its bytes, record why."""
         src = self.spool.pending / p.name
         try:
+            owner = os.lstat(src).st_uid
             os.rename(src, self.spool.rejected_copy(p.job_id))  # as it is: link, fifo, dir
         except FileNotFoundError:
             return
-        rec = {"id": p.job_id, "original_name": original or p.name,
+        rec = {"id": p.job_id, "uid": owner, "original_name": original or p.name,
                "reason": f"rejected: {reason}", "ended_at": time.time()}
-        self.spool.create_atomic(self.spool.record("failed", p.job_id), jobmod.dump(rec))
+        self.save(self.spool.record("failed", p.job_id), rec, create=True)
         self.final_count += 1
         log.warning("job %d (pending/%s) rejected: %s; original kept as failed/%d.orig",
                     p.job_id, p.name, reason, p.job_id)
@@ -553,7 +566,7 @@ class Daemon:
             rec["time_limit"] = self.o.default_time_limit
         for k in ("pid", "started_at", "ended_at", "exit_code", "reason", "kill_reason"):
             rec.pop(k, None)
-        self.spool.replace_atomic(path, jobmod.dump(rec))
+        self.save(path, rec)
         creds = runner.creds_for(uid) if self.uid == 0 else None
         job.id = s.id
         log_path = self.spool.log_path(s.id)  # -o FILE is opened by the shepherd
@@ -564,7 +577,7 @@ class Daemon:
             self.finish_claimed(s.id, path, "failed", f"could not start: {e}")
             return
         rec.update(pid=pid, started_at=started)
-        self.spool.replace_atomic(path, jobmod.dump(rec), sync=False)
+        self.save(path, rec, sync=False)
         self.runs[s.id] = Run(s.id, rec, pid)
         log.info("job %d started on GPU(s) %s (shepherd pid %d)", s.id, list(s.gpus) or "none",
                  pid)
@@ -583,10 +596,10 @@ class Daemon:
         data.update(id=job_id, ended_at=time.time(), reason=reason)
         data.setdefault("uid", st_uid)
         if path.exists():
-            self.spool.replace_atomic(path, jobmod.dump(data))
+            self.save(path, data)
             spoolmod.move_noreplace(path, self.spool.record(state, job_id))
         else:
-            self.spool.create_atomic(self.spool.record(state, job_id), jobmod.dump(data))
+            self.save(self.spool.record(state, job_id), data, create=True)
         self.final_count += 1
         (log.info if state == "cancelled" else log.warning)("job %d -> %s/: %s", job_id, state,
                                                              reason)
@@ -611,8 +624,7 @@ class Daemon:
     def kill(self, run: Run, reason: str) -> None:
         if not run.record.get("kill_reason"):
             run.record["kill_reason"] = reason
-            self.spool.replace_atomic(self.spool.record("running", run.id),
-                                      jobmod.dump(run.record))
+            self.save(self.spool.record("running", run.id), run.record)
         n = runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGTERM)
         run.kill_at = time.time() + self.o.kill_grace
         log.info("job %d: %s: TERM sent to %d process(es), KILL in %gs", run.id, reason, n,
@@ -648,7 +660,7 @@ class Daemon:
         if reason:
             rec["reason"] = reason
         path = self.spool.record("running", run.id)
-        self.spool.replace_atomic(path, jobmod.dump(rec))
+        self.save(path, rec)
         try:
             spoolmod.move_noreplace(path, self.spool.record(state, run.id))
         except FileExistsError:
@@ -717,11 +729,33 @@ class Daemon:
                         " pause, resume); removed", name)
         elif not self.owner_ok(st.st_uid):
             log.warning("requests/%s: owned by uid %d, not ours; removed", name, st.st_uid)
+        elif self.shared and st.st_uid != 0 and parsed[1] is None:
+            log.warning("requests/%s: only root may pause or resume a shared queue; removed",
+                        name)
+        elif self.shared and st.st_uid != 0 and self.job_owner(parsed[1]) not in (
+                None, st.st_uid):
+            log.warning("requests/%s: uid %d does not own job %d; removed", name, st.st_uid,
+                        parsed[1])
         else:
             kind, job_id = parsed
             self.apply_request(kind, job_id)
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(path)
+
+    def job_owner(self, job_id: int) -> int | None:
+        """uid that owns a running or pending job (None: no such job)."""
+        run = self.runs.get(job_id)
+        if run is not None:
+            return run.record.get("uid")
+        for p in self.spool.list_pending():
+            if p.job_id == job_id:
+                st = os.lstat(self.spool.pending / p.name)
+                if st.st_uid == self.uid:  # rewritten by us (hold): the field says
+                    job = self.load_pending(p.name, time.time() + SETTLE_S)
+                    if isinstance(job, jobmod.Job) and isinstance(job.get("uid"), int):
+                        return job.get("uid")
+                return st.st_uid
+        return None
 
     def apply_request(self, kind: str, job_id: int | None) -> None:
         if kind == "pause":
@@ -764,7 +798,7 @@ class Daemon:
         data = dict(job.data)
         data["hold"] = hold
         data.setdefault("uid", st.st_uid)
-        self.spool.replace_atomic(path, jobmod.dump(data))
+        self.save(path, data)
         log.info("job %d %s", p.job_id, "held" if hold else "released")
 
 

@@ -35,6 +35,7 @@ MAX_PRIORITY = 9999
 JOB_DIRS = ("pending", "running", "done", "failed", "cancelled")
 FINAL_DIRS = ("done", "failed", "cancelled")
 ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run")
+SHARED_DIRS = ("tmp", "pending", "requests")
 
 _PENDING_RE = re.compile(r"^(\d{1,4})-0*(\d+)\.yaml$")
 _FOREIGN_PRIO_RE = re.compile(r"^(\d{1,4})-.*\.yaml$")
@@ -243,10 +244,25 @@ class Spool:
     def exists(self) -> bool:
         return self.pending.is_dir()
 
-    def create(self, mode: int = 0o700) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=mode)
+    def create(self, shared: bool = False) -> None:
+        """Create the folders, or fix their modes. Private: 0700 throughout.
+        Shared (daemon as root): anyone may drop files into tmp/, pending/ and
+        requests/ (1777, like /tmp: no one can touch another's files); the
+        rest is root's and read-only to others; state/run is root's alone."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755 if shared else 0o700)
+        os.chmod(self.root, 0o755 if shared else 0o700)
         for d in ALL_DIRS:
-            (self.root / d).mkdir(exist_ok=True, mode=mode)
+            mode = 0o700
+            if shared:
+                mode = 0o1777 if d in SHARED_DIRS else 0o700 if d == "state/run" else 0o755
+            path = self.root / d
+            path.mkdir(exist_ok=True)
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, "spool folder is not a folder", str(path))
+            if shared and st.st_uid != 0:
+                os.chown(path, 0, 0, follow_symlinks=False)
+            os.chmod(path, mode)
         counter = self.state / "next-id"
         if not counter.exists():
             self.allocate_ids(0)
@@ -319,11 +335,16 @@ class Spool:
     def tmp_path(self, hint: str) -> Path:
         return self.tmp / f".spoold.{hint}.{secrets.token_hex(4)}"
 
-    def write_tmp(self, data: bytes, hint: str, mode: int = 0o644, sync: bool = True) -> Path:
+    def write_tmp(self, data: bytes, hint: str, mode: int = 0o644, sync: bool = True,
+                  group: int | None = None) -> Path:
         """Write ``data`` to a fresh file in tmp/ and return its path."""
         path = self.tmp_path(hint)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
         try:
+            os.fchmod(fd, mode)  # not narrowed by the umask: readers depend on it
+            if group is not None:
+                os.fchown(fd, -1, group)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -333,18 +354,20 @@ class Spool:
             os.close(fd)
         return path
 
-    def replace_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+    def replace_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True,
+                       group: int | None = None) -> None:
         """Replace ``dest`` (a file the daemon owns) with ``data`` in one rename."""
-        tmp = self.write_tmp(data, dest.name, mode, sync)
+        tmp = self.write_tmp(data, dest.name, mode, sync, group)
         try:
             os.rename(tmp, dest)
         except BaseException:
             _unlink_quiet(tmp)
             raise
 
-    def create_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+    def create_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True,
+                      group: int | None = None) -> None:
         """Place a new file at ``dest``; FileExistsError if something is there."""
-        tmp = self.write_tmp(data, dest.name, mode, sync)
+        tmp = self.write_tmp(data, dest.name, mode, sync, group)
         try:
             move_noreplace(tmp, dest)
         except BaseException:

@@ -125,9 +125,11 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
             continue
         try:
             job = jobmod.parse(spoolmod.read_untrusted(sp.pending / p.name))
+        except PermissionError:  # another user's job in a shared spool: name and owner only
+            pending.append(_unreadable(sp, p, now))
+            continue
         except (OSError, BadFile, jobmod.JobError) as e:
-            pending.append({"id": p.job_id, "priority": p.priority, "name": "", "user": "",
-                            "gpus": None, "reason": f"bad file: {e}", "command": ""})
+            pending.append({**_unreadable(sp, p, now), "reason": f"bad file: {e}"})
             continue
         jobs[p.job_id] = job
         st = os.lstat(sp.pending / p.name)
@@ -177,6 +179,27 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
             "limits": {"max_load": gsnap.get("max_load"), "max_memory": gsnap.get("max_memory"),
                        "cpus": gsnap.get("cpus"), "mem": gsnap.get("mem"),
                        "limit": gsnap.get("limit")}}
+
+
+def _unreadable(sp: Spool, p, now: float) -> dict:
+    try:
+        st = os.lstat(sp.pending / p.name)
+        owner, mtime = _user_name(st.st_uid), st.st_mtime
+    except OSError:
+        owner, mtime = "", now
+    return {"id": p.job_id, "name": "", "user": owner, "gpus": None, "gpu_mem": None,
+            "cpus": None, "mem": None, "priority": p.priority, "submitted_at": mtime,
+            "wait": now - mtime, "time_limit": None, "after": [], "held": False,
+            "command": "", "reason": "another user's job (details private)"}
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _bar(frac: float | None, width: int = 10) -> str:

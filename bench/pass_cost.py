@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Cost of one scheduling pass of spoold, piece by piece, with N jobs pending.
+
+    python3 bench/pass_cost.py [N]        (default 100000)
+
+Builds a spool with N pending one-GPU jobs and four busy fake GPUs (as the
+scale test of bench/run.py does), then calls the daemon's own code in this
+process, with no event loop and no watchdog threads: the first scheduling pass
+(every file parsed), a warm pass (nothing changed), and the parts a warm pass
+is made of.  It uses spoold's internal API (Daemon, schedule_pass, Spool), so
+it may need a touch when those change; bench/run.py does not depend on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from spoold import daemon as d  # noqa: E402
+from spoold.scheduler import schedule  # noqa: E402
+
+
+def timeit(fn, repeat=3):
+    best = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best = dt if best is None else min(best, dt)
+    return best
+
+
+def main() -> int:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    root = Path(tempfile.mkdtemp(prefix="spoold-passcost-"))
+    try:
+        gpus = root / "gpus.yaml"
+        gpus.write_text("".join(
+            f"- {{index: {i}, uuid: GPU-{i}, name: Fake, memory_total: 81559, "
+            f"memory_used: 80000, utilization: 100}}\n" for i in range(4)))
+        spool = root / "spool"
+        opts = d.parse_args(["--spool", str(spool), "--fake-gpus", str(gpus), "--host", "bench",
+                             "--max-pending", str(2 * n)])
+        dm = d.Daemon(opts)
+        dm.lock()
+        dm.setup_resources()
+        pend = spool / "pending"
+        body = b'argv: ["true"]\ngpus: 1\n'
+        for i in range(1, n + 1):
+            fd = os.open(pend / f"0010-{i:08d}.yaml", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, body)
+            os.close(fd)
+        (spool / "state" / "next-id").write_text(f"{n + 1}\n")
+        print(f"{n} pending jobs, 4 busy GPUs; one pass of Daemon.schedule_pass, in-process")
+
+        tracemalloc.start()
+        t = time.perf_counter()
+        dm.schedule_pass(time.time())
+        cold = time.perf_counter() - t
+        cur, _peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"  first pass (parses every file):          {cold * 1000:9.1f} ms "
+              f"({cold / n * 1e6:.1f} us/job); parse cache holds {cur / 2**20:.0f} MiB "
+              f"({cur / n:.0f} B/job)")
+        warm = timeit(lambda: dm.schedule_pass(time.time()))
+        print(f"  warm pass (nothing changed):             {warm * 1000:9.1f} ms "
+              f"({warm / n * 1e6:.2f} us/job)")
+
+        names = dm.spool.list_pending()
+        parts = {
+            "Spool.list_pending (scandir, regex, sort)": lambda: dm.spool.list_pending(),
+            "  of which sorting PendingName dataclasses": lambda: sorted(names),
+            "os.lstat of every pending file": lambda: [os.lstat(pend / p.name) for p in names],
+            "Daemon.load_pending, cache hits": lambda: [dm.load_pending(p.name, time.time())
+                                                        for p in names],
+        }
+
+        def sched_only():
+            bad: list = []
+            reqs = list(dm.queue(names, bad, time.time()))
+            t = time.perf_counter()
+            schedule(reqs, [], dm.resources(), time.time(), {})
+            return time.perf_counter() - t
+
+        for label, fn in parts.items():
+            print(f"  {label:41s} {timeit(fn) * 1000:9.1f} ms")
+        dm.by_id = {}
+        dm.pending_ids = {p.job_id: p for p in names}
+        print(f"  {'scheduler.schedule over built Requests':41s} "
+              f"{min(sched_only() for _ in range(3)) * 1000:9.1f} ms")
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
