@@ -570,7 +570,7 @@ def bench_start(cfg, tools, gsub_sh, res) -> None:
             after(r.stdout.decode().strip())
             if i:
                 lat.append(ts - t0)
-            time.sleep(rnd.uniform(0.05, 0.25))  # no phase lock with any timer
+            time.sleep(rnd.uniform(0.05, 0.75))  # gaps of all sizes, no phase lock with timers
         return summary_ms(lat)
 
     sp = Spoold(TMP / "start-spoold", 4, gsub_sh)

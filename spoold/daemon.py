@@ -122,6 +122,7 @@ class Daemon:
         self.cpu_ids: tuple[int, ...] = ()
         self.mem = 0
         self.final_count = 0
+        self.hint = 0
 
     # ---- start-up ------------------------------------------------------------
     def lock(self) -> None:
@@ -439,6 +440,9 @@ class Daemon:
             del self.cache[k]
         self.closed &= live
         self.pending_ids = {p.job_id: p for p in names if p.has_id}
+        if self.shared and self.pending_ids and max(self.pending_ids) > self.hint:
+            self.hint = max(self.pending_ids)
+            self.spool.raise_hint(self.hint)  # submitters start probing markers from here
         self.by_id: dict[int, tuple] = {}
         bad: list = []
         deps = _DepStates(self)

@@ -13,7 +13,10 @@ Invariants:
 - Untrusted files are opened with O_NOFOLLOW|O_NONBLOCK, checked to be regular
   files with fstat on the open descriptor, and read only up to ``MAX_JOB_BYTES``.
 - Ids come from ``state/next-id`` under flock on ``state/next-id.lock``; the
-  shell tools in ``bin/`` follow the same protocol byte for byte.
+  shell tools in ``bin/`` follow the same protocol byte for byte. In a shared
+  spool (pending/ has the sticky bit) users cannot write the counter: an id
+  is taken by creating ``state/ids/<id>`` with O_EXCL (the folder is 1777, so
+  no one can remove another's marker), starting from the counter as a hint.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ MAX_PRIORITY = 9999
 
 JOB_DIRS = ("pending", "running", "done", "failed", "cancelled")
 FINAL_DIRS = ("done", "failed", "cancelled")
-ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run")
-SHARED_DIRS = ("tmp", "pending", "requests")
+ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run", "state/ids")
+SHARED_DIRS = ("tmp", "pending", "requests", "state/ids")
 
 _PENDING_RE = re.compile(r"^(\d{1,4})-0*(\d+)\.yaml$")
 _FOREIGN_PRIO_RE = re.compile(r"^(\d{1,4})-.*\.yaml$")
@@ -375,6 +378,9 @@ class Spool:
             raise
 
     # ---- ids ---------------------------------------------------------------
+    def shared(self) -> bool:
+        return bool(os.stat(self.pending).st_mode & stat.S_ISVTX)
+
     def allocate_ids(self, count: int = 1) -> int:
         """Reserve ``count`` consecutive ids; return the first (same protocol as gsub)."""
         counter = self.state / "next-id"
@@ -389,9 +395,42 @@ class Spool:
             first = int(text) if text.isdigit() and int(text) > 0 else None
             if first is None:  # missing, or garbage from a crash mid-write: recover
                 first = self.max_id_seen() + 1
-                first = self.max_id_seen() + 1
+            if count and self.shared():
+                first = self._take_markers(first, count)
             counter.write_text(f"{first + count}\n")
             return first
+        finally:
+            os.close(fd)
+
+    def _take_markers(self, start: int, count: int) -> int:
+        """First id of ``count`` consecutive ids whose markers we could create."""
+        ids = self.root / "state" / "ids"
+        while True:
+            made = []
+            for i in range(start, start + count):
+                try:
+                    os.close(os.open(ids / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+                    made.append(i)
+                except FileExistsError:
+                    break
+            if len(made) == count:
+                return start
+            start = (made[-1] if made else start) + 1  # markers made stay used: never reused
+
+    def raise_hint(self, seen: int) -> None:
+        """Move the shared counter past ``seen`` so submitters probe few markers."""
+        counter = self.state / "next-id"
+        fd = os.open(self.state / "next-id.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                text = counter.read_text().strip()
+            except FileNotFoundError:
+                text = ""
+            if not text.isdigit() or int(text) <= seen:
+                counter.write_text(f"{seen + 1}\n")
         finally:
             os.close(fd)
 
@@ -399,10 +438,10 @@ class Spool:
         best = 0
         for p in self.list_pending():
             best = max(best, p.job_id)
-        for d in ("tmp", "running", *FINAL_DIRS):
+        for d in ("tmp", "running", *FINAL_DIRS, "state/ids"):
             with os.scandir(self.root / d) as it:
                 for e in it:
-                    m = re.match(r"^0*(\d+)\.", e.name)
+                    m = re.match(r"^0*(\d+)(\.|$)", e.name)
                     if m:
                         best = max(best, int(m.group(1)))
         return best
