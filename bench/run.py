@@ -868,6 +868,7 @@ def versions(tools, gsub_sh) -> dict:
         tsp_v = (cmd_out([tools["tsp"], "-V"], base_env(TS_SOCKET="/nonexistent/x")) or "")
         tsp_v = tsp_v.splitlines()[0] if tsp_v else None
         tsp_v = f"{tsp_v} (deb {dpkg('task-spooler')})"
+    # Other work on the machine skews everything; the load average says how much there was.
     mem_total = None
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         mem_total = int(f.readline().split()[1]) // 1024
@@ -1063,6 +1064,7 @@ def main() -> int:
             f", what-if {'+'.join(WHAT_IF)}" if WHAT_IF else "") + (
             f", profiled ({a.profile})" if a.profile else "")
         meta["config"] = cfg
+        meta["loadavg_before"] = os.getloadavg()
         log(f"temp dir {TMP}; mode {meta['mode']}")
         for sec in SECTIONS:
             if sec not in only:
@@ -1093,10 +1095,12 @@ def main() -> int:
         if TMP and not a.keep_tmp:
             shutil.rmtree(TMP, ignore_errors=True)
     meta["elapsed_s"] = time.perf_counter() - t_begin
+    meta["loadavg_after"] = os.getloadavg()
     rows, text = table(res)
     print()
     for k in ("date", "spoold", "tsp", "nq", "python", "pyyaml", "shell_for_gsub", "kernel",
-              "os", "nproc", "cpu", "mem_mib", "filesystem_tmp", "mode"):
+              "os", "nproc", "cpu", "mem_mib", "filesystem_tmp", "mode", "loadavg_before",
+              "loadavg_after"):
         print(f"{k:>15}: {meta.get(k)}")
     print()
     print(text)

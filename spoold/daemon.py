@@ -63,6 +63,8 @@ class Options:
     host: str = field(default_factory=socket.gethostname)
     default_time_limit: float | None = None
     drain: bool = False
+    host_timeout: float = 60.0
+    polling: bool | None = None  # None: decide from the filesystem type
 
 
 @dataclass
@@ -127,13 +129,15 @@ class Daemon:
     # ---- start-up ------------------------------------------------------------
     def lock(self) -> None:
         self.spool.create(shared=self.shared)
-        fd = os.open(self.spool.daemon_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.spool.run_dir(self.o.host).mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self.spool.host_lock(self.o.host), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(fd, 64).decode(errors="replace").strip() or "?"
             raise SystemExit(f"spoold: another spoold (pid {other}) already runs the spool "
-                             f"{self.spool.root}; stop it first") from None
+                             f"{self.spool.root} for host {self.o.host}; stop it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd  # held for the daemon's life
@@ -170,10 +174,15 @@ class Daemon:
                     log.info("removed stale tmp/%s", p.name)
         for job_id in self.spool.list_ids("running"):
             self.guard(job_id, self.recover_one, job_id)
-        live = set(self.spool.list_ids("running"))
-        for p in self.spool.state_run.iterdir():
+        for p in self.spool.run_dir(self.o.host).iterdir():
             stem = p.name.split(".")[0]
-            if stem.isdigit() and int(stem) not in live:
+            if stem.isdigit() and int(stem) not in self.runs:
+                if runner.status(p)[0] == "running":
+                    # Another daemon declared this host lost and ended the job's
+                    # record; the job itself survived: stop it, it runs on no record.
+                    n = runner.signal_job(self.spool.root, int(stem), None, signal.SIGKILL)
+                    log.warning("job %s: its record was ended while this host was lost; "
+                                "killed %d leftover process(es)", stem, n)
                 with contextlib.suppress(OSError):
                     p.unlink()
         for orig in self.spool.failed.glob("*.orig"):
@@ -193,7 +202,9 @@ class Daemon:
             log.error("running/%s is unreadable (%s)", path.name, e)
         if rec.get("host") not in (None, self.o.host):
             return  # another host's job (shared spool)
-        state, code = runner.status(self.spool, job_id)
+        if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < 60:
+            return  # just claimed by a daemon (maybe on another host) that is writing it
+        state, code = runner.status(self.run_path(job_id))
         run = Run(job_id, rec, rec.get("pid"))
         if state == "running":
             log.info("job %d: adopted (its shepherd is alive)", job_id)
@@ -207,7 +218,7 @@ class Daemon:
             self.runs[job_id] = run
             self.finish(run, None)
         else:  # claimed, never started: back in the queue, fields kept
-            runner.clear(self.spool, job_id)
+            runner.clear(self.run_path(job_id))
             prio = rec.get("priority")
             prio = prio if isinstance(prio, int) and 0 <= prio <= 9999 else 10
             os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
@@ -290,13 +301,29 @@ class Daemon:
                 daemon.dirty = True
                 daemon.waker.wake()
 
-        obs = Observer()
+        polling = self.o.polling
+        if polling is None:
+            fs = filesystem_type(self.spool.root)
+            polling = fs in NETWORK_FS
+            if polling:
+                log.info("spool is on %s: watching by polling (other hosts' writes are "
+                         "invisible to inotify)", fs)
+        if polling:
+            from watchdog.observers.polling import PollingObserver
+
+            obs = PollingObserver(timeout=0.5)
+        else:
+            obs = Observer()
         handler = Handler()
-        for d in (self.spool.pending, self.spool.requests, self.spool.state_run, self.spool.tmp):
+        for d in (self.spool.pending, self.spool.requests, self.spool.run_dir(self.o.host),
+                  self.spool.tmp):
             obs.schedule(handler, str(d), recursive=False)
         obs.daemon = True
         obs.start()
         return obs
+
+    def run_path(self, job_id: int) -> Path:
+        return self.spool.run_lock(job_id, self.o.host)
 
     def guard(self, job_id: int, fn, *args) -> None:
         """Run one job's step; a failure there never takes the daemon down."""
@@ -310,6 +337,7 @@ class Daemon:
         runner.reap()
         if now >= self.next_poll:
             self.poll_gpus()
+            self.check_hosts(now)
             self.next_poll = now + self.o.poll
         full = now >= self.next_rescan
         if full:
@@ -333,20 +361,74 @@ class Daemon:
 
     # ---- GPUs ----------------------------------------------------------------
     def poll_gpus(self) -> None:
-        if self.source is None:
-            return
         try:
-            self.readings = self.source.read()
+            self.readings = self.source.read() if self.source else []
         except Exception as e:  # a broken driver must not stop the queue
             log.warning("GPU reading failed: %s", e)
             self.readings = [GpuReading(index=i, error=str(e)) for i in self.managed]
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """state/hosts/<host>.yaml: proof of life for other hosts, readings for gstat."""
         snap = [r.as_dict() | {"busy": busy_reason(r, self.o.max_load, self.o.max_memory)}
                 for r in self.gpu_views()]
-        data = jobmod.dump({"host": self.o.host, "time": time.time(), "gpus": snap,
-                            "max_load": self.o.max_load, "max_memory": self.o.max_memory,
-                            "cpus": len(self.cpu_ids), "mem": self.mem, "limit": self.limit})
-        with contextlib.suppress(OSError):
-            self.spool.replace_atomic(self.spool.gpu_snapshot, data, sync=False)
+        data = jobmod.dump({"host": self.o.host, "time": time.time(), "pid": os.getpid(),
+                            "gpus": snap, "max_load": self.o.max_load,
+                            "max_memory": self.o.max_memory, "cpus": len(self.cpu_ids),
+                            "mem": self.mem, "limit": self.limit,
+                            "host_timeout": self.o.host_timeout, "draining": self.draining})
+        try:
+            self.spool.replace_atomic(self.spool.host_file(self.o.host), data, sync=False)
+        except OSError as e:
+            log.error("cannot write the heartbeat %s: %s (disk full or read-only?); retrying",
+                      self.spool.host_file(self.o.host), e)
+
+    def check_hosts(self, now: float) -> None:
+        """Fail (or requeue) the running jobs of hosts whose heartbeat went stale."""
+        for host in self.spool.hosts():
+            if host == self.o.host:
+                continue
+            try:
+                beat = jobmod.load_record(self.spool.host_file(host).read_bytes())
+                age = now - float(beat.get("time") or 0)
+            except (OSError, ValueError, jobmod.JobError):
+                continue
+            if age > self.o.host_timeout:
+                self.guard(None, self.take_over, host, age)
+
+    def take_over(self, host: str, age: float) -> None:
+        fd = os.open(self.spool.host_lock(host), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:  # its daemon's own lock: free means no daemon of that host is alive
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            for job_id in self.spool.list_ids("running"):
+                path = self.spool.record("running", job_id)
+                try:
+                    rec = jobmod.load_record(spoolmod.read_untrusted(path))
+                except (OSError, BadFile, jobmod.JobError, ValueError):
+                    continue
+                if rec.get("host") != host:
+                    continue
+                reason = (f"host lost: {host} sent no heartbeat for {age:.0f}s "
+                          f"(--host-timeout {self.o.host_timeout:g}s)")
+                if rec.get("requeue"):
+                    for k in ("pid", "started_at", "claimed_at", "kill_reason"):
+                        rec.pop(k, None)
+                    rec["reason"] = reason + "; requeued"
+                    self.save(path, rec)
+                    prio = rec.get("priority") if isinstance(rec.get("priority"), int) else 10
+                    os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
+                    log.warning("job %d: %s; requeued", job_id, reason)
+                else:
+                    rec.update(ended_at=time.time(), reason=reason)
+                    self.save(path, rec)
+                    spoolmod.move_noreplace(path, self.spool.record("failed", job_id))
+                    self.final_count += 1
+                    log.warning("job %d -> failed/: %s", job_id, reason)
+        finally:
+            os.close(fd)
 
     def gpu_views(self) -> list[GpuReading]:
         by_index = {r.index: r for r in self.readings}
@@ -576,7 +658,8 @@ class Daemon:
         log_path = self.spool.log_path(s.id)  # -o FILE is opened by the shepherd
         started = time.time()
         try:
-            pid = runner.launch(self.spool, job, s.gpus, s.cpus, creds, log_path)
+            pid = runner.launch(self.spool, self.run_path(s.id), job, s.gpus, s.cpus, creds,
+                                log_path)
         except OSError as e:
             self.finish_claimed(s.id, path, "failed", f"could not start: {e}")
             return
@@ -610,7 +693,7 @@ class Daemon:
 
     # ---- running -------------------------------------------------------------------
     def check_run(self, run: Run, now: float) -> None:
-        state, code = runner.status(self.spool, run.id)
+        state, code = runner.status(self.run_path(run.id))
         if state == "exited":
             self.finish(run, code)
             return
@@ -641,7 +724,7 @@ class Daemon:
         if code is not None:  # the status was written as the job ended
             with contextlib.suppress(FileNotFoundError):
                 # mtime comes from the kernel's coarse clock: never before the start
-                ended = max(self.spool.run_lock(run.id).stat().st_mtime,
+                ended = max(self.run_path(run.id).stat().st_mtime,
                             rec.get("started_at") or 0)
         if code is None:
             state = "failed"
@@ -674,7 +757,7 @@ class Daemon:
         spoolmod.fsync_dir(self.spool.dir(state))
         # Leftovers (daemonised children) would hold the GPUs the next job gets.
         runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
-        runner.clear(self.spool, run.id)
+        runner.clear(self.run_path(run.id))
         self.runs.pop(run.id, None)
         self.final_count += 1
         if rec.get("on_finish"):
@@ -742,7 +825,8 @@ class Daemon:
                         parsed[1])
         else:
             kind, job_id = parsed
-            self.apply_request(kind, job_id)
+            if self.apply_request(kind, job_id) == "elsewhere":
+                return  # for a job another host runs: that host's daemon consumes it
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(path)
 
@@ -761,7 +845,7 @@ class Daemon:
                 return st.st_uid
         return None
 
-    def apply_request(self, kind: str, job_id: int | None) -> None:
+    def apply_request(self, kind: str, job_id: int | None) -> str | None:
         if kind == "pause":
             self.spool.paused_flag.touch()
             log.info("queue paused; running jobs continue")
@@ -782,6 +866,14 @@ class Daemon:
         if p is None:
             where = next((d for d in ("running", *spoolmod.FINAL_DIRS)
                           if self.spool.record(d, job_id).exists()), None)
+            if where == "running":
+                try:
+                    host = jobmod.load_record(spoolmod.read_untrusted(
+                        self.spool.record("running", job_id))).get("host")
+                except (OSError, BadFile, jobmod.JobError, ValueError):
+                    host = None
+                if host not in (None, self.o.host):
+                    return "elsewhere"
             log.info("%s request for job %d ignored: %s", kind, job_id,
                      f"it is in {where}/" if where else "no such job")
             return
@@ -821,6 +913,24 @@ class _DepStates:
             if self.d.spool.record(state, job_id).exists():
                 return state
         return default
+
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs", "ceph",
+              "glusterfs", "fuse.glusterfs", "beegfs", "9p", "afs", "ocfs2"}
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (longest mount-point match)."""
+    best, kind = "", ""
+    target = os.path.realpath(path)
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].replace("\\040", " ")
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and \
+                    len(point) >= len(best):
+                best, kind = point, right.split()[0]
+    return kind
 
 
 def _sd_notify(msg: str) -> None:
@@ -868,6 +978,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--host", default=socket.gethostname(), help="host name to record")
     ap.add_argument("--default-time-limit", default=None, metavar="DURATION",
                     help="time limit for jobs submitted without -t (none)")
+    ap.add_argument("--host-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="shared spool: a host whose heartbeat is older than this is lost and "
+                         "its running jobs fail (or requeue) (60)")
+    ap.add_argument("--polling", action=argparse.BooleanOptionalAction, default=None,
+                    help="watch the spool by polling, not inotify (default: on for network "
+                         "filesystems such as NFS, whose other clients' writes inotify misses)")
     ap.add_argument("--drain", action="store_true",
                     help="start no new job; exit once running jobs have ended (also SIGUSR1)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -885,7 +1001,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         dtl = parse_duration(a.default_time_limit) if a.default_time_limit else None
     except ValueError as e:
         ap.error(str(e))
-    for name in ("max_pending", "keep", "poll", "kill_grace"):
+    try:
+        spoolmod.check_host(a.host)
+    except ValueError as e:
+        ap.error(f"--host: {e}")
+    for name in ("max_pending", "keep", "poll", "kill_grace", "host_timeout"):
         if getattr(a, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
@@ -894,7 +1014,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    max_pending=a.max_pending, keep=a.keep, limit=a.limit, max_load=a.max_load,
                    max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
                    mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl,
-                   drain=a.drain)
+                   drain=a.drain, host_timeout=a.host_timeout, polling=a.polling)
 
 
 

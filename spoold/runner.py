@@ -4,7 +4,7 @@ Owns: the shepherd (one line of ``sh``: a shell, not a Python interpreter),
 the job's environment, and process-tree signalling.
 
 Invariants:
-- ``state/run/<id>.lock`` is created just before the shepherd starts. The
+- ``state/run/<host>/<id>.lock`` is created just before the shepherd starts. The
   shepherd gets it as stdin, opened read-write, holds an flock on it for its
   whole life, writes ``s`` into it before it runs the job and the job's exit
   status (``$?``: 128+N for signal N) as its last act.
@@ -97,7 +97,7 @@ def _cron_env(creds: Creds | None) -> dict:
             "SHELL": SH, "LANG": "C.UTF-8"}
 
 
-def launch(spool, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
+def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
            creds: Creds | None, log_path: Path) -> int:
     """Start ``job`` under a shepherd; return the shepherd's pid.
 
@@ -115,7 +115,6 @@ def launch(spool, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
         cwd = job.get("cwd") or (creds.home if creds else os.path.expanduser("~"))
         if not os.path.isdir(cwd):
             raise FileNotFoundError(errno.ENOENT, "working directory does not exist", cwd)
-        run_path = spool.run_lock(job.id)
         run_fd = os.open(run_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
         old_mask = os.sched_getaffinity(0) if cpus else None
@@ -177,10 +176,10 @@ def reap() -> None:
             del _children[pid]
 
 
-def status(spool, job_id: int) -> tuple[str, int | None]:
+def status(run_path: Path) -> tuple[str, int | None]:
     """('running', None), ('exited', code), ('vanished', None) or ('unstarted', None)."""
     try:
-        fd = os.open(spool.run_lock(job_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(run_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return "unstarted", None
     try:
@@ -198,9 +197,9 @@ def status(spool, job_id: int) -> tuple[str, int | None]:
     return "vanished", None
 
 
-def clear(spool, job_id: int) -> None:
+def clear(run_path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(spool.run_lock(job_id))
+        os.unlink(run_path)
 
 
 def job_pids(spool_root: Path, job_id: int, shepherd: int | None) -> set[int]:

@@ -37,7 +37,8 @@ MAX_PRIORITY = 9999
 
 JOB_DIRS = ("pending", "running", "done", "failed", "cancelled")
 FINAL_DIRS = ("done", "failed", "cancelled")
-ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run", "state/ids")
+ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run", "state/ids",
+            "state/hosts")
 SHARED_DIRS = ("tmp", "pending", "requests", "state/ids")
 
 _PENDING_RE = re.compile(r"^(\d{1,4})-0*(\d+)\.yaml$")
@@ -46,6 +47,16 @@ _RECORD_RE = re.compile(r"^0*(\d+)\.yaml$")
 _REQUEST_RE = re.compile(r"^([a-z]+)-0*(\d+)$")
 REQUEST_KINDS = ("kill", "cancel", "hold", "release")
 QUEUE_REQUESTS = ("pause", "resume")
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def check_host(name: str) -> str:
+    """Host names become file names: letters, digits, '.', '_', '-' only."""
+    if not _HOST_RE.match(name):
+        raise ValueError(f"not a usable host name: {name!r} (letters, digits, . _ -)")
+    return name
 
 
 def default_spool() -> Path:
@@ -280,24 +291,33 @@ class Spool:
     def log_path(self, job_id: int) -> Path:
         return self.logs / f"{job_id}.log"
 
-    def run_lock(self, job_id: int) -> Path:
-        return self.state_run / f"{job_id}.lock"
+    def run_dir(self, host: str) -> Path:
+        """Run files of the jobs one host runs (each host sees only its own)."""
+        return self.state_run / host
+
+    def run_lock(self, job_id: int, host: str) -> Path:
+        return self.state_run / host / f"{job_id}.lock"
+
+    def host_file(self, host: str) -> Path:
+        """The host's heartbeat: time, pid, GPU readings, limits."""
+        return self.state / "hosts" / f"{host}.yaml"
+
+    def host_lock(self, host: str) -> Path:
+        """flock held by the host's daemon: one daemon per host and spool."""
+        return self.state / "hosts" / f"{host}.lock"
+
+    def hosts(self) -> list[str]:
+        with os.scandir(self.state / "hosts") as it:
+            return sorted(e.name[:-5] for e in it if e.name.endswith(".yaml")
+                          and not e.name.startswith("."))
 
     def rejected_copy(self, job_id: int) -> Path:
         """Original bytes of a refused file, kept beside its record."""
         return self.failed / f"{job_id}.orig"
 
     @property
-    def daemon_lock(self) -> Path:
-        return self.state / "daemon.lock"
-
-    @property
     def paused_flag(self) -> Path:
         return self.state / "paused"
-
-    @property
-    def gpu_snapshot(self) -> Path:
-        return self.state / "gpus.yaml"
 
     @property
     def daemon_log(self) -> Path:

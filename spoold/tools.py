@@ -59,10 +59,23 @@ def _shell_quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
-def daemon_pid(sp: Spool) -> int | None:
-    """The daemon's pid if one holds the spool lock, else None."""
+def hosts_view(sp: Spool, now: float) -> list[dict]:
+    """Each host's heartbeat, and whether its daemon holds its lock right now."""
+    out = []
+    for h in sp.hosts():
+        beat = read_record(sp.host_file(h)) or {}
+        pid = lock_holder(sp.host_lock(h))
+        age = now - float(beat.get("time") or 0)
+        out.append({"host": h, "alive": pid is not None, "pid": pid, "heartbeat_age": age,
+                    "lost": pid is None and age > float(beat.get("host_timeout") or 60),
+                    "draining": bool(beat.get("draining")), "beat": beat})
+    return out
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid written in a daemon's lock file while it holds it, else None."""
     try:
-        fd = os.open(sp.daemon_lock, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
@@ -89,19 +102,20 @@ class Color:
 def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> dict:
     """Everything gstat shows, as plain data (the --json output)."""
     now = time.time() if now is None else now
-    gsnap = read_record(sp.gpu_snapshot) or {}
+    hosts = hosts_view(sp, now)
+    live = [h for h in hosts if h["alive"]] or hosts
+    gsnap = live[0]["beat"] if live else {}
     running, bookings = [], []
     for job_id in sp.list_ids("running"):
         rec = read_record(sp.record("running", job_id))
         if rec is None:
             continue
         started, limit = rec.get("started_at"), rec.get("time_limit")
-        bookings.append(Running(id=job_id, gpus=tuple(rec.get("assigned_gpus") or ()),
-                                gpu_mem=rec.get("gpu_mem") or 0,
-                                cpus=tuple(rec.get("assigned_cpus") or ()),
-                                mem=rec.get("mem") or 0,
-                                ends_at=started + limit if started and limit else None,
-                                array_id=rec.get("array_id") or 0))
+        bookings.append((rec.get("host"), Running(
+            id=job_id, gpus=tuple(rec.get("assigned_gpus") or ()),
+            gpu_mem=rec.get("gpu_mem") or 0, cpus=tuple(rec.get("assigned_cpus") or ()),
+            mem=rec.get("mem") or 0, ends_at=started + limit if started and limit else None,
+            array_id=rec.get("array_id") or 0)))
         running.append({
             "id": job_id, "name": rec.get("name") or "", "user": rec.get("user") or "",
             "gpus": rec.get("gpus", 1), "assigned_gpus": rec.get("assigned_gpus") or [],
@@ -112,13 +126,15 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
             "time_limit": limit, "command": command_text(rec),
             "killing": rec.get("kill_reason"),
         })
-    holders: dict[int, list[int]] = {}
-    for b in bookings:
+    holders: dict[tuple, list[int]] = {}
+    for host, b in bookings:
         for g in b.gpus:
-            holders.setdefault(g, []).append(b.id)
+            holders.setdefault((host, g), []).append(b.id)
     gpus = []
-    for g in gsnap.get("gpus") or []:
-        gpus.append({**g, "jobs": holders.get(g.get("index"), [])})
+    for h in hosts:
+        for g in h["beat"].get("gpus") or []:
+            gpus.append({**g, "host": h["host"], "jobs": holders.get((h["host"], g.get("index")),
+                                                                     [])})
     pending, requests, jobs = [], [], {}
     for p in sp.list_pending():
         if not p.has_id:
@@ -146,12 +162,6 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
                                 held=job.hold, array_id=job.get("array_id") or 0,
                                 array_limit=job.get("array_limit") or 0,
                                 pin_host=job.get("pin_host")))
-    res = Resources(
-        gpus=tuple(Gpu(g["index"], g.get("busy"), g.get("memory_total"), g.get("memory_used"),
-                       failed=bool(g.get("error"))) for g in gsnap.get("gpus") or []),
-        cpus=tuple(range(gsnap.get("cpus") or os.cpu_count() or 1)),
-        mem=gsnap.get("mem") or 0, limit=gsnap.get("limit") or 8,
-        paused=sp.paused_flag.exists())
     states = {**{r["id"]: "running" for r in running}, **{p["id"]: "pending" for p in pending}}
 
     class Deps:
@@ -163,17 +173,36 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
                     return d
             return default
 
-    decision = schedule(requests, bookings, res, now, Deps())
+    # The queue as each live host's daemon sees it: a job starts if any host
+    # would start it; otherwise the first host's reason is shown.
+    reasons: dict[int, str] = {}
+    for h in live or [{"host": None, "beat": {}}]:
+        beat = h["beat"]
+        res = Resources(
+            gpus=tuple(Gpu(g["index"], g.get("busy"), g.get("memory_total"),
+                           g.get("memory_used"), failed=bool(g.get("error")))
+                       for g in beat.get("gpus") or []),
+            cpus=tuple(range(beat.get("cpus") or os.cpu_count() or 1)),
+            mem=beat.get("mem") or 0, limit=beat.get("limit") or 8, host=h["host"],
+            paused=sp.paused_flag.exists())
+        d = schedule(requests, [b for host, b in bookings if host == h["host"]], res, now,
+                     Deps())
+        prefix = f"{h['host']}: " if len(live) > 1 else ""
+        for s_ in d.start:
+            reasons[s_.id] = "starting"
+        for i, why in {**d.wait, **d.reject, **d.cancel}.items():
+            if reasons.get(i) != "starting":
+                reasons.setdefault(i, prefix + why)
     for p in pending:
         if p["reason"] is None:
-            p["reason"] = (decision.wait.get(p["id"]) or decision.reject.get(p["id"])
-                           or decision.cancel.get(p["id"]) or "starting")
+            p["reason"] = reasons.get(p["id"], "starting")
     if user:
         running = [r for r in running if r["user"] == user]
         pending = [p for p in pending if p["user"] == user]
-    pid = daemon_pid(sp)
+    pid = next((h["pid"] for h in hosts if h["alive"]), None)
     return {"spool": str(sp.root), "time": now, "host": gsnap.get("host"),
             "daemon": {"running": pid is not None, "pid": pid},
+            "hosts": [{k: v for k, v in h.items() if k != "beat"} for h in hosts],
             "paused": sp.paused_flag.exists(), "gpus": gpus, "running": running,
             "pending": pending,
             "limits": {"max_load": gsnap.get("max_load"), "max_memory": gsnap.get("max_memory"),
@@ -228,6 +257,11 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
         lines.append(c("33", "# spoold is not running on this spool: nothing will start"))
     if snap["paused"]:
         lines.append(c("33", "# queue paused (gresume): running jobs continue"))
+    multi = len(snap.get("hosts") or []) > 1
+    if multi:
+        lines.append("# hosts: " + ", ".join(
+            f"{h['host']} ({'up' if h['alive'] else 'LOST' if h['lost'] else 'down'}, "
+            f"{fmt_duration(h['heartbeat_age'])} ago)" for h in snap["hosts"]))
     for g in snap["gpus"]:
         mt, mu, ut = g.get("memory_total"), g.get("memory_used"), g.get("utilization")
         mem = f"{mu / 1024:.1f}/{mt / 1024:.1f}G" if mt and mu is not None else "?/?G"
@@ -236,7 +270,8 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
             g.get("busy") or "free")
         state = c("32", "free") if not g["jobs"] and not g.get("busy") else (
             c("36", who) if g["jobs"] else c("31", who))
-        lines.append(f"GPU{g['index']:<2} {_bar(ut / 100 if ut is not None else None)} {util} "
+        name = f"{g['host']}:GPU{g['index']}" if multi else f"GPU{g['index']:<2}"
+        lines.append(f"{name} {_bar(ut / 100 if ut is not None else None)} {util} "
                      f"{_bar(mu / mt if mt and mu is not None else None)} {mem:>11}  {state}")
     if snap["gpus"]:
         lines.append("")

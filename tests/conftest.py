@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
 SCRIPTS = Path(sys.executable).parent  # where pip put the console scripts
+HOST = socket.gethostname()
 
 
 def tool_env(spool: Path | None = None, **extra) -> dict:
@@ -66,8 +68,9 @@ class Spool:
         """Wait until the daemon's snapshot shows exactly ``busy`` as busy."""
         def seen():
             try:
-                snap = yaml.safe_load((self.root / "state" / "gpus.yaml").read_text())
-            except (OSError, yaml.YAMLError):
+                beat = next((self.root / "state" / "hosts").glob("*.yaml"))
+                snap = yaml.safe_load(beat.read_text())
+            except (OSError, yaml.YAMLError, StopIteration):
                 return False
             return {g["index"] for g in snap["gpus"] if g["busy"]} == busy
         wait_for(seen, timeout, f"daemon to see GPUs {busy} busy")
@@ -136,8 +139,9 @@ class Daemon:
                  "--fake-gpus", str(self.spool.gpu_file), *self.args, *extra],
                 stdout=out, stderr=subprocess.STDOUT, env=tool_env(), cwd=REPO)
         if wait:
-            wait_for(lambda: (self.spool.root / "state" / "gpus.yaml").exists()
-                     or self.proc.poll() is not None, 20, "daemon start")
+            host = self.args[self.args.index("--host") + 1] if "--host" in self.args else None
+            beat = self.spool.root / "state" / "hosts" / f"{host or HOST}.yaml"
+            wait_for(lambda: beat.exists() or self.proc.poll() is not None, 20, "daemon start")
             assert self.proc.poll() is None, self.output()
         return self
 

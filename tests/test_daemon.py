@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import fake_gpu_list, wait_for
+from conftest import HOST, fake_gpu_list, wait_for
 
 PY = sys.executable
 
@@ -196,7 +196,8 @@ def test_sigterm_leaves_running_jobs_running_and_next_daemon_adopts(spool, daemo
     assert d.stop() == 0
     assert spool.where(j) == "running"
     go.touch()  # the job ends while no daemon runs
-    wait_for(lambda: (spool.root / "state" / "run" / f"{j}.lock").read_text().split() == ["s", "7"],
+    run_file = spool.root / "state" / "run" / HOST / f"{j}.lock"
+    wait_for(lambda: run_file.read_text().split() == ["s", "7"],
              what="shepherd to record the exit status")
     daemon_factory()
     assert spool.wait_state(j, "failed")["exit_code"] == 7

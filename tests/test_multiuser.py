@@ -178,7 +178,7 @@ def test_user_mode_daemon_refuses_files_it_does_not_own(users, tmp_path):
                             cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo, "HOME": "/tmp"})
     try:
-        wait_for(lambda: (root / "state" / "gpus.yaml").exists(), 20, "user daemon")
+        wait_for(lambda: list((root / "state" / "hosts").glob("*.yaml")), 20, "user daemon")
         assert os.stat(root).st_mode & 0o777 == 0o700
         (root / "tmp" / "x.yaml").write_text("argv: ['true']\ngpus: 0\n")  # root's file
         os.rename(root / "tmp" / "x.yaml", root / "pending" / "0010-foreign.yaml")

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import yaml
-from conftest import wait_for
+from conftest import HOST, wait_for
 
 SOAK_JOBS = int(os.environ.get("SPOOLD_SOAK_JOBS", "150"))
 SOAK_KILLS = int(os.environ.get("SPOOLD_SOAK_KILLS", "12"))
@@ -55,7 +55,7 @@ def test_soak_kill9_and_restart_never_loses_or_repeats_a_job(spool, daemon_facto
         assert states[j] == ("done" if code == 0 else "failed")
     assert kills >= 1
     assert not list((spool.root / "running").iterdir())
-    assert not list((spool.root / "state" / "run").iterdir())
+    assert not list((spool.root / "state" / "run" / HOST).iterdir())
 
 
 def test_vanished_job_fails_with_reason(spool, daemon_factory):
@@ -75,7 +75,7 @@ def test_vanished_job_fails_with_reason(spool, daemon_factory):
 def _lock_free(spool, j) -> bool:
     import fcntl
 
-    fd = os.open(spool.root / "state" / "run" / f"{j}.lock", os.O_RDONLY)
+    fd = os.open(spool.root / "state" / "run" / HOST / f"{j}.lock", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return True

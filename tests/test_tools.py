@@ -186,9 +186,11 @@ def test_timeline_renders_at_fixed_width():
 
 
 JSON_SCHEMA_KEYS = {
-    "top": {"spool", "time", "host", "daemon", "paused", "gpus", "running", "pending", "limits"},
+    "top": {"spool", "time", "host", "daemon", "hosts", "paused", "gpus", "running", "pending",
+            "limits"},
+    "host": {"host", "alive", "pid", "heartbeat_age", "lost", "draining"},
     "gpu": {"index", "uuid", "name", "memory_total", "memory_used", "utilization", "error",
-            "busy", "jobs"},
+            "busy", "jobs", "host"},
     "running": {"id", "name", "user", "gpus", "assigned_gpus", "gpu_mem", "cpus",
                 "assigned_cpus", "mem", "priority", "host", "pid", "started_at", "elapsed",
                 "time_limit", "command", "killing"},
@@ -207,6 +209,7 @@ def test_json_matches_documented_schema(spool, daemon, tmp_path):
     snap = json.loads(spool.run("gstat", "--json").stdout)
     assert set(snap) == JSON_SCHEMA_KEYS["top"]
     assert all(set(g) == JSON_SCHEMA_KEYS["gpu"] for g in snap["gpus"])
+    assert all(set(h) == JSON_SCHEMA_KEYS["host"] for h in snap["hosts"])
     assert set(snap["running"][0]) == JSON_SCHEMA_KEYS["running"]
     assert set(snap["pending"][0]) == JSON_SCHEMA_KEYS["pending"]
     go.touch()
