@@ -125,6 +125,7 @@ class Daemon:
         self.mem = 0
         self.final_count = 0
         self.hint = 0
+        self.peers: tuple[Resources, ...] = ()
 
     # ---- start-up ------------------------------------------------------------
     def lock(self) -> None:
@@ -384,7 +385,9 @@ class Daemon:
                       self.spool.host_file(self.o.host), e)
 
     def check_hosts(self, now: float) -> None:
-        """Fail (or requeue) the running jobs of hosts whose heartbeat went stale."""
+        """Fail (or requeue) the running jobs of hosts whose heartbeat went stale;
+        note the capacity of the live ones (``peers``)."""
+        peers = []
         for host in self.spool.hosts():
             if host == self.o.host:
                 continue
@@ -395,6 +398,13 @@ class Daemon:
                 continue
             if age > self.o.host_timeout:
                 self.guard(None, self.take_over, host, age)
+                continue
+            gpus = tuple(Gpu(g.get("index", i), None, g.get("memory_total"))
+                         for i, g in enumerate(beat.get("gpus") or []))
+            peers.append(Resources(gpus=gpus, cpus=tuple(range(int(beat.get("cpus") or 0))),
+                                   mem=int(beat.get("mem") or 0),
+                                   limit=int(beat.get("limit") or 0), host=host))
+        self.peers = tuple(peers)
 
     def take_over(self, host: str, age: float) -> None:
         fd = os.open(self.spool.host_lock(host), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -442,7 +452,8 @@ class Daemon:
             gpus.append(Gpu(r.index, why, r.memory_total, r.memory_used, failed=bool(r.error)
                             or r.memory_total is None))
         return Resources(gpus=tuple(gpus), cpus=self.cpu_ids, mem=self.mem, limit=self.limit,
-                         host=self.o.host, paused=self.spool.paused_flag.exists())
+                         host=self.o.host, paused=self.spool.paused_flag.exists(),
+                         peers=self.peers)
 
     # ---- pending ---------------------------------------------------------------
     def load_pending(self, name: str, now: float):

@@ -86,6 +86,9 @@ class Resources:
     limit: int = 8  # GPUs per job
     host: str | None = None
     paused: bool = False
+    # Other live hosts on a shared spool: a job too big for this host but not
+    # for one of them waits for them instead of being refused.
+    peers: tuple[Resources, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,12 +196,16 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
     for n, req in enumerate(queue):
         if n >= max_scan:
             break
-        why = _refusal(req, res, n_gpus)
-        if why:
-            d.reject[req.id] = why
-            continue
         if req.pin_host and res.host and req.pin_host != res.host:
             d.wait[req.id] = f"pinned to host {req.pin_host}"
+            continue
+        why = _refusal(req, res, n_gpus)
+        if why:
+            fits = [p.host for p in res.peers if not _refusal(req, p, len(p.gpus))]
+            if fits:
+                d.wait[req.id] = f"too big for {res.host}; left for {', '.join(fits)}"
+            else:
+                d.reject[req.id] = why
             continue
         if req.held:
             d.wait[req.id] = "held (grelease to let it run)"

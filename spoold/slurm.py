@@ -123,7 +123,7 @@ def batch_script(job, spool_root, *, creds: runner.Creds | None = None) -> bytes
         b"    case $v in " + keep.encode() + b") ;; *) unset \"$v\" ;; esac ;;",
         b"  esac",
         b"done",
-        b"exec /usr/bin/env --",
+        b"exec /usr/bin/env -u _ -u SHLVL --",  # bash as /bin/sh exports these
     ]
     words = [_q(os.fsencode(f"{k}={v}")) for k, v in env.items()]
     words += [b'"CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-}"',
@@ -218,7 +218,7 @@ def cancel(slurm_id: str, sig: str | None = None, run=subprocess.run) -> None:
     try:
         _run(run, [*argv, _check_id(slurm_id)])
     except SlurmError as e:
-        if "already completing or completed" not in str(e):
+        if "already completing or completed" not in str(e) and "Invalid job id" not in str(e):
             raise
 
 

@@ -201,7 +201,8 @@ def test_hostile_cmd_round_trip(spool, shell):
 @pytest.mark.parametrize("shell", SHELLS)
 def test_escapes_in_file(spool, shell):
     """The characters YAML readers treat specially are escaped, in the file."""
-    s = "\u2028|\u2029|\u0085|\u0080|\u009f|\ufeff|\ufffe|\uffff|\x7f|\x01|\x1b|\t|\r|\n|\"|\\|\u00e9"
+    s = ("\u2028|\u2029|\u0085|\u0080|\u009f|\ufeff|\ufffe|\uffff|\x7f|\x01|\x1b|\t|\r|\n|"
+         '"|\\|\u00e9')
     job_id, job = submit(spool, "--", s, shell=shell)
     raw = pending_file(spool, job_id).read_bytes()
     line = [ln for ln in raw.split(b"\n") if ln.startswith(b"argv:")][0]
@@ -642,7 +643,7 @@ def test_queue_full(spool):
 
 # ---------------------------------------------------------------- errors
 ERRORS = [
-    [], ["-n"], ["-n", "x", "true"], ["-n", "-1", "true"], ["-n", "1.5", "true"],
+    [], ["--"], ["-n", "2"], ["-n"], ["-n", "x", "true"], ["-n", "-1", "true"], ["-n", "1.5", "true"],
     ["-p", "10000", "true"], ["-p", "-1", "true"], ["-p", "", "true"], ["-J"],
     ["--bogus", "true"], ["-x", "true"], ["--hold=1", "true"], ["-c", "x", "extra"],
     ["-c", "x", "--", "y"], ["-t", "0", "true"], ["-t", "abc", "true"], ["-t", "1.5h", "true"],
@@ -787,7 +788,7 @@ def check_quoting(shell: str, harness: Path, inputs: list[bytes]) -> None:
                              check=True).stdout.split(b"\n")
         assert len(out) == len(chunk) + 1
         expected, doc = [], []
-        for raw, line in zip(chunk, out):
+        for raw, line in zip(chunk, out[:-1], strict=True):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:

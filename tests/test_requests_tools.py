@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 KINDS = {"gkill": "kill", "gcancel": "cancel", "ghold": "hold", "grelease": "release"}
-FOLDERS = "tmp pending running done failed cancelled requests logs state".split()
+FOLDERS = ["tmp", "pending", "running", "done", "failed", "cancelled", "requests", "logs",
+           "state"]
 
 pytestmark = pytest.mark.skipif("dash" not in SHELLS, reason="dash is not installed")
 
@@ -53,7 +54,8 @@ def test_writes_empty_request_files(spool, tool, shell):
 
 
 @pytest.mark.parametrize("tool", sorted(KINDS))
-@pytest.mark.parametrize("bad", ["x", "0", "000", "-1", "1.5", "", "7a", " 7", "+3", "99999999999999"])
+@pytest.mark.parametrize("bad", ["x", "0", "000", "-1", "1.5", "", "7a", " 7", "+3",
+                                 "99999999999999"])
 def test_bad_id_writes_nothing(spool, tool, bad):
     p = run(tool, "--spool", str(spool), "3", bad, "4")
     assert p.returncode == 2

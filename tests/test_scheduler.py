@@ -206,3 +206,10 @@ def test_no_starvation_under_a_stream_of_small_jobs(seed, small_limit):
         now += 1.0
         running = [r for r in running if ends[r.id] > now]
     raise AssertionError("the 4-GPU job starved")
+
+
+def test_job_too_big_here_waits_for_a_peer_that_fits():
+    big = res(8, host="a")
+    d = schedule([Request(1, gpus=4), Request(2, gpus=16)], [], res(2, host="b", peers=(big,)),
+                 0)
+    assert "left for a" in d.wait[1] and "manages only 2" in d.reject[2]

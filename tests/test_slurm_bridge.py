@@ -1,0 +1,538 @@
+"""The SLURM bridge (spoold/slurm.py).
+
+Unit tests answer for SLURM with a fake ``run``; the batch script is really run
+with /bin/sh (and bash in POSIX mode) in a simulated batch-step environment.
+Integration tests use a real SLURM (contrib/slurm/setup-single-node.sh sets up
+one node with 4 fake GPUs) and are skipped, with the reason, without one."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from spoold import job as jobmod
+from spoold import runner, slurm
+
+# Prints what the process received, byte for byte (hex), as one JSON line.
+DUMP = ("import json, os\n"
+        "r = lambda n: open('/proc/self/' + n, 'rb').read().split(b'\\0')[:-1]\n"
+        "print(json.dumps({'argv': [a.hex() for a in r('cmdline')],"
+        " 'env': [e.hex() for e in r('environ')], 'cwd': os.getcwd()}),"
+        " flush=True)\n")
+
+HOSTILE_ARGV = ["", " ", "it's", "'", "''", 'say "hi"', "$HOME `id` $(id) ${x:-y}", "\\", "\\'",
+                "new\nline", "\n#SBATCH --job-name=pwned", "cr\r\nlf\r", "tab\tx", "-", "--",
+                "*", "~", "a=b", "ünï©ødé 日本語 🙂", "\udcff\udcfe not UTF-8", "!", "#", ";|&<>"]
+HOSTILE_ENV = {"WEIRD": "a'b\nc$d `x`", "EMPTY": "", "UTF": "é日", "CRLF": "a\r\nb",
+               "BASH_FUNC_f%%": "() {  echo hi\n}", "-dash": "x", "with space": "y",
+               "PWD": "/recorded/pwd", "IFS": " \t\n", "PATH": "/usr/bin:/bin"}
+
+
+def make_job(data: dict, job_id: int = 7) -> jobmod.Job:
+    job = jobmod.validate(data)
+    job.id = job_id
+    return job
+
+
+def decode(dump: dict) -> tuple[list[bytes], dict[bytes, bytes]]:
+    argv = [bytes.fromhex(a) for a in dump["argv"]]
+    env = dict(bytes.fromhex(e).split(b"=", 1) for e in dump["env"])
+    return argv, env
+
+
+def expected_env(job, spool, gpus: str, slurm_env: dict) -> dict[bytes, bytes]:
+    want = {k: v for k, v in (job.env or {}).items()
+            if not k.startswith(("SLURM_", "SLURMD_")) and k not in slurm._GPU_VARS}
+    want.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", SPOOLD_JOB_ID=str(job.id),
+                SPOOLD_SPOOL=str(spool), PYTHONUNBUFFERED="1",
+                CUDA_VISIBLE_DEVICES=gpus, SPOOLD_GPUS=gpus)
+    want.update({k: v for k, v in slurm_env.items()
+                 if k.startswith(("SLURM_", "SLURMD_")) or k in slurm._GPU_VARS})
+    return {os.fsencode(k): os.fsencode(v) for k, v in want.items()}
+
+
+# ---- the batch script, run for real ------------------------------------------------
+SHELLS = [["/bin/sh"]] + ([[shutil.which("bash"), "--posix"]] if shutil.which("bash") else [])
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_script_passes_argv_cwd_env_byte_exact(tmp_path, shell):
+    cwd = tmp_path / "d i r'\n#SBATCH x\r\n$(id) é"
+    cwd.mkdir()
+    spool = tmp_path / "spool"
+    job = make_job({"argv": [sys.executable, "-c", DUMP, *HOSTILE_ARGV], "cwd": str(cwd),
+                    "env": {**HOSTILE_ENV, "SLURM_JOB_ID": "stale", "CUDA_VISIBLE_DEVICES": "9"},
+                    "gpus": 2, "array_index": 4})
+    script = tmp_path / "batch"
+    script.write_bytes(slurm.batch_script(job, spool))
+    assert b"\r\n" not in script.read_bytes()  # sbatch refuses those
+    # What a batch step starts with: SLURM's variables plus some noise.
+    slurm_env = {"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "n1", "CUDA_VISIBLE_DEVICES": "1,3",
+                 "GPU_DEVICE_ORDINAL": "1,3", "HOSTNAME": "n1", "PWD": "/", "TMPDIR": "/tmp",
+                 "ENVIRONMENT": "BATCH", "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    p = subprocess.run([*shell, str(script)], env=slurm_env, cwd="/", capture_output=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    dump = json.loads(p.stdout)
+    argv, env = decode(dump)
+    assert argv == runner.job_argv(job)
+    assert dump["cwd"] == str(cwd)
+    assert env == expected_env(job, spool, "1,3", slurm_env) | {b"SPOOLD_ARRAY_INDEX": b"4"}
+
+
+def test_script_cmd_runs_under_its_shell_and_no_gpus_means_empty(tmp_path):
+    job = make_job({"cmd": 'printf "%s|" "$0" "$CUDA_VISIBLE_DEVICES" "$SPOOLD_GPUS"; exit 3',
+                    "shell": "/bin/sh", "cwd": str(tmp_path), "gpus": 0})
+    script = tmp_path / "batch"
+    script.write_bytes(slurm.batch_script(job, tmp_path))
+    p = subprocess.run(["/bin/sh", str(script)], env={"SLURM_JOB_ID": "1"}, capture_output=True,
+                       timeout=30)
+    assert (p.returncode, p.stdout) == (3, b"/bin/sh|||")
+
+
+def test_script_argv0_with_equals_sign(tmp_path):
+    """env(1) would read 'py=thon' as a variable: the script hands it to sh to exec."""
+    (tmp_path / "py=thon").symlink_to(sys.executable)
+    job = make_job({"argv": ["py=thon", "-c", DUMP, "x=1"], "cwd": str(tmp_path),
+                    "env": {"PATH": f"{tmp_path}:/usr/bin:/bin"}})
+    script = tmp_path / "batch"
+    script.write_bytes(slurm.batch_script(job, tmp_path))
+    p = subprocess.run(["/bin/sh", str(script)], env={}, capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    argv, _ = decode(json.loads(p.stdout))
+    assert argv == [b"py=thon", b"-c", DUMP.encode(), b"x=1"]
+
+
+def test_script_missing_cwd_fails_with_a_message(tmp_path):
+    job = make_job({"argv": ["true"], "cwd": str(tmp_path / "gone")})
+    script = tmp_path / "batch"
+    script.write_bytes(slurm.batch_script(job, tmp_path))
+    p = subprocess.run(["/bin/sh", str(script)], env={}, capture_output=True, timeout=30)
+    assert p.returncode == 1 and b"gone" in p.stderr
+
+
+def test_script_without_env_gets_cron_env(tmp_path):
+    job = make_job({"argv": [sys.executable, "-c", DUMP], "cwd": str(tmp_path), "gpus": 0})
+    script = tmp_path / "batch"
+    script.write_bytes(slurm.batch_script(job, tmp_path))
+    p = subprocess.run(["/bin/sh", str(script)], env={"HOSTNAME": "x"}, capture_output=True,
+                       timeout=30)
+    _, env = decode(json.loads(p.stdout))
+    assert env[b"PATH"] == runner.CRON_PATH.encode() and b"HOSTNAME" not in env
+
+
+# ---- sbatch's argv ------------------------------------------------------------------
+def test_sbatch_argv_full():
+    job = make_job({"argv": ["train.py"], "gpus": 2, "cpus": 4, "mem": 2048, "time_limit": 90,
+                    "priority": 3, "cwd": "/home/u/run 1", "name": "my job\n=x"}, job_id=12)
+    argv = slurm.sbatch_argv(job, "/sp", "/sp/logs/12%j.log", ["3", "41"])
+    assert argv[0] == "sbatch" and "--parsable" in argv and "--export=ALL" in argv
+    assert "--job-name=my_job__x" in argv
+    assert "--comment=spoold:12:/sp" in argv
+    assert "--output=/sp/logs/12%%j.log" in argv and "--open-mode=append" in argv
+    assert "--chdir=/" in argv  # the cwd has a space: the script changes there
+    assert {"--gres=gpu:2", "--cpus-per-task=4", "--mem=2048M", "--time=0-00:02:00",
+            "--nice=300000", "--no-requeue", "--dependency=afterok:3:41",
+            "--kill-on-invalid-dep=yes"} <= set(argv)
+    assert not any(a.startswith("--error") for a in argv)  # stderr joins --output
+
+
+def test_sbatch_argv_minimal():
+    job = make_job({"argv": ["x"], "gpus": 0, "cwd": "/tmp", "requeue": True})
+    argv = slurm.sbatch_argv(job, "/sp", "/sp/logs/7.log", [])
+    assert "--chdir=/tmp" in argv and "--requeue" in argv and "--nice=1000000" in argv
+    assert not any(a.startswith(("--gres", "--mem", "--cpus", "--time", "--dependency"))
+                   for a in argv)
+
+
+@pytest.mark.parametrize("log", ["/sp/a\\b.log", "/sp/a\nb.log", "rel.log"])
+def test_sbatch_argv_refuses_log_paths_slurm_cannot_express(log):
+    with pytest.raises(slurm.SlurmError, match="log path"):
+        slurm.sbatch_argv(make_job({"argv": ["x"]}), "/sp", log, [])
+
+
+@pytest.mark.parametrize("dep", ["", "1;2", "--x", "1_2", 5])
+def test_sbatch_argv_refuses_bad_dependency_ids(dep):
+    with pytest.raises(slurm.SlurmError, match="not a SLURM job id"):
+        slurm.sbatch_argv(make_job({"argv": ["x"]}), "/sp", "/l", [dep])
+
+
+@pytest.mark.parametrize("seconds,want", [
+    (1, "0-00:01:00"), (60, "0-00:01:00"), (60.5, "0-00:02:00"), (90, "0-00:02:00"),
+    (3600, "0-01:00:00"), (86399, "1-00:00:00"), (2 * 86400 + 3661, "2-01:02:00"),
+    (1e300, "UNLIMITED")])
+def test_slurm_time(seconds, want):
+    assert slurm.slurm_time(seconds) == want
+
+
+def test_comment_hashes_odd_spool_paths():
+    assert slurm.comment(3, "/var/spool/x") == "spoold:3:/var/spool/x"
+    c = slurm.comment(3, "/a b\n")
+    assert c.startswith("spoold:3:sha256:") and " " not in c
+
+
+# ---- talking to SLURM, with a fake run --------------------------------------------------
+class FakeRun:
+    """Answers SLURM commands from a table: {argv[0]: (rc, stdout, stderr)} or a callable."""
+
+    def __init__(self, answers: dict):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, argv, **kw):
+        self.calls.append((argv, kw))
+        a = self.answers.get(argv[0], (127, "", f"{argv[0]}: not found"))
+        rc, out, err = a(argv) if callable(a) else a
+        return subprocess.CompletedProcess(argv, rc, out.encode(), err.encode())
+
+
+def scontrol_line(job_id, state, exit_code="0:0", reason="None", name="x"):
+    return (f"JobId={job_id} JobName={name} UserId=root(0) GroupId=root(0) MCS_label=N/A "
+            f"Priority=4294901759 Nice=0 Account=(null) QOS=(null) JobState={state} "
+            f"Reason={reason} Dependency=(null) Requeue=0 Restarts=0 BatchFlag=1 Reboot=0 "
+            f"ExitCode={exit_code} RunTime=00:00:01 WorkDir=/tmp Comment=spoold:1:/sp\n")
+
+
+def test_submit_runs_sbatch_with_script_on_stdin_and_a_clean_env(monkeypatch):
+    monkeypatch.setenv("SBATCH_PARTITION", "elsewhere")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    run = FakeRun({"sbatch": (0, "42;cluster\n", "")})
+    job = make_job({"argv": ["x"]})
+    assert slurm.submit(job, "/sp", "/sp/logs/7.log", [], run=run) == "42"
+    (argv, kw), = run.calls
+    assert argv == slurm.sbatch_argv(job, "/sp", "/sp/logs/7.log", [])
+    assert kw["input"] == slurm.batch_script(job, "/sp")
+    assert set(kw["env"]) <= {"PATH", "SLURM_CONF"} and kw["cwd"] == "/"
+    assert "user" not in kw
+
+
+def test_submit_as_root_for_another_user_runs_sbatch_as_that_user(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    creds = runner.Creds(1234, 99, (99, 5), "alice", "/home/alice")
+    run = FakeRun({"sbatch": (0, "43\n", "")})
+    slurm.submit(make_job({"argv": ["x"]}), "/sp", "/l/7.log", [], run=run, creds=creds)
+    (argv, kw), = run.calls
+    assert (kw["user"], kw["group"], kw["extra_groups"]) == (1234, 99, [99, 5])
+    assert "--chdir=/home/alice" in argv  # no cwd: the owner's home, as a local job
+    assert b"'USER=alice'" in kw["input"] and b"'HOME=/home/alice'" in kw["input"]
+
+
+@pytest.mark.parametrize("answer,match", [
+    ((1, "", "sbatch: error: Batch job submission failed: Requested node configuration is "
+             "not available\n"), "Requested node configuration"),
+    ((0, "Submitted batch job 5\n", ""), "not a job id"),
+])
+def test_submit_errors(answer, match):
+    with pytest.raises(slurm.SlurmError, match=match):
+        slurm.submit(make_job({"argv": ["x"]}), "/sp", "/l", [], run=FakeRun({"sbatch": answer}))
+
+
+def test_submit_when_sbatch_is_missing():
+    def missing(argv, **kw):
+        raise FileNotFoundError(2, "No such file or directory", "sbatch")
+    with pytest.raises(slurm.SlurmError, match="sbatch"):
+        slurm.submit(make_job({"argv": ["x"]}), "/sp", "/l", [], run=missing)
+
+
+@pytest.mark.parametrize("state,code,reason,want", [
+    ("PENDING", "0:0", "Dependency", ("pending", None, "PENDING (Dependency)")),
+    ("PENDING", "0:0", "Resources", ("pending", None, "PENDING (Resources)")),
+    ("RUNNING", "0:0", "None", ("running", None, None)),
+    ("COMPLETING", "0:0", "None", ("running", None, "COMPLETING")),
+    ("COMPLETED", "0:0", "None", ("done", 0, None)),
+    ("FAILED", "3:0", "NonZeroExitCode", ("failed", 3, "FAILED (NonZeroExitCode)")),
+    ("FAILED", "0:10", "RaisedSignal:10_User_defined_signal_1",
+     ("failed", 138, "FAILED (RaisedSignal:10_User_defined_signal_1)")),
+    ("TIMEOUT", "0:15", "TimeLimit", ("failed", 143, "TIMEOUT (TimeLimit)")),
+    ("NODE_FAIL", "0:0", "None", ("failed", 0, "NODE_FAIL")),
+    ("OUT_OF_MEMORY", "0:125", "OutOfMemory", ("failed", 253, "OUT_OF_MEMORY (OutOfMemory)")),
+    ("CANCELLED", "0:15", "None", ("cancelled", 143, "CANCELLED")),
+    ("CANCELLED", "0:0", "DependencyNeverSatisfied",
+     ("cancelled", None, "CANCELLED (DependencyNeverSatisfied)")),
+    ("WEIRD_NEW_STATE", "0:0", "None", ("unknown", None, "WEIRD_NEW_STATE")),
+])
+def test_query_maps_states_and_exit_codes(state, code, reason, want):
+    run = FakeRun({"scontrol": (0, scontrol_line(9, state, code, reason), "")})
+    assert slurm.query(["9"], run=run) == {"9": want}
+
+
+def test_query_asks_one_id_at_a_time_and_falls_back_to_sacct():
+    def scontrol(argv):
+        if argv[-1] == "1":
+            return 0, scontrol_line(1, "RUNNING"), ""
+        return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
+    sacct = (0, "2|CANCELLED by 0|0:15|None\n", "")
+    run = FakeRun({"scontrol": scontrol, "sacct": sacct})
+    assert slurm.query(["1", "2", "3"], run=run) == {
+        "1": ("running", None, None), "2": ("cancelled", 143, "CANCELLED"),
+        "3": ("unknown", None, "not known to SLURM (any more)")}
+    assert [c[0][-1] for c in run.calls if c[0][0] == "scontrol"] == ["1", "2", "3"]
+
+
+def test_query_without_accounting():
+    run = FakeRun({"scontrol": (1, "", "slurm_load_jobs error: Invalid job id specified"),
+                   "sacct": (1, "", "Slurm accounting storage is disabled\n")})
+    assert slurm.query(["5"], run=run)["5"][0] == "unknown"
+
+
+def test_query_ignores_forged_fields_and_raises_when_slurm_is_down():
+    # another job's record cannot answer for ours: only the record of the id asked counts
+    forged = scontrol_line(6, "COMPLETED") + scontrol_line(5, "PENDING", reason="Priority")
+    assert slurm.query(["5"], run=FakeRun({"scontrol": (0, forged, "")})) == {
+        "5": ("unknown", None, "not known to SLURM (any more)")}
+    down = FakeRun({"scontrol": (1, "", "slurm_load_jobs error: Unable to contact slurm "
+                                        "controller (connect failure)")})
+    with pytest.raises(slurm.SlurmError, match="Unable to contact"):
+        slurm.query(["5"], run=down)
+
+
+@pytest.mark.parametrize("text,want", [("0:0", 0), ("3:0", 3), ("0:9", 137), ("255:0", 255),
+                                       ("1:15", 143), ("", None), ("x", None)])
+def test_exit_code(text, want):
+    assert slurm.exit_code(text) == want
+
+
+def test_allocated_gpus_parses_idx():
+    out = ("JobId=3 JobName=x ... Nodes=n1 CPU_IDs=0-1 Mem=100 GRES=gpu:2(IDX:0,2-3) "
+           "MinCPUsNode=1\n")
+    assert slurm.allocated_gpus("3", run=FakeRun({"scontrol": (0, out, "")})) == [0, 2, 3]
+    none = FakeRun({"scontrol": (0, "JobId=3 JobName=x Nodes=n1 CPU_IDs=0 Mem=100 GRES=\n", "")})
+    assert slurm.allocated_gpus("3", run=none) is None
+
+
+def test_cancel_argv_and_idempotence():
+    run = FakeRun({"scancel": (0, "", "")})
+    slurm.cancel("12", run=run)
+    slurm.cancel("12", "USR1", run=run)
+    assert [c[0] for c in run.calls] == [["scancel", "12"],
+                                         ["scancel", "--signal=USR1", "--full", "12"]]
+    gone = FakeRun({"scancel": (1, "", "scancel: error: Kill job error on job id 12: Job/step "
+                                       "already completing or completed\n")})
+    slurm.cancel("12", "TERM", run=gone)
+    with pytest.raises(slurm.SlurmError):
+        slurm.cancel("12", "TERM; rm -rf /", run=run)
+    with pytest.raises(slurm.SlurmError):
+        slurm.cancel("-1", run=run)
+    with pytest.raises(slurm.SlurmError, match="Access/permission denied"):
+        slurm.cancel("12", run=FakeRun({"scancel": (1, "", "scancel: error: Kill job error "
+                                                            "on job id 12: Access/permission "
+                                                            "denied\n")}))
+
+
+def test_find_matches_only_the_exact_comment():
+    out = ("5 spoold:7:/sp\n6 spoold:7:/sp2\n7 spoold:70:/sp\n8 spoold:7:/sp\n"
+           "x spoold:7:/sp\n")
+    run = FakeRun({"squeue": (0, out, "")})
+    assert slurm.find(7, "/sp", "alice", run=run) == ["5", "8"]
+    assert "--user=alice" in run.calls[0][0]
+
+
+def test_available_false_without_slurm(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert slurm.available() is False
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    assert slurm.available(run=FakeRun({"scontrol": (0, "Slurmctld(primary) at n1 is UP\n",
+                                                     "")}))
+    assert not slurm.available(run=FakeRun({"scontrol": (1, "Slurmctld(primary) at n1 is DOWN",
+                                                         "")}))
+
+
+# ---- a real SLURM ---------------------------------------------------------------------
+SETUP_HINT = "run `sh contrib/slurm/setup-single-node.sh` (as root) to get a one-node SLURM"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("SLURM integration tests run as root (they submit as other users); "
+                    + SETUP_HINT)
+    if not slurm.available():
+        pytest.skip("no SLURM controller answers (`scontrol ping`); " + SETUP_HINT)
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout
+    if "gpu:4" not in gres:
+        pytest.skip(f"the SLURM node has gres {gres.strip()!r}, not gpu:4; " + SETUP_HINT)
+    return True
+
+
+class Bridge:
+    """Submits jobs through the bridge, waits on them, cancels leftovers at the end."""
+
+    def __init__(self, root: Path):
+        self.root, self.next_id, self.submitted = root, 100, []
+        (root / "logs").mkdir(parents=True)
+
+    def submit(self, data: dict, deps=(), creds=None) -> tuple[str, Path]:
+        self.next_id += 1
+        data = {"gpus": 0, "cwd": str(self.root), "env": {"PATH": "/usr/bin:/bin"}, **data}
+        job = make_job(data, self.next_id)
+        log = self.root / "logs" / f"{job.id}.log"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if creds is not None:
+            os.fchown(fd, creds.uid, creds.gid)
+        os.close(fd)
+        sid = slurm.submit(job, self.root, log, list(deps), creds=creds)
+        self.submitted.append(sid)
+        return sid, log
+
+    def wait(self, sid: str, states, timeout: float = 20.0):
+        states = {states} if isinstance(states, str) else set(states)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = slurm.query([sid])[sid]
+            if got[0] in states:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"SLURM job {sid}: still {got} after {timeout}s, "
+                                     f"want {states}")
+            time.sleep(0.1)
+
+    def wait_file(self, path: Path, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not (path.exists() and path.read_text().endswith("\n")):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path} not written after {timeout}s")
+            time.sleep(0.05)
+        return path.read_text()
+
+
+@pytest.fixture
+def bridge(cluster):
+    root = Path(tempfile.mkdtemp(prefix="spoold-slurm-", dir="/tmp"))
+    root.chmod(0o755)  # jobs of other users (nobody) look in here too
+    b = Bridge(root)
+    yield b
+    for sid in b.submitted:
+        slurm.cancel(sid)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def last_json(log: Path) -> dict:
+    lines = [ln for ln in log.read_bytes().splitlines() if ln.startswith(b"{")]
+    assert lines, log.read_bytes()
+    return json.loads(lines[-1])
+
+
+def test_slurm_gpus_argv_env_cwd_roundtrip(bridge):
+    cwd = bridge.root / "c w d\n#SBATCH --job-name=pwned\r\n'$x'"
+    cwd.mkdir()
+    env = {**HOSTILE_ENV, "SLURM_JOB_ID": "stale", "CUDA_VISIBLE_DEVICES": "7"}
+    sid, log = bridge.submit({"argv": [sys.executable, "-c", DUMP, *HOSTILE_ARGV],
+                              "gpus": 2, "cwd": str(cwd), "env": env, "name": "rt"})
+    assert bridge.wait(sid, ("done", "failed")) == ("done", 0, None), log.read_text()
+    dump = last_json(log)
+    argv, got = decode(dump)
+    assert argv == [os.fsencode(a) for a in [sys.executable, "-c", DUMP, *HOSTILE_ARGV]]
+    assert dump["cwd"] == str(cwd)
+    gpus = got[b"CUDA_VISIBLE_DEVICES"].split(b",")
+    assert len(gpus) == 2 and len(set(gpus)) == 2 and all(g.isdigit() for g in gpus)
+    assert got[b"SPOOLD_GPUS"] == got[b"CUDA_VISIBLE_DEVICES"]
+    assert got[b"SLURM_JOB_ID"] == sid.encode()
+    slurm_env = {os.fsdecode(k): os.fsdecode(v) for k, v in got.items()
+                 if k.startswith((b"SLURM_", b"SLURMD_")) or os.fsdecode(k) in slurm._GPU_VARS}
+    job = make_job({"argv": ["x"], "env": env})
+    job.id = bridge.next_id
+    assert got == expected_env(job, bridge.root, got[b"CUDA_VISIBLE_DEVICES"].decode(),
+                               slurm_env)
+    show = subprocess.run(["scontrol", "-o", "show", "job", sid], capture_output=True,
+                          text=True).stdout
+    assert " JobName=rt " in show and "pwned" not in show  # no #SBATCH line got through
+
+
+def test_slurm_exit_codes(bridge):
+    jobs = {want: bridge.submit({"argv": ["/bin/sh", "-c", cmd]})[0] for want, cmd in [
+        (("done", 0, None), "exit 0"),
+        (("failed", 3, "FAILED (NonZeroExitCode)"), "exit 3"),
+        (("failed", 138), "kill -USR1 $$"),
+    ]}
+    for want, sid in jobs.items():
+        got = bridge.wait(sid, ("done", "failed", "cancelled"))
+        assert got[:len(want)] == want, got
+
+
+def test_slurm_cancel_pending_and_running_and_failed_dependency(bridge):
+    running, _ = bridge.submit({"argv": ["sleep", "60"]})
+    bridge.wait(running, "running")
+    held, _ = bridge.submit({"argv": ["true"]}, deps=[running])
+    assert bridge.wait(held, "pending") == ("pending", None, "PENDING (Dependency)")
+    assert slurm.find(bridge.next_id, bridge.root, "root") == [held]
+    slurm.cancel(held)
+    assert bridge.wait(held, "cancelled")[:2] == ("cancelled", None)
+    slurm.cancel(running)  # TERM: sleep dies of it
+    assert bridge.wait(running, "cancelled")[:2] == ("cancelled", 143)
+    slurm.cancel(running)  # again: nothing to do, no error
+
+    failing, _ = bridge.submit({"argv": ["false"]})
+    orphan, _ = bridge.submit({"argv": ["true"]}, deps=[failing])
+    assert bridge.wait(failing, "failed")[:2] == ("failed", 1)
+    state, code, reason = bridge.wait(orphan, ("cancelled", "done"))
+    assert (state, code) == ("cancelled", None) and "Dependency" in reason
+
+
+def test_slurm_signal_reaches_the_batch_step(bridge):
+    ready = bridge.root / "ready"
+    sid, log = bridge.submit({"argv": ["/bin/sh", "-c",
+                                       f"trap 'echo got USR1; exit 5' USR1; echo > '{ready}';"
+                                       " while :; do sleep 0.1; done"]})
+    bridge.wait_file(ready)
+    slurm.cancel(sid, "USR1")
+    assert bridge.wait(sid, ("failed", "done", "cancelled"))[:2] == ("failed", 5)
+    assert "got USR1" in log.read_text()
+
+
+def test_slurm_dependency_afterok_and_allocated_gpus(bridge):
+    go, mark = bridge.root / "go", bridge.root / "mark"
+    first, _ = bridge.submit({"argv": ["/bin/sh", "-c", f"while [ ! -e '{go}' ]; do sleep 0.1;"
+                                       f" done; echo first > '{mark}'"], "gpus": 3})
+    then, log = bridge.submit({"argv": ["cat", str(mark)]}, deps=[first])
+    bridge.wait(first, "running")
+    gpus = slurm.allocated_gpus(first)
+    assert gpus is not None and len(gpus) == 3 and set(gpus) <= {0, 1, 2, 3}
+    assert bridge.wait(then, "pending")[2] == "PENDING (Dependency)"
+    go.touch()
+    assert bridge.wait(then, ("done", "failed", "cancelled")) == ("done", 0, None)
+    assert "first" in log.read_text()
+
+
+def test_slurm_priority_and_renice(bridge):
+    go, order = bridge.root / "go", bridge.root / "order"
+    blocker, _ = bridge.submit({"argv": ["/bin/sh", "-c",
+                                         f"while [ ! -e '{go}' ]; do sleep 0.1; done"],
+                                "gpus": 4})
+    bridge.wait(blocker, "running")
+    ids = {}
+    for name, prio in [("x", 50), ("y", 20), ("z", 30)]:
+        ids[name], _ = bridge.submit({"argv": ["/bin/sh", "-c", f"echo {name} >> '{order}'"],
+                                      "gpus": 4, "priority": prio})
+    slurm.renice(ids["x"], 1)  # a renamed pending/ file: x goes first now
+    for sid in ids.values():
+        bridge.wait(sid, "pending")
+    go.touch()
+    for sid in ids.values():
+        assert bridge.wait(sid, ("done", "failed"))[0] == "done"
+    assert order.read_text().split() == ["x", "y", "z"]
+
+
+def test_slurm_runs_as_the_owner(bridge):
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    creds = runner.creds_for(pw.pw_uid)
+    sid, log = bridge.submit({"argv": ["/bin/sh", "-c", 'echo "$(id -u) $USER $HOME"']},
+                             creds=creds)
+    assert bridge.wait(sid, ("done", "failed")) == ("done", 0, None), log.read_text()
+    assert log.read_text().split() == [str(pw.pw_uid), "nobody", pw.pw_dir]
+    assert os.stat(log).st_uid == pw.pw_uid
+
+
+def test_slurm_refusal_is_a_slurm_error(bridge):
+    with pytest.raises(slurm.SlurmError, match="sbatch failed"):
+        bridge.submit({"argv": ["true"], "gpus": 5})
