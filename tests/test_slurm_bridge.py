@@ -246,7 +246,7 @@ def test_submit_when_sbatch_is_missing():
     ("PENDING", "0:0", "Dependency", ("pending", None, "PENDING (Dependency)")),
     ("PENDING", "0:0", "Resources", ("pending", None, "PENDING (Resources)")),
     ("RUNNING", "0:0", "None", ("running", None, None)),
-    ("COMPLETING", "0:0", "None", ("running", None, "COMPLETING")),
+    ("COMPLETING", "0:0", "None", ("running", None, None)),
     ("COMPLETED", "0:0", "None", ("done", 0, None)),
     ("FAILED", "3:0", "NonZeroExitCode", ("failed", 3, "FAILED (NonZeroExitCode)")),
     ("FAILED", "0:10", "RaisedSignal:10_User_defined_signal_1",
@@ -508,7 +508,7 @@ def test_slurm_priority_and_renice(bridge):
                                 "gpus": 4})
     bridge.wait(blocker, "running")
     ids = {}
-    for name, prio in [("x", 50), ("y", 20), ("z", 30)]:
+    for name, prio in [("z", 30), ("y", 20), ("x", 50)]:  # submitted last, runs first
         ids[name], _ = bridge.submit({"argv": ["/bin/sh", "-c", f"echo {name} >> '{order}'"],
                                       "gpus": 4, "priority": prio})
     slurm.renice(ids["x"], 1)  # a renamed pending/ file: x goes first now
