@@ -17,9 +17,11 @@ import pytest
 import yaml
 from conftest import BIN, Daemon, Spool, fake_gpu_list, wait_for
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("useradd"),
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which(
+    "useradd", path="/usr/sbin:/sbin:/usr/bin:/bin"),
                                 reason="multi-user tests need root and useradd")
 USERS = ("spoold-alice", "spoold-bob")
+RUNUSER = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin") or "runuser"
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +31,12 @@ def users():
         try:
             pwd.getpwnam(name)
         except KeyError:
-            subprocess.run(["useradd", "--user-group", "--create-home", "--shell", "/bin/sh",
+            subprocess.run([shutil.which("useradd", path="/usr/sbin:/sbin"), "--user-group", "--create-home", "--shell", "/bin/sh",
                             name], check=True)
             made.append(name)
     yield {n: pwd.getpwnam(n) for n in USERS}
     for name in made:
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        subprocess.run([shutil.which("userdel", path="/usr/sbin:/sbin"), "--remove", name], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -59,9 +61,9 @@ def shared(users):
 
 
 def as_user(name: str, *cmd: str, cwd: Path | None = None, check: bool = True):
-    p = subprocess.run(["/usr/sbin/runuser", "-u", name, "--", *cmd], capture_output=True, cwd=cwd or "/",
-                       env={"PATH": "/usr/bin:/bin", "SPOOLD_SPOOL": os.environ.get(
-                           "_SPOOL", ""), "HOME": pwd.getpwnam(name).pw_dir, "USER": name})
+    p = subprocess.run([RUNUSER, "-u", name, "--", *cmd], capture_output=True, cwd=cwd or "/",
+                       env={"PATH": "/usr/bin:/bin", "HOME": pwd.getpwnam(name).pw_dir,
+                            "USER": name})
     if check and p.returncode:
         raise AssertionError(f"{cmd} as {name}: {p.returncode} {p.stderr.decode()}")
     return p
@@ -173,7 +175,7 @@ def test_user_mode_daemon_refuses_files_it_does_not_own(users, tmp_path):
     os.chmod(gpus, 0o644)
     root = base / "spool"
     repo = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.Popen(["/usr/sbin/runuser", "-u", alice, "--", sys.executable, "-m", "spoold.daemon",
+    proc = subprocess.Popen([RUNUSER, "-u", alice, "--", sys.executable, "-m", "spoold.daemon",
                              "--spool", str(root), "--fake-gpus", str(gpus), "--poll", "0.2"],
                             cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo, "HOME": "/tmp"})
