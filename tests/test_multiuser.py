@@ -21,7 +21,13 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which(
     "useradd", path="/usr/sbin:/sbin:/usr/bin:/bin"),
                                 reason="multi-user tests need root and useradd")
 USERS = ("spoold-alice", "spoold-bob")
-RUNUSER = shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin") or "runuser"
+
+
+def _sbin(tool: str) -> str:
+    return shutil.which(tool, path="/usr/sbin:/sbin:/usr/bin:/bin") or tool
+
+
+RUNUSER = _sbin("runuser")
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +37,12 @@ def users():
         try:
             pwd.getpwnam(name)
         except KeyError:
-            subprocess.run([shutil.which("useradd", path="/usr/sbin:/sbin"), "--user-group", "--create-home", "--shell", "/bin/sh",
+            subprocess.run([_sbin("useradd"), "--user-group", "--create-home", "--shell", "/bin/sh",
                             name], check=True)
             made.append(name)
     yield {n: pwd.getpwnam(n) for n in USERS}
     for name in made:
-        subprocess.run([shutil.which("userdel", path="/usr/sbin:/sbin"), "--remove", name], check=False, capture_output=True)
+        subprocess.run([_sbin("userdel"), "--remove", name], check=False, capture_output=True)
 
 
 @pytest.fixture
