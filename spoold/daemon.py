@@ -116,7 +116,9 @@ class Daemon:
         self.next_rescan = 0.0
         self.stop = False
         self.draining = opts.drain
-        self.dirty = True
+        self.names: list | None = None  # pending/ as last listed, in queue order
+        self.gone: set[str] = set()  # names we moved out of pending/ since
+        self.touched: set[str] = set()  # names events reported since the last pass
         self.uid = os.geteuid()
         self.shared = self.uid == 0  # root: one spool for every user
         self.source = None
@@ -223,6 +225,7 @@ class Daemon:
             prio = rec.get("priority")
             prio = prio if isinstance(prio, int) and 0 <= prio <= 9999 else 10
             os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
+            self.touched.add(spoolmod.pending_name(prio, job_id))
             log.info("job %d: claimed but never started; put back in pending/", job_id)
 
     # ---- the loop ------------------------------------------------------------
@@ -295,11 +298,11 @@ class Daemon:
                         continue
                     p = Path(os.fsdecode(path))
                     if p.parent == daemon.spool.pending:
+                        daemon.touched.add(p.name)
                         if kind == "closed":
                             daemon.closed.add(p.name)
                         elif kind in ("modified", "created", "moved_to"):
                             daemon.closed.discard(p.name)
-                daemon.dirty = True
                 daemon.waker.wake()
 
         polling = self.o.polling
@@ -352,13 +355,12 @@ class Daemon:
             for job_id in self.spool.list_ids("running"):
                 if job_id not in self.runs:
                     self.guard(job_id, self.recover_one, job_id)
-        self.dirty = False
         if self.draining:
             if not self.runs:
                 log.info("drained: no job running; exiting")
                 self.stop = True
             return
-        self.schedule_pass(time.time())
+        self.schedule_pass(time.time(), full)
 
     # ---- GPUs ----------------------------------------------------------------
     def poll_gpus(self) -> None:
@@ -430,6 +432,7 @@ class Daemon:
                     self.save(path, rec)
                     prio = rec.get("priority") if isinstance(rec.get("priority"), int) else 10
                     os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
+                    self.touched.add(spoolmod.pending_name(prio, job_id))
                     log.warning("job %d: %s; requeued", job_id, reason)
                 else:
                     rec.update(ended_at=time.time(), reason=reason)
@@ -456,15 +459,20 @@ class Daemon:
                          peers=self.peers)
 
     # ---- pending ---------------------------------------------------------------
-    def load_pending(self, name: str, now: float):
-        """The parsed Job, a reason string if it is bad, or None if not complete yet."""
+    def load_pending(self, name: str, now: float, trust: bool = False):
+        """What the queue needs of a pending file (``Slim``), a reason string if it
+        is bad, or None if it is not complete yet. ``trust``: no event touched the
+        name since it was cached, so skip even the lstat (a long queue costs one
+        dict lookup per job); the periodic full pass re-checks everything."""
+        hit = self.cache.get(name)
+        if trust and hit is not None:
+            return hit[1]
         path = self.spool.pending / name
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
-        hit = self.cache.get(name)
         if hit and hit[0] == key:
             return hit[1]
         try:
@@ -479,7 +487,8 @@ class Daemon:
                     self.pending_unsettled = True
                     return None
                 raw = spoolmod.read_untrusted(path)
-            job = jobmod.parse(raw)
+            job = _slim(jobmod.parse(raw), spoolmod.parse_pending_name(name), st.st_uid,
+                        self.o.default_time_limit)
             if not self.owner_ok(st.st_uid):
                 job = f"file owned by uid {st.st_uid}; this spoold runs as uid {self.uid} " \
                       "and runs only its own user's files"
@@ -505,42 +514,45 @@ class Daemon:
         write = self.spool.create_atomic if create else self.spool.replace_atomic
         write(path, jobmod.dump(rec), mode=mode, sync=sync, group=group)
 
-    def queue(self, names: list, bad: list, now: float):
-        """Requests in queue order, parsed lazily as the scheduler asks."""
+    def queue(self, names: list, bad: list, now: float, full: bool, touched: set):
+        """Requests in queue order, read lazily as the scheduler asks."""
         for p in names:
-            if not p.has_id:
+            if not p.has_id or p.name in self.gone:
                 continue
-            job = self.load_pending(p.name, now)
-            if job is None:
+            slim = self.load_pending(p.name, now, trust=not full and p.name not in touched)
+            if slim is None:
                 continue
-            if isinstance(job, str):
-                bad.append((p, job))
+            if isinstance(slim, str):
+                bad.append((p, slim))
                 continue
-            self.by_id[p.job_id] = (p, job)
-            yield Request(id=p.job_id, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus,
-                          mem=job.mem, time_limit=job.time_limit or self.o.default_time_limit,
-                          after=tuple(job.after), held=job.hold,
-                          array_id=job.get("array_id") or 0,
-                          array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"))
+            self.by_id[p.job_id] = (p, slim)
+            yield slim.req
 
-    def schedule_pass(self, now: float) -> None:
+    def schedule_pass(self, now: float, full: bool) -> None:
         self.pending_unsettled = False
-        names = self.spool.list_pending()
-        self.name_foreign(names, now)
-        names = self.spool.list_pending() if any(not p.has_id for p in names) else names
-        live = {p.name for p in names}
-        for k in [k for k in self.cache if k not in live]:
-            del self.cache[k]
-        self.closed &= live
-        self.pending_ids = {p.job_id: p for p in names if p.has_id}
+        touched, self.touched = self.touched, set()
+        if full or touched or self.names is None:
+            # pending/ changed (or it is time to re-check): list it again, since
+            # events are only a wake-up and inotify can drop them.
+            names = self.spool.list_pending()
+            self.name_foreign(names, now)
+            if any(not p.has_id for p in names):
+                names = self.spool.list_pending()
+            live = {p.name for p in names}
+            for k in [k for k in self.cache if k not in live]:
+                del self.cache[k]
+            self.closed &= live
+            self.names, self.gone = names, set()
+        names = self.names
+        self.pending_ids = {p.job_id: p for p in names if p.has_id and p.name not in self.gone}
         if self.shared and self.pending_ids and max(self.pending_ids) > self.hint:
             self.hint = max(self.pending_ids)
             self.spool.raise_hint(self.hint)  # submitters start probing markers from here
         self.by_id: dict[int, tuple] = {}
         bad: list = []
         deps = _DepStates(self)
-        decision = schedule(self.queue(names, bad, now), [r.booking() for r in self.runs.values()],
-                            self.resources(), now, deps)
+        decision = schedule(self.queue(names, bad, now, full, touched),
+                            [r.booking() for r in self.runs.values()], self.resources(), now, deps)
         for p, reason in bad:
             self.guard(p.job_id, self.reject_file, p, reason)
         for job_id, reason in decision.reject.items():
@@ -559,8 +571,8 @@ class Daemon:
             job = self.load_pending(p.name, now)
             if job is None:
                 continue
-            if isinstance(job, jobmod.Job) and "priority" in job.data and not p.name[0].isdigit():
-                prio = job.priority
+            if isinstance(job, Slim) and job.prio is not None and not p.name[0].isdigit():
+                prio = job.prio
             else:
                 prio = p.priority if p.priority <= 9999 else 10
             target = self.rename_with_new_id(p.name, prio)
@@ -584,6 +596,8 @@ class Daemon:
             target = spoolmod.PendingName(prio, new_id, spoolmod.pending_name(prio, new_id))
             try:
                 spoolmod.move_noreplace(self.spool.pending / name, self.spool.pending / target.name)
+                self.gone.add(name)
+                self.touched.add(target.name)  # not in the listing yet: list again
                 return target
             except FileExistsError:
                 continue  # someone wrote that name by hand: take the next id
@@ -598,6 +612,8 @@ class Daemon:
             os.rename(src, self.spool.rejected_copy(p.job_id))  # as it is: link, fifo, dir
         except FileNotFoundError:
             return
+        finally:
+            self.gone.add(p.name)
         rec = {"id": p.job_id, "uid": owner, "original_name": original or p.name,
                "reason": f"rejected: {reason}", "ended_at": time.time()}
         self.save(self.spool.record("failed", p.job_id), rec, create=True)
@@ -613,6 +629,7 @@ class Daemon:
         if p is None:
             return
         path = self.spool.record("running", job_id)
+        self.gone.add(p.name)
         try:
             os.rename(self.spool.pending / p.name, path)
         except FileNotFoundError:
@@ -630,6 +647,7 @@ class Daemon:
                             target.job_id)
             return
         path = self.spool.record("running", s.id)
+        self.gone.add(p.name)
         try:
             os.rename(self.spool.pending / p.name, path)  # the claim
         except FileNotFoundError:
@@ -641,9 +659,11 @@ class Daemon:
         except (BadFile, jobmod.JobError) as e:
             self.finish_claimed(s.id, path, "failed", f"rejected: {e}")
             return
+        cached = cached.req
         if (job.gpus, job.gpu_mem, job.cpus, job.mem) != (cached.gpus, cached.gpu_mem,
                                                           cached.cpus, cached.mem):
             os.rename(path, self.spool.pending / p.name)  # changed under us: decide again
+            self.touched.add(p.name)
             return
         uid = fd_st.st_uid
         if uid == self.uid and isinstance(job.get("uid"), int):
@@ -851,8 +871,8 @@ class Daemon:
                 st = os.lstat(self.spool.pending / p.name)
                 if st.st_uid == self.uid:  # rewritten by us (hold): the field says
                     job = self.load_pending(p.name, time.time() + SETTLE_S)
-                    if isinstance(job, jobmod.Job) and isinstance(job.get("uid"), int):
-                        return job.get("uid")
+                    if isinstance(job, Slim) and job.uid is not None:
+                        return job.uid
                 return st.st_uid
         return None
 
@@ -906,7 +926,28 @@ class Daemon:
         data["hold"] = hold
         data.setdefault("uid", st.st_uid)
         self.save(path, data)
+        self.touched.add(p.name)
         log.info("job %d %s", p.job_id, "held" if hold else "released")
+
+
+@dataclass(frozen=True)
+class Slim:
+    """What the daemon keeps of a pending file between passes: a few hundred
+    bytes, not the parsed job (whose environment alone can be kilobytes)."""
+
+    req: Request
+    prio: int | None  # the file's own `priority:` field, for files dropped without one
+    uid: int | None  # the file's `uid:` field (trusted only in files we rewrote)
+
+
+def _slim(job, p, owner: int, default_limit: float | None) -> Slim:
+    req = Request(id=p.job_id if p else 0, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus,
+                  mem=job.mem, time_limit=job.time_limit or default_limit,
+                  after=tuple(job.after), held=job.hold, array_id=job.get("array_id") or 0,
+                  array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"))
+    uid = job.get("uid")
+    return Slim(req, job.priority if "priority" in job.data else None,
+                uid if isinstance(uid, int) else None)
 
 
 class _DepStates:

@@ -899,3 +899,13 @@ def test_shared_spool_without_ids_folder(spool):
     p = run(spool, "true")
     assert p.returncode == 1 and b"gsub: " in p.stderr
     assert os.listdir(spool / "pending") == []
+
+
+def test_bash_exported_functions_and_options_do_not_interfere(spool):
+    if "bash" not in SHELLS:
+        pytest.skip("no bash")
+    env = base_env(SHELLOPTS="errexit:nounset:braceexpand:hashall:interactive-comments")
+    env["BASH_FUNC_mv%%"] = "() { echo hijacked; return 0; }"
+    env["BASH_FUNC_printf%%"] = "() { echo hijacked; }"
+    job_id, job = submit(spool, "-c", "a\tb", shell="bash", env=env)
+    assert job["cmd"] == "a\tb" and job_id == 1
