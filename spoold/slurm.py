@@ -71,6 +71,7 @@ class SlurmError(Exception):
 def sbatch_argv(job, spool_root, log_path, dep_slurm_ids: list[str], *,
                 creds: runner.Creds | None = None) -> list[str]:
     """argv for sbatch; the batch script (``batch_script``) goes on its stdin.
+    ``job.priority`` must be the effective priority (the pending/ file name's).
 
     Raises SlurmError for what SLURM cannot express: a log path with a
     backslash or a newline (SLURM's file name patterns), a bad dependency id."""

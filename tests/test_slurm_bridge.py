@@ -382,12 +382,13 @@ class Bridge:
         self.submitted.append(sid)
         return sid, log
 
-    def wait(self, sid: str, states, timeout: float = 20.0):
+    def wait(self, sid: str, states, timeout: float = 20.0, reason: str | None = None):
+        """Poll until the job is in one of ``states`` (and its reason mentions ``reason``)."""
         states = {states} if isinstance(states, str) else set(states)
         deadline = time.monotonic() + timeout
         while True:
             got = slurm.query([sid])[sid]
-            if got[0] in states:
+            if got[0] in states and (reason is None or reason in (got[2] or "")):
                 return got
             if time.monotonic() > deadline:
                 raise AssertionError(f"SLURM job {sid}: still {got} after {timeout}s, "
@@ -461,7 +462,8 @@ def test_slurm_cancel_pending_and_running_and_failed_dependency(bridge):
     running, _ = bridge.submit({"argv": ["sleep", "60"]})
     bridge.wait(running, "running")
     held, _ = bridge.submit({"argv": ["true"]}, deps=[running])
-    assert bridge.wait(held, "pending") == ("pending", None, "PENDING (Dependency)")
+    # right after sbatch the reason may still be None: the scheduler has not looked yet
+    assert bridge.wait(held, "pending", reason="Dep") == ("pending", None, "PENDING (Dependency)")
     assert slurm.find(bridge.next_id, bridge.root, "root") == [held]
     slurm.cancel(held)
     assert bridge.wait(held, "cancelled")[:2] == ("cancelled", None)
@@ -495,7 +497,7 @@ def test_slurm_dependency_afterok_and_allocated_gpus(bridge):
     bridge.wait(first, "running")
     gpus = slurm.allocated_gpus(first)
     assert gpus is not None and len(gpus) == 3 and set(gpus) <= {0, 1, 2, 3}
-    assert bridge.wait(then, "pending")[2] == "PENDING (Dependency)"
+    assert bridge.wait(then, "pending", reason="Dep")[2] == "PENDING (Dependency)"
     go.touch()
     assert bridge.wait(then, ("done", "failed", "cancelled")) == ("done", 0, None)
     assert "first" in log.read_text()

@@ -161,18 +161,19 @@ EOF
 chmod 0644 "$CONF" "$GRES"
 
 # ---- 5. daemons -------------------------------------------------------------------
-alive() {  # $1 = pid file, $2 = program name
+alive() {  # $1 = pid file, $2 = program name; a zombie (killed, not yet reaped) is dead
     [ -s "$1" ] || return 1
-    p=$(cat "$1")
-    [ -n "$p" ] && kill -0 "$p" 2>/dev/null && grep -qx "$2" "/proc/$p/comm" 2>/dev/null
+    p=$(cat "$1" 2>/dev/null)
+    [ -n "$p" ] && grep -qx "$2" "/proc/$p/comm" 2>/dev/null || return 1
+    st=$(sed 's/.*) \(.\).*/\1/' "/proc/$p/stat" 2>/dev/null) || return 1
+    [ "$st" != Z ] && [ "$st" != X ]
 }
 stop() {  # $1 = pid file, $2 = program name
     alive "$1" "$2" || return 0
-    p=$(cat "$1")
     say "stopping $2 (pid $p)"
     kill "$p"
     i=0
-    while kill -0 "$p" 2>/dev/null; do
+    while alive "$1" "$2"; do
         i=$((i + 1)); [ $i -lt 300 ] || die "$2 (pid $p) does not stop"; sleep 0.1
     done
 }
@@ -193,17 +194,25 @@ until scontrol ping 2>/dev/null | grep -q 'is UP'; do
     fi
     sleep 0.1
 done
+SLURMD_SINCE=0
 if ! alive "$SLURMD_PID" slurmd; then
     say "starting slurmd"
+    SLURMD_SINCE=$(date +%s)
     slurmd
 fi
+registered() {  # slurmctld has heard from the slurmd we started (not only from its state file)
+    [ "$SLURMD_SINCE" = 0 ] && return 0
+    t=$(scontrol show node "$NODE" 2>/dev/null | sed -n 's/.*SlurmdStartTime=\([^ ]*\).*/\1/p')
+    t=$(date -d "$t" +%s 2>/dev/null) || return 1
+    [ "$t" -ge $((SLURMD_SINCE - 1)) ]
+}
 
 # ---- 6. wait for the node ---------------------------------------------------------
 i=0
 while :; do
     STATE=$(sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n 1)
     case $STATE in
-        idle | mixed | allocated | completing) break ;;
+        idle | mixed | allocated | completing) registered && break ;;
         down* | drain* | fail*)
             # e.g. left DOWN by a previous run whose slurmd was killed
             scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;;
