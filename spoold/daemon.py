@@ -36,12 +36,13 @@ from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
 from .gpus import GpuReading, busy_reason, open_source
-from .scheduler import Gpu, Request, Resources, Running, schedule
+from .scheduler import Gpu, Request, Resources, Running, ShapeQueue, schedule
 from .spool import BadFile, Spool
 from .util import parse_size_mib
 
 log = logging.getLogger("spoold")
 
+PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
 
@@ -115,10 +116,14 @@ class Daemon:
         self.next_poll = 0.0
         self.next_rescan = 0.0
         self.stop = False
+        self.pending_ids: dict[int, spoolmod.PendingName] = {}
         self.draining = opts.drain
         self.names: list | None = None  # pending/ as last listed, in queue order
         self.gone: set[str] = set()  # names we moved out of pending/ since
         self.touched: set[str] = set()  # names events reported since the last pass
+        self.index: ShapeQueue | None = None  # the queue, grouped by shape
+        self.unparsed = 0  # pending files not read yet (over the per-pass budget)
+        self.cursor = 0  # where in self.names the reading stopped
         self.uid = os.geteuid()
         self.shared = self.uid == 0  # root: one spool for every user
         self.source = None
@@ -280,6 +285,8 @@ class Daemon:
                 t = min(t, b.ends_at)
         if self.pending_unsettled:
             t = min(t, now + 0.5)
+        if self.unparsed:
+            t = now  # still reading a long queue: keep going
         return t - now
 
     pending_unsettled = False
@@ -344,8 +351,6 @@ class Daemon:
             self.check_hosts(now)
             self.next_poll = now + self.o.poll
         full = now >= self.next_rescan
-        if full:
-            self.next_rescan = now + RESCAN_S
         self.handle_requests()
         for run in list(self.runs.values()):
             self.guard(run.id, self.check_run, run, now)
@@ -361,6 +366,8 @@ class Daemon:
                 self.stop = True
             return
         self.schedule_pass(time.time(), full)
+        if full:  # a long queue makes the full re-check costly: do it less often
+            self.next_rescan = time.time() + max(RESCAN_S, 30 * (time.time() - now))
 
     # ---- GPUs ----------------------------------------------------------------
     def poll_gpus(self) -> None:
@@ -487,7 +494,7 @@ class Daemon:
                     self.pending_unsettled = True
                     return None
                 raw = spoolmod.read_untrusted(path)
-            job = _slim(jobmod.parse(raw), spoolmod.parse_pending_name(name), st.st_uid,
+            job = _slim(jobmod.parse_head(raw), spoolmod.parse_pending_name(name), st.st_uid,
                         self.o.default_time_limit)
             if not self.owner_ok(st.st_uid):
                 job = f"file owned by uid {st.st_uid}; this spoold runs as uid {self.uid} " \
@@ -514,22 +521,34 @@ class Daemon:
         write = self.spool.create_atomic if create else self.spool.replace_atomic
         write(path, jobmod.dump(rec), mode=mode, sync=sync, group=group)
 
-    def queue(self, names: list, bad: list, now: float, full: bool, touched: set):
-        """Requests in queue order, read lazily as the scheduler asks."""
-        for p in names:
-            if not p.has_id or p.name in self.gone:
-                continue
-            slim = self.load_pending(p.name, now, trust=not full and p.name not in touched)
-            if slim is None:
-                continue
-            if isinstance(slim, str):
-                bad.append((p, slim))
-                continue
-            self.by_id[p.job_id] = (p, slim)
-            yield slim.req
+    def build_index(self, now: float, full: bool, touched: set, resume: bool = False) -> list:
+        """The queue as a ShapeQueue, from the listing and the cache. Files not yet
+        read are read here, at most PARSE_BUDGET per pass; the next pass resumes
+        where this one stopped, so a daemon started on 100,000 pending files is
+        working at once and never redoes the part it has."""
+        if not resume:
+            self.by_id: dict[int, tuple] = {}
+            self.index, self.cursor = ShapeQueue(()), 0
+        bad, budget, names, i = [], PARSE_BUDGET, self.names, self.cursor
+        while i < len(names):
+            p = names[i]
+            if p.has_id and p.name not in self.gone:
+                if p.name not in self.cache:
+                    if budget <= 0:
+                        break
+                    budget -= 1
+                slim = self.load_pending(p.name, now, trust=not full and p.name not in touched)
+                if isinstance(slim, str):
+                    bad.append((p, slim))
+                elif slim is not None:
+                    self.by_id[p.job_id] = (p, slim)
+                    self.index.append((p.priority, p.job_id), slim.req)
+            i += 1
+        self.cursor, self.unparsed = i, len(names) - i
+        return bad
 
     def schedule_pass(self, now: float, full: bool) -> None:
-        self.pending_unsettled = False
+        unsettled, self.pending_unsettled = self.pending_unsettled, False
         touched, self.touched = self.touched, set()
         if full or touched or self.names is None:
             # pending/ changed (or it is time to re-check): list it again, since
@@ -542,17 +561,19 @@ class Daemon:
             for k in [k for k in self.cache if k not in live]:
                 del self.cache[k]
             self.closed &= live
-            self.names, self.gone = names, set()
-        names = self.names
-        self.pending_ids = {p.job_id: p for p in names if p.has_id and p.name not in self.gone}
+            self.names, self.gone, self.index = names, set(), None
+            self.pending_ids = {p.job_id: p for p in names if p.has_id}
+        bad = []
+        if self.index is None or touched or unsettled:
+            bad = self.build_index(now, full, touched)
+        elif self.unparsed:
+            bad = self.build_index(now, full, touched, resume=True)
         if self.shared and self.pending_ids and max(self.pending_ids) > self.hint:
             self.hint = max(self.pending_ids)
             self.spool.raise_hint(self.hint)  # submitters start probing markers from here
-        self.by_id: dict[int, tuple] = {}
-        bad: list = []
         deps = _DepStates(self)
-        decision = schedule(self.queue(names, bad, now, full, touched),
-                            [r.booking() for r in self.runs.values()], self.resources(), now, deps)
+        decision = schedule(self.index, [r.booking() for r in self.runs.values()],
+                            self.resources(), now, deps)
         for p, reason in bad:
             self.guard(p.job_id, self.reject_file, p, reason)
         for job_id, reason in decision.reject.items():
@@ -613,7 +634,7 @@ class Daemon:
         except FileNotFoundError:
             return
         finally:
-            self.gone.add(p.name)
+            self.leave(p)
         rec = {"id": p.job_id, "uid": owner, "original_name": original or p.name,
                "reason": f"rejected: {reason}", "ended_at": time.time()}
         self.save(self.spool.record("failed", p.job_id), rec, create=True)
@@ -621,15 +642,23 @@ class Daemon:
         log.warning("job %d (pending/%s) rejected: %s; original kept as failed/%d.orig",
                     p.job_id, p.name, reason, p.job_id)
 
-    def end_pending(self, job_id: int, state: str, reason: str) -> None:
+    def leave(self, p) -> None:
+        """Note that pending/<p.name> is being moved out by us."""
+        self.gone.add(p.name)
+        if self.pending_ids.get(p.job_id) is p:
+            del self.pending_ids[p.job_id]
+        if self.index is not None:
+            self.index.discard(p.job_id)
+
+    def end_pending(self, job_id: int, state: str, reason: str, p=None) -> None:
         """pending -> failed/ or cancelled/, through running/ so that the final
         record appears complete in one rename. A crash in between puts the job
         back in pending/, where the same decision (or request) is made again."""
-        p = self.pending_ids.get(job_id)
+        p = p or self.pending_ids.get(job_id)
         if p is None:
             return
         path = self.spool.record("running", job_id)
-        self.gone.add(p.name)
+        self.leave(p)
         try:
             os.rename(self.spool.pending / p.name, path)
         except FileNotFoundError:
@@ -647,7 +676,7 @@ class Daemon:
                             target.job_id)
             return
         path = self.spool.record("running", s.id)
-        self.gone.add(p.name)
+        self.leave(p)
         try:
             os.rename(self.spool.pending / p.name, path)  # the claim
         except FileNotFoundError:
@@ -913,8 +942,7 @@ class Daemon:
             if isinstance(job, str):
                 self.reject_file(p, job)
                 return
-            self.pending_ids = {p.job_id: p}
-            self.end_pending(job_id, "cancelled", f"{kind} requested before it started")
+            self.end_pending(job_id, "cancelled", f"{kind} requested before it started", p)
         else:
             self.set_hold(p, kind == "hold")
 
@@ -930,7 +958,7 @@ class Daemon:
         log.info("job %d %s", p.job_id, "held" if hold else "released")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slim:
     """What the daemon keeps of a pending file between passes: a few hundred
     bytes, not the parsed job (whose environment alone can be kilobytes)."""

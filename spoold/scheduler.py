@@ -27,6 +27,7 @@ Policy (docs/scheduling.md explains it with an example):
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 INF = math.inf
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """A pending job, as much of it as the policy needs."""
 
@@ -54,6 +55,61 @@ class Request:
     @property
     def shape(self) -> tuple:
         return (self.gpus, self.gpu_mem, self.cpus, self.mem, self.time_limit)
+
+    @property
+    def plain(self) -> bool:
+        """Interchangeable with any other plain job of its shape."""
+        return not (self.after or self.held or self.array_limit or self.pin_host)
+
+
+class ShapeQueue:
+    """Requests in queue order, grouped by shape so that skipping a shape that
+    did not fit costs nothing: a pass over 100,000 pending jobs of a few shapes
+    touches a few of them, not all. Iterating yields plain jobs from one group
+    per shape and the rest one by one, merged by (priority, id)."""
+
+    def __init__(self, items: Iterable[tuple[tuple, Request]]):
+        self._groups: dict[tuple, list] = {}
+        self._unsorted: set[tuple] = set()
+        self._skipped: set[tuple] = set()
+        self._gone: set[int] = set()
+        for key, r in items:
+            self.append(key, r)
+
+    def append(self, key: tuple, r: Request) -> None:
+        """Add a job; cheapest in queue order (the list then stays sorted)."""
+        gk = r.shape if r.plain else ("other",)
+        g = self._groups.setdefault(gk, [])
+        if g and key < g[-1][0]:
+            self._unsorted.add(gk)
+        g.append((key, r))
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self._groups.values()) - len(self._gone)
+
+    def discard(self, job_id: int) -> None:
+        """Forget a job that left the queue (started, cancelled, refused)."""
+        self._gone.add(job_id)
+
+    def skip_shape(self, shape: tuple) -> None:
+        self._skipped.add(shape)
+
+    def __iter__(self):
+        for gk in self._unsorted:
+            self._groups[gk].sort(key=lambda kr: kr[0])
+        self._unsorted.clear()
+        self._skipped = set()
+        heap = [(g[0][0], gid, 0, name) for gid, (name, g) in enumerate(self._groups.items())]
+        groups = list(self._groups.values())
+        heapq.heapify(heap)
+        while heap:
+            _, gid, i, name = heapq.heappop(heap)
+            if name in self._skipped:
+                continue  # this shape did not fit: none of its plain jobs will
+            if groups[gid][i][1].id not in self._gone:
+                yield groups[gid][i][1]
+            if i + 1 < len(groups[gid]):
+                heapq.heappush(heap, (groups[gid][i + 1][0], gid, i + 1, name))
 
 
 @dataclass(frozen=True)
@@ -187,6 +243,7 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
     ('pending', 'running', 'done', 'failed', 'cancelled'); ids absent from it
     do not exist. ``queue`` must be in queue order and may be lazy."""
     deps = deps or {}
+    skip_shape = getattr(queue, "skip_shape", None)
     running = list(running)
     st = _State(res, running)
     d = Decision()
@@ -237,6 +294,8 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
             d.wait[req.id] = _short_of(req, st) + (
                 f"; reserved from {_when(resv.at, now)}" if resv.at < INF else "")
             failed_shapes.add(req.shape)
+            if skip_shape:
+                skip_shape(req.shape)
             continue
         ends_in_time = req.time_limit is not None and now + req.time_limit <= resv.at
         got = st.fit(req, avoid=resv.gpus)
@@ -252,6 +311,8 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
                              resv.extra_mem - req.mem)
             continue
         failed_shapes.add(req.shape)
+        if skip_shape:
+            skip_shape(req.shape)
         d.wait[req.id] = _behind(resv)
     return d
 

@@ -28,8 +28,8 @@ import os
 import re
 import secrets
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 MAX_JOB_BYTES = 1 << 20
 DEFAULT_PRIORITY = 10
@@ -80,9 +80,8 @@ def parse_record_name(name: str) -> int | None:
     return int(m.group(1)) if m and int(m.group(1)) > 0 else None
 
 
-@dataclass(frozen=True, order=True)
-class PendingName:
-    """A name in pending/; sorts in queue order (priority, then id)."""
+class PendingName(NamedTuple):
+    """A name in pending/; sorts in queue order (priority, then id), in C."""
 
     priority: int
     job_id: int  # 0 for a foreign file that has no id yet
@@ -97,6 +96,9 @@ def parse_pending_name(name: str) -> PendingName | None:
     """None for names that are never jobs (dot files, not *.yaml)."""
     if name.startswith(".") or not name.endswith(".yaml"):
         return None
+    if (len(name) == 18 and name.isascii() and name[4] == "-" and name[:4].isdigit()
+            and name[5:13].isdigit() and name[5:13] != "00000000"):
+        return PendingName(int(name[:4]), int(name[5:13]), name)  # the usual case, no regex
     m = _PENDING_RE.match(name)
     if m and int(m.group(2)) > 0 and name == pending_name(int(m.group(1)), int(m.group(2))):
         return PendingName(int(m.group(1)), int(m.group(2)), name)

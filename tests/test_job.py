@@ -59,3 +59,17 @@ def test_alias_bomb_is_cheap_and_refused():
 def test_x_fields_are_kept():
     job = jobmod.parse(b"argv: [a]\nx-note: {deep: [1, 2]}\n")
     assert job.data["x-note"] == {"deep": [1, 2]}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_parse_head_agrees_with_parse_on_queue_fields(path):
+    raw = path.read_bytes()
+    full, head = jobmod.parse(raw), jobmod.parse_head(raw)
+    for field in ("gpus", "gpu_mem", "cpus", "mem", "time_limit", "after", "hold", "priority"):
+        assert getattr(full, field) == getattr(head, field)
+
+
+def test_parse_head_falls_back_when_fields_follow_env():
+    raw = b"argv: [a]\nenv:\n  A: b\ngpus: 3\n"
+    assert jobmod.parse_head(raw).gpus == 3
+    assert jobmod.parse_head(b"argv: [a]\nenv:\n  A: b\n  gpus: '3'\n").gpus == 1

@@ -213,3 +213,24 @@ def test_job_too_big_here_waits_for_a_peer_that_fits():
     d = schedule([Request(1, gpus=4), Request(2, gpus=16)], [], res(2, host="b", peers=(big,)),
                  0)
     assert "left for a" in d.wait[1] and "manages only 2" in d.reject[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.builds(Request, id=st.integers(1, 10**6), gpus=st.integers(0, 3),
+                          cpus=st.integers(0, 2), held=st.booleans(),
+                          after=st.sampled_from([(), (5,)]),
+                          time_limit=st.sampled_from([None, 10.0])),
+                max_size=30, unique_by=lambda r: r.id),
+       st.sets(st.integers(0, 3)), st.integers(0, 9))
+def test_shape_queue_decides_like_a_plain_list(reqs, busy, prio_seed):
+    """The grouped queue skips shapes wholesale; decisions must not change."""
+    from spoold.scheduler import ShapeQueue
+
+    keyed = [((r.id * 7 + prio_seed) % 10, r.id) for r in reqs]
+    order = [r for _, r in sorted(zip(keyed, reqs, strict=True), key=lambda kr: kr[0])]
+    running = [Running(99, gpus=(0,), ends_at=50.0)]
+    a = schedule(order, running, res(4, busy=busy, cpus=3), 0.0, {5: "running"})
+    b = schedule(ShapeQueue(zip(keyed, reqs, strict=True)), running,
+                 res(4, busy=busy, cpus=3), 0.0, {5: "running"})
+    assert a.start == b.start and a.reject == b.reject and a.cancel == b.cancel
+    assert a.reservation == b.reservation
