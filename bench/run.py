@@ -40,8 +40,8 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+REPO = Path(__file__).resolve().parent.parent  # the spoold tree under test (--repo)
+RESULTS = Path(__file__).resolve().parent / "results"
 MARK = f"SPOOLD_BENCH_MARK={uuid.uuid4().hex}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 YLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -68,9 +68,9 @@ WHAT_IF_PATCHES = {
     "noopen": "import watchdog.observers.api as a, watchdog.events as e\n"
               "_s = a.BaseObserver.schedule\n"
               "def schedule(self, h, path, *, recursive=False, event_filter=None, **kw):\n"
-              "    f = [c for c in (e.FileCreatedEvent, e.DirCreatedEvent, e.FileModifiedEvent,\n"
-              "         e.DirModifiedEvent, e.FileMovedEvent, e.DirMovedEvent, e.FileDeletedEvent,\n"
-              "         e.DirDeletedEvent, e.FileClosedEvent)]\n"
+              "    f = [e.FileCreatedEvent, e.DirCreatedEvent, e.FileModifiedEvent,\n"
+              "         e.DirModifiedEvent, e.FileMovedEvent, e.DirMovedEvent,\n"
+              "         e.FileDeletedEvent, e.DirDeletedEvent, e.FileClosedEvent]\n"
               "    return _s(self, h, path, recursive=recursive, event_filter=f, **kw)\n"
               "a.BaseObserver.schedule = schedule\n",
 }
@@ -120,12 +120,16 @@ def wait_for(pred, timeout: float, interval: float = 0.001, what: str = "conditi
         time.sleep(interval)
 
 
+def _failed(cmd, r) -> RuntimeError:
+    return RuntimeError(f"{cmd[:4]} exited {r.returncode}: "
+                        f"{r.stderr.decode(errors='replace')[-500:]}")
+
+
 def run(cmd, env=None, timeout=60, check=True, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=kw.pop("cwd", TMP),
-                       **kw)
+                       capture_output=True, cwd=kw.pop("cwd", TMP), **kw)
     if check and r.returncode != 0:
-        raise RuntimeError(f"{cmd[:4]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
+        raise _failed(cmd, r)
     return r
 
 
@@ -133,10 +137,10 @@ def timed(cmd, env, timeout=30) -> tuple[float, subprocess.CompletedProcess]:
     """Wall time of one command, fork+exec included, as a user's shell would see it."""
     t0 = time.perf_counter()
     r = subprocess.run(cmd, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=TMP)
+                       capture_output=True, cwd=TMP)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
-        raise RuntimeError(f"{cmd[:4]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
+        raise _failed(cmd, r)
     return dt, r
 
 
@@ -473,10 +477,9 @@ def sweep_spool(spool: Path) -> None:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == os.getpid():
             continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle in f.read():
-                    os.kill(int(name), signal.SIGKILL)
+        with contextlib.suppress(OSError), open(f"/proc/{name}/environ", "rb") as f:
+            if needle in f.read():
+                os.kill(int(name), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- measurements
@@ -534,15 +537,16 @@ def bench_gsub_breakdown(gsub_sh, res) -> None:
         "flock (program)": [gsub_sh, "-c", f"exec 9>>{lock}; flock 9"],
         "mv (program)": [gsub_sh, "-c", f"mv {f} {f}2 && mv {f}2 {f}"],
         "sync FILE DIR FILE (program)": [gsub_sh, "-c", f"sync -- {f} {d} {lock}"],
+        "gsub --help (reading the script)": [gsub_sh, str(REPO / "bin" / "gsub"), "--help"],
     }
-    raw = {}
-    for name, cmd in parts.items():
-        s = []
-        for _ in range(3):
+    samples: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(3):
+        for cmd in parts.values():
             timed(cmd, env)
-        for _ in range(20):
-            s.append(timed(cmd, env)[0])
-        raw[name] = summary_ms(s)["median_ms"]
+    for _ in range(40):  # interleaved: background load hits every part alike
+        for name, cmd in parts.items():
+            samples[name].append(timed(cmd, env)[0])
+    raw = {name: summary_ms(v)["median_ms"] for name, v in samples.items()}
     # each part net of the shell that runs it (mv runs twice in its line)
     sh = raw["dash -c : (shell start)"]
     out = {"fork+exec of a dash running nothing": sh}
@@ -743,7 +747,7 @@ def gen_pending(sp: Spoold, n: int, fifos: list[Path], marks: list[Path]) -> Non
     `true`."""
     pend = sp.spool / "pending"
     special = {i + 1: (f'argv: ["sh", "-c", "date +%s.%N > {m}; exec cat {f}"]\ngpus: 1\n'
-                       ).encode() for i, (f, m) in enumerate(zip(fifos, marks))}
+                       ).encode() for i, (f, m) in enumerate(zip(fifos, marks, strict=True))}
     plain = b'argv: ["true"]\ngpus: 1\n'
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     for i in range(1, n + 1):
@@ -923,7 +927,7 @@ def versions(tools, gsub_sh) -> dict:
         mem_total = int(f.readline().split()[1]) // 1024
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "spoold": f"{spoold_v} (git {git})",
+        "spoold": f"{spoold_v} (git {git}, {REPO})",
         "tsp": tsp_v,
         "nq": f"nq {dpkg('nq')}" if tools.get("nq") else None,
         "python": platform.python_version(),
@@ -989,7 +993,8 @@ def table(res: dict) -> tuple[list[dict], str]:
     row("submit->start, p90", "ms", get("start", "spoold", "p90_ms"),
         get("start", "tsp", "p90_ms"), get("start", "nq", "p90_ms"))
     n = get("throughput", "spoold", "n") or get("throughput", "tsp", "n")
-    row(f"throughput, {n or 'N'} jobs, 4 slots", "jobs/s", get("throughput", "spoold", "jobs_per_s"),
+    row(f"throughput, {n or 'N'} jobs, 4 slots", "jobs/s",
+        get("throughput", "spoold", "jobs_per_s"),
         get("throughput", "tsp", "jobs_per_s"), get("throughput", "nq", "jobs_per_s"),
         ">= 0.8x tsp", (lambda v, r: r is not None and r >= 0.8),
         note="nq: 1 job at a time")
@@ -1013,7 +1018,8 @@ def table(res: dict) -> tuple[list[dict], str]:
     sn = get("scale", "n")
     if sn:
         k = f"{sn // 1000}k" if sn >= 1000 else str(sn)
-        row(f"{k} pending: start until GPU snapshot written", "s", get("scale", "start_gpus_yaml_s"),
+        row(f"{k} pending: start until GPU snapshot written", "s",
+            get("scale", "start_gpus_yaml_s"),
             target="< 2 s", check=(lambda v, r: v < 2), ratio=False)
         row(f"{k} pending: start until it answers a request", "s",
             get("scale", "start_responsive_s"), target="< 2 s", check=(lambda v, r: v < 2),
@@ -1043,10 +1049,11 @@ def table(res: dict) -> tuple[list[dict], str]:
              (f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""), r["target"],
              r["result"]] for r in rows]
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    for b in body:
-        lines.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(b, widths)) + " |")
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    lines = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += [line(b) for b in body]
     return rows, "\n".join(lines)
 
 
@@ -1055,7 +1062,7 @@ SECTIONS = ("submit", "start", "throughput", "idle", "scale")
 
 
 def main() -> int:
-    global TMP
+    global TMP, REPO
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, 10k pending (< 2 min)")
     ap.add_argument("--only", default=",".join(SECTIONS),
@@ -1066,11 +1073,18 @@ def main() -> int:
     ap.add_argument("--what-if", default="",
                     help=f"patch the daemon from outside: {','.join(WHAT_IF_PATCHES)}")
     ap.add_argument("--no-install", action="store_true", help="never apt-get the peers")
+    ap.add_argument("--repo", type=Path, default=None,
+                    help="the spoold tree to measure (default: this checkout), e.g. a clean "
+                         "`git clone` of one commit; its spoold/ and bin/gsub are used")
     ap.add_argument("--tmpdir", type=Path, default=None,
                     help="where the private state of every tool goes (default: $TMPDIR or /tmp)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (debugging)")
     ap.add_argument("--json", type=Path, default=RESULTS / "latest.json", help="JSON output")
     a = ap.parse_args()
+    if a.repo:
+        REPO = a.repo.resolve()
+        if not (REPO / "spoold" / "daemon.py").exists() or not (REPO / "bin" / "gsub").exists():
+            ap.error(f"--repo {a.repo}: no spoold/daemon.py and bin/gsub there")
     cfg = dict(QUICK if a.quick else FULL)
     if a.scale_n:
         cfg["scale_n"] = a.scale_n
@@ -1091,6 +1105,12 @@ def main() -> int:
     if not tools["nq"]:
         notes.append("nq not available: its column is empty")
     gsub_sh = shutil.which("dash") or "/bin/sh"
+    pre = subprocess.run([sys.executable, "-c", "import spoold.daemon"], capture_output=True,
+                         env=base_env(PYTHONPATH=str(REPO)), timeout=60)
+    if pre.returncode != 0:
+        print("bench: cannot import spoold.daemon (pip install -e . first?):\n"
+              + pre.stderr.decode(errors="replace")[-800:], file=sys.stderr)
+        return 2
     TMP = Path(tempfile.mkdtemp(prefix="spoold-bench-", dir=a.tmpdir))
     if a.profile:
         if a.profile == "py-spy" and not shutil.which("py-spy"):
@@ -1172,4 +1192,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; every process it started was killed", file=sys.stderr)
+        sys.exit(130)

@@ -65,6 +65,7 @@ class Options:
     default_time_limit: float | None = None
     drain: bool = False
     host_timeout: float = 60.0
+    executor: str = "local"  # or "slurm": the daemon becomes a bridge to sbatch
     polling: bool | None = None  # None: decide from the filesystem type
 
 
@@ -105,6 +106,8 @@ class Waker:
 
 
 class Daemon:
+    Run = Run  # for the executors
+
     def __init__(self, opts: Options):
         self.o = opts
         self.spool = Spool(opts.spool)
@@ -151,6 +154,10 @@ class Daemon:
         self._lock_fd = fd  # held for the daemon's life
 
     def setup_resources(self) -> None:
+        if self.o.executor == "slurm":
+            from .bridge import SlurmBridge
+
+            self.bridge = SlurmBridge(self)
         self.source = open_source(self.o.fake_gpus)
         self.readings = self.source.read() if self.source else []
         found = [r.index for r in self.readings]
@@ -212,6 +219,9 @@ class Daemon:
             return  # another host's job (shared spool)
         if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < 60:
             return  # just claimed by a daemon (maybe on another host) that is writing it
+        if self.o.executor == "slurm":
+            self.bridge.recover(job_id, path, rec)
+            return
         state, code = runner.status(self.run_path(job_id))
         run = Run(job_id, rec, rec.get("pid"))
         if state == "running":
@@ -371,6 +381,8 @@ class Daemon:
 
     # ---- GPUs ----------------------------------------------------------------
     def poll_gpus(self) -> None:
+        if self.o.executor == "slurm":
+            self.guard(None, self.bridge.poll)
         try:
             self.readings = self.source.read() if self.source else []
         except Exception as e:  # a broken driver must not stop the queue
@@ -572,6 +584,11 @@ class Daemon:
             self.hint = max(self.pending_ids)
             self.spool.raise_hint(self.hint)  # submitters start probing markers from here
         deps = _DepStates(self)
+        if self.o.executor == "slurm":
+            for p, reason in bad:
+                self.guard(p.job_id, self.reject_file, p, reason)
+            self.guard(None, self.bridge.pass_, self.index, deps)
+            return
         decision = schedule(self.index, [r.booking() for r in self.runs.values()],
                             self.resources(), now, deps)
         for p, reason in bad:
@@ -667,54 +684,63 @@ class Daemon:
         self.prune()
 
     # ---- start -------------------------------------------------------------------
-    def start(self, s) -> None:
-        p, cached = self.by_id[s.id]
-        if self.duplicate(s.id):
+    def claim(self, job_id: int, extra: dict):
+        """Take pending job ``job_id`` into running/ (one rename), read it again
+        there and record who owns it. Returns (path, job, record, creds) or None
+        when the job is gone, refused, or changed under us (then it is back)."""
+        p, cached = self.by_id[job_id]
+        if self.duplicate(job_id):
             target = self.rename_with_new_id(p.name, p.priority)
             if target:
-                log.warning("job %d: id already used in the spool; renamed to job %d", s.id,
+                log.warning("job %d: id already used in the spool; renamed to job %d", job_id,
                             target.job_id)
-            return
-        path = self.spool.record("running", s.id)
+            return None
+        path = self.spool.record("running", job_id)
         self.leave(p)
         try:
             os.rename(self.spool.pending / p.name, path)  # the claim
         except FileNotFoundError:
-            return  # cancelled or re-prioritised meanwhile
+            return None  # cancelled or re-prioritised meanwhile
         spoolmod.fsync_dir(self.spool.running)
         try:
             fd_st = os.lstat(path)
             job = jobmod.parse(spoolmod.read_untrusted(path))
         except (BadFile, jobmod.JobError) as e:
-            self.finish_claimed(s.id, path, "failed", f"rejected: {e}")
-            return
+            self.finish_claimed(job_id, path, "failed", f"rejected: {e}")
+            return None
         cached = cached.req
         if (job.gpus, job.gpu_mem, job.cpus, job.mem) != (cached.gpus, cached.gpu_mem,
                                                           cached.cpus, cached.mem):
             os.rename(path, self.spool.pending / p.name)  # changed under us: decide again
             self.touched.add(p.name)
-            return
+            return None
         uid = fd_st.st_uid
         if uid == self.uid and isinstance(job.get("uid"), int):
             uid = job.get("uid")  # a record we rewrote ourselves keeps its owner
         if not self.owner_ok(uid):
-            self.finish_claimed(s.id, path, "failed", f"rejected: file owned by uid {uid}; "
+            self.finish_claimed(job_id, path, "failed", f"rejected: file owned by uid {uid}; "
                                 f"this spoold (uid {self.uid}) runs only its own files")
-            return
-        now = time.time()
+            return None
         rec = dict(job.data)
-        rec.update(id=s.id, uid=uid, host=self.o.host, claimed_at=now,
-                   assigned_gpus=list(s.gpus), assigned_cpus=list(s.cpus))
+        rec.update(id=job_id, uid=uid, host=self.o.host, claimed_at=time.time(), **extra)
         rec.setdefault("submitted_at", fd_st.st_mtime)
         rec.setdefault("user", runner.creds_for(uid).name)
         rec.setdefault("name", job.name)
         if job.time_limit is None and self.o.default_time_limit:
-            rec["time_limit"] = self.o.default_time_limit
-        for k in ("pid", "started_at", "ended_at", "exit_code", "reason", "kill_reason"):
+            rec["time_limit"] = job.time_limit = self.o.default_time_limit
+        for k in ("pid", "started_at", "ended_at", "exit_code", "reason", "kill_reason",
+                  "slurm_id"):
             rec.pop(k, None)
         self.save(path, rec)
-        creds = runner.creds_for(uid) if self.uid == 0 else None
-        job.id = s.id
+        job.id, job.priority = job_id, p.priority
+        return path, job, rec, runner.creds_for(uid) if self.uid == 0 else None
+
+    def start(self, s) -> None:
+        claimed = self.claim(s.id, {"assigned_gpus": list(s.gpus),
+                                    "assigned_cpus": list(s.cpus)})
+        if claimed is None:
+            return
+        path, job, rec, creds = claimed
         log_path = self.spool.log_path(s.id)  # -o FILE is opened by the shepherd
         started = time.time()
         try:
@@ -753,6 +779,8 @@ class Daemon:
 
     # ---- running -------------------------------------------------------------------
     def check_run(self, run: Run, now: float) -> None:
+        if self.o.executor == "slurm":
+            return  # the bridge polls SLURM for all its jobs at once (poll_gpus)
         state, code = runner.status(self.run_path(run.id))
         if state == "exited":
             self.finish(run, code)
@@ -769,6 +797,9 @@ class Daemon:
             self.kill(run, "time limit")
 
     def kill(self, run: Run, reason: str) -> None:
+        if self.o.executor == "slurm":
+            self.bridge.kill(run, reason)
+            return
         if not run.record.get("kill_reason"):
             run.record["kill_reason"] = reason
             self.save(self.spool.record("running", run.id), run.record)
@@ -777,30 +808,36 @@ class Daemon:
         log.info("job %d: %s: TERM sent to %d process(es), KILL in %gs", run.id, reason, n,
                  self.o.kill_grace)
 
-    def finish(self, run: Run, code: int | None) -> None:
+    def finish(self, run: Run, code: int | None, outcome: tuple[str, str] | None = None) -> None:
+        """Record how a job ended and move it to its final folder. ``outcome``
+        (state, reason), when an executor knows better than the exit code."""
         rec = run.record
         kill_reason = rec.get("kill_reason")
         ended = time.time()
-        if code is not None:  # the status was written as the job ended
+        if code is not None and self.o.executor == "local":  # status written as it ended
             with contextlib.suppress(FileNotFoundError):
                 # mtime comes from the kernel's coarse clock: never before the start
                 ended = max(self.run_path(run.id).stat().st_mtime,
                             rec.get("started_at") or 0)
-        if code is None:
+        if code is None and outcome is None:
             state = "failed"
             reason = ("job processes vanished while spoold was not watching them "
                       "(reboot, OOM killer, or kill -9 of the whole tree)")
         elif kill_reason == "time limit":
             state = "failed"
-            reason = f"time limit ({rec.get('time_limit'):g}s) exceeded; exit code {code}"
+            reason = f"time limit ({rec.get('time_limit'):g}s) exceeded" + (
+                f"; exit code {code}" if code is not None else "")
         elif kill_reason:
-            state, reason = "cancelled", f"{kill_reason}; exit code {code}"
+            state = "cancelled"
+            reason = kill_reason + (f"; exit code {code}" if code is not None else "")
         elif code == 0:
             state, reason = "done", None
-        else:
+        elif code is not None:
             state = "failed"
             reason = (f"killed by signal {code - 128}" if code > 128
                       else f"exit code {code}")
+        if outcome is not None and not kill_reason:
+            state, reason = outcome
         rec.update(ended_at=ended)
         if code is not None:
             rec["exit_code"] = code
@@ -815,9 +852,10 @@ class Daemon:
                       state, run.id)
             return
         spoolmod.fsync_dir(self.spool.dir(state))
-        # Leftovers (daemonised children) would hold the GPUs the next job gets.
-        runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
-        runner.clear(self.run_path(run.id))
+        if self.o.executor == "local":
+            # Leftovers (daemonised children) would hold the GPUs the next job gets.
+            runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
+            runner.clear(self.run_path(run.id))
         self.runs.pop(run.id, None)
         self.final_count += 1
         if rec.get("on_finish"):
@@ -1064,6 +1102,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--polling", action=argparse.BooleanOptionalAction, default=None,
                     help="watch the spool by polling, not inotify (default: on for network "
                          "filesystems such as NFS, whose other clients' writes inotify misses)")
+    ap.add_argument("--executor", choices=("local", "slurm"), default="local",
+                    help="local: run jobs here (default); slurm: hand every job to sbatch and "
+                         "record what SLURM reports (docs/slurm.md)")
     ap.add_argument("--drain", action="store_true",
                     help="start no new job; exit once running jobs have ended (also SIGUSR1)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -1094,8 +1135,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    max_pending=a.max_pending, keep=a.keep, limit=a.limit, max_load=a.max_load,
                    max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
                    mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl,
-                   drain=a.drain, host_timeout=a.host_timeout, polling=a.polling)
-
+                   drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
+                   executor=a.executor)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,18 +97,25 @@ def _cron_env(creds: Creds | None) -> dict:
             "SHELL": SH, "LANG": "C.UTF-8"}
 
 
+def open_log(path: Path, creds: Creds | None) -> int:
+    """The job's log in logs/ (a root folder in a shared spool): appended to,
+    never through a link, owned by the job's user, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    if os.geteuid() == 0 and creds is not None:
+        os.fchown(fd, creds.uid, creds.gid)
+    return fd
+
+
 def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
            creds: Creds | None, log_path: Path) -> int:
     """Start ``job`` under a shepherd; return the shepherd's pid.
 
     Raises OSError (cwd missing, log not writable, exec failed) with nothing
     started; the caller records the reason."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
+    log_fd = open_log(log_path, creds)
     root = os.geteuid() == 0
     try:
-        if root and creds is not None:
-            os.fchown(log_fd, creds.uid, creds.gid)
         kw = {}
         if root and creds is not None and creds.uid != 0:
             kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
@@ -147,8 +154,7 @@ def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, .
 def spawn_hook(job, gpus: tuple[int, ...], creds: Creds | None, log_path: Path,
                spool_root: Path, extra: dict) -> None:
     """Start a job's --on-finish command, detached; nothing waits for it."""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
+    log_fd = open_log(log_path, creds)
     try:
         kw = {}
         if os.geteuid() == 0 and creds is not None and creds.uid != 0:
