@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -326,31 +327,19 @@ class Spool:
         return self.state / "spoold.log"
 
     # ---- listings --------------------------------------------------------
-    def list_pending(self) -> list[PendingName]:
-        out = []
-        with os.scandir(self.pending) as it:
-            for e in it:
-                p = parse_pending_name(e.name)
-                if p is not None:
-                    out.append(p)
+    def _scan(self, folder: Path, parse) -> list:
+        """``parse`` applied to every name in ``folder``, Nones dropped, sorted."""
+        with os.scandir(folder) as it:
+            out = [x for x in map(parse, (e.name for e in it)) if x is not None]
         out.sort()
         return out
 
-    def list_oddities(self) -> list[str]:
-        """Entries in pending/ that are not named like jobs but are not dot files."""
-        with os.scandir(self.pending) as it:
-            return [e.name for e in it
-                    if not e.name.startswith(".") and parse_pending_name(e.name) is None]
+    def list_pending(self) -> list[PendingName]:
+        """pending/ in queue order."""
+        return self._scan(self.pending, parse_pending_name)
 
     def list_ids(self, state: str) -> list[int]:
-        ids = []
-        with os.scandir(self.root / state) as it:
-            for e in it:
-                i = parse_record_name(e.name)
-                if i is not None:
-                    ids.append(i)
-        ids.sort()
-        return ids
+        return self._scan(self.root / state, parse_record_name)
 
     def list_requests(self) -> list[str]:
         with os.scandir(self.requests) as it:
@@ -403,8 +392,9 @@ class Spool:
     def shared(self) -> bool:
         return bool(os.stat(self.pending).st_mode & stat.S_ISVTX)
 
-    def allocate_ids(self, count: int = 1) -> int:
-        """Reserve ``count`` consecutive ids; return the first (same protocol as gsub)."""
+    @contextlib.contextmanager
+    def _counter(self):
+        """The id counter under its flock: yields (current value or None, setter)."""
         counter = self.state / "next-id"
         fd = os.open(self.state / "next-id.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND
                      | os.O_CLOEXEC, 0o600)
@@ -414,15 +404,20 @@ class Spool:
                 text = counter.read_text().strip()
             except FileNotFoundError:
                 text = ""
-            first = int(text) if text.isdigit() and int(text) > 0 else None
+            value = int(text) if text.isdigit() and int(text) > 0 else None
+            yield value, lambda n: counter.write_text(f"{n}\n")
+        finally:
+            os.close(fd)
+
+    def allocate_ids(self, count: int = 1) -> int:
+        """Reserve ``count`` consecutive ids; return the first (same protocol as gsub)."""
+        with self._counter() as (first, store):
             if first is None:  # missing, or garbage from a crash mid-write: recover
                 first = self.max_id_seen() + 1
             if count and self.shared():
                 first = self._take_markers(first, count)
-            counter.write_text(f"{first + count}\n")
+            store(first + count)
             return first
-        finally:
-            os.close(fd)
 
     def _take_markers(self, start: int, count: int) -> int:
         """First id of ``count`` consecutive ids whose markers we could create."""
@@ -442,19 +437,9 @@ class Spool:
 
     def raise_hint(self, seen: int) -> None:
         """Move the shared counter past ``seen`` so submitters probe few markers."""
-        counter = self.state / "next-id"
-        fd = os.open(self.state / "next-id.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                text = counter.read_text().strip()
-            except FileNotFoundError:
-                text = ""
-            if not text.isdigit() or int(text) <= seen:
-                counter.write_text(f"{seen + 1}\n")
-        finally:
-            os.close(fd)
+        with self._counter() as (value, store):
+            if value is None or value <= seen:
+                store(seen + 1)
 
     def max_id_seen(self) -> int:
         best = 0
