@@ -42,6 +42,9 @@ from .util import parse_size_mib
 
 log = logging.getLogger("spoold")
 
+# What a booking means in practice (shown by gstat; docs/scheduling.md).
+ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)",
+            "mem": "booked only (not enforced)", "time_limit": "TERM, then KILL after the grace"}
 PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
@@ -398,7 +401,8 @@ class Daemon:
                             "gpus": snap, "max_load": self.o.max_load,
                             "max_memory": self.o.max_memory, "cpus": len(self.cpu_ids),
                             "mem": self.mem, "limit": self.limit,
-                            "host_timeout": self.o.host_timeout, "draining": self.draining})
+                            "host_timeout": self.o.host_timeout, "draining": self.draining,
+                            "enforced": ENFORCED})
         try:
             self.spool.replace_atomic(self.spool.host_file(self.o.host), data, sync=False)
         except OSError as e:

@@ -205,6 +205,7 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
             "hosts": [{k: v for k, v in h.items() if k != "beat"} for h in hosts],
             "paused": sp.paused_flag.exists(), "gpus": gpus, "running": running,
             "pending": pending,
+            "enforced": gsnap.get("enforced") or {},
             "limits": {"max_load": gsnap.get("max_load"), "max_memory": gsnap.get("max_memory"),
                        "cpus": gsnap.get("cpus"), "mem": gsnap.get("mem"),
                        "limit": gsnap.get("limit")}}
@@ -290,6 +291,8 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
                      (p["user"] or "")[:12], gp, fmt_duration(p.get("wait")), p["reason"]])
     lines.append(c("1", f"# pending: {len(snap['pending'])}"))
     lines += _table(rows, width) if len(rows) > 1 else []
+    if snap.get("enforced"):
+        lines.append("# enforced: " + "; ".join(f"{k}: {v}" for k, v in snap["enforced"].items()))
     if not c.on:  # (colour codes would be cut in the middle)
         lines = [line[:width].rstrip() for line in lines]
     return "\n".join(lines) + "\n"

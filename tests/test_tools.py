@@ -187,7 +187,7 @@ def test_timeline_renders_at_fixed_width():
 
 JSON_SCHEMA_KEYS = {
     "top": {"spool", "time", "host", "daemon", "hosts", "paused", "gpus", "running", "pending",
-            "limits"},
+            "limits", "enforced"},
     "host": {"host", "alive", "pid", "heartbeat_age", "lost", "draining"},
     "gpu": {"index", "uuid", "name", "memory_total", "memory_used", "utilization", "error",
             "busy", "jobs", "host"},
@@ -208,6 +208,7 @@ def test_json_matches_documented_schema(spool, daemon, tmp_path):
     wait_for(lambda: spool.where(r) == "running" and spool.record(r).get("pid"))
     snap = json.loads(spool.run("gstat", "--json").stdout)
     assert set(snap) == JSON_SCHEMA_KEYS["top"]
+    assert snap["enforced"]["mem"].startswith("booked only")
     assert all(set(g) == JSON_SCHEMA_KEYS["gpu"] for g in snap["gpus"])
     assert all(set(h) == JSON_SCHEMA_KEYS["host"] for h in snap["hosts"])
     assert set(snap["running"][0]) == JSON_SCHEMA_KEYS["running"]
