@@ -48,6 +48,7 @@ ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)"
 PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
+CLAIM_GRACE_S = 10.0  # a claimed record without a host is another daemon's, still being written
 
 
 @dataclass
@@ -220,7 +221,7 @@ class Daemon:
             log.error("running/%s is unreadable (%s)", path.name, e)
         if rec.get("host") not in (None, self.o.host):
             return  # another host's job (shared spool)
-        if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < 60:
+        if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < CLAIM_GRACE_S:
             return  # just claimed by a daemon (maybe on another host) that is writing it
         if self.o.executor == "slurm":
             self.bridge.recover(job_id, path, rec)
@@ -353,6 +354,12 @@ class Daemon:
         """Run one job's step; a failure there never takes the daemon down."""
         try:
             fn(*args)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                log.exception("job %s: unexpected error (the daemon carries on)", job_id)
+                return
+            log.error("job %s: cannot write the spool (%s): disk full, over quota or "
+                      "read-only? Nothing was half-written; retrying", job_id, e.strerror)
         except Exception:
             log.exception("job %s: unexpected error (the daemon carries on)", job_id)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 from conftest import HOST, wait_for
 
@@ -197,3 +198,47 @@ def test_duplicate_id_gets_a_new_one(spool, daemon, tmp_path):
     spool.drop(f"0010-{j:08d}.yaml", b"argv: ['true']\ngpus: 0\n")
     wait_for(lambda: len(list((spool.root / "done").glob("*.yaml"))) == 2, what="copy to run")
     assert spool.record(j, "done")["exit_code"] == 0
+
+
+@pytest.fixture
+def tiny_spool(tmp_path):
+    """A spool on a 2 MiB tmpfs, so the disk can really fill up."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
+                                            str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs root and mount(8) to make a small filesystem")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_is_reported_retried_and_loses_nothing(tiny_spool, tmp_path):
+    from conftest import Daemon, Spool, fake_gpu_list
+
+    from spoold.spool import Spool as RealSpool
+
+    sp = Spool(tiny_spool / "spool", tmp_path / "gpus-small.yaml")
+    sp.set_gpus(fake_gpu_list(1, {0: {"utilization": 100}}))
+    RealSpool(sp.root).create()
+    d = Daemon(sp, ["--poll", "0.2"]).start()
+    try:
+        sp.gpus_seen({0})
+        j = sp.gsub("-n", "1", "-c", "echo ran")
+        filler = tiny_spool / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        sp.set_gpus(fake_gpu_list(1))  # the GPU frees up while the disk is full
+        wait_for(lambda: "disk full" in d.output(), 30, "the daemon to say the disk is full")
+        assert d.alive() and sp.where(j) in ("pending", "running")
+        filler.unlink()
+        rec = sp.wait_state(j, "done", timeout=60)
+        assert rec["exit_code"] == 0 and sp.log(j) == "ran\n"
+        for f in sp.root.rglob("*.yaml"):  # nothing half-written anywhere
+            yaml.safe_load(f.read_text())
+    finally:
+        d.stop()
