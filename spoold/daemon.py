@@ -340,9 +340,26 @@ class Daemon:
         else:
             obs = Observer()
         handler = Handler()
-        for d in (self.spool.pending, self.spool.requests, self.spool.run_dir(self.o.host),
-                  self.spool.tmp):
-            obs.schedule(handler, str(d), recursive=False)
+        # One recursive watch on the whole spool, not one per folder: watchdog
+        # holds a rename's "moved from" half for 0.5 s (and every event behind
+        # it) until it finds the "moved to" half, which it only finds within
+        # the same watch. Only these event kinds: no stream of log writes.
+        from watchdog.events import (
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileMovedEvent,
+        )
+
+        kinds = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent]
+        if polling:  # no move pairing delay there; poll only what we must see
+            for d in (self.spool.pending, self.spool.requests, self.spool.run_dir(self.o.host)):
+                obs.schedule(handler, str(d), recursive=False)
+        else:
+            try:
+                obs.schedule(handler, str(self.spool.root), recursive=True, event_filter=kinds)
+            except TypeError:  # watchdog < 4 has no event_filter
+                obs.schedule(handler, str(self.spool.root), recursive=True)
         obs.daemon = True
         obs.start()
         return obs
