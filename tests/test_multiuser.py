@@ -37,9 +37,11 @@ def users():
         try:
             pwd.getpwnam(name)
         except KeyError:
-            subprocess.run([_sbin("useradd"), "--user-group", "--create-home", "--shell", "/bin/sh",
-                            name], check=True)
-            made.append(name)
+            p = subprocess.run([_sbin("useradd"), "--user-group", "--create-home", "--shell",
+                                "/bin/sh", name], capture_output=True)
+            if p.returncode == 0:
+                made.append(name)
+            pwd.getpwnam(name)  # made here, or by a parallel test worker meanwhile
     yield {n: pwd.getpwnam(n) for n in USERS}
     for name in made:
         subprocess.run([_sbin("userdel"), "--remove", name], check=False, capture_output=True)
