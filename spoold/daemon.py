@@ -117,7 +117,7 @@ class Daemon:
         self.spool = Spool(opts.spool)
         self.waker = Waker()
         self.runs: dict[int, Run] = {}
-        self.cache: dict[str, tuple[tuple, object]] = {}  # pending name -> (stat key, Job|str)
+        self.cache: dict[str, tuple[tuple, object]] = {}  # pending name -> (stat key, Slim|str)
         self.closed: set[str] = set()  # names closed after writing in pending/
         self.readings: list[GpuReading] = []
         self.next_poll = 0.0
@@ -140,6 +140,7 @@ class Daemon:
         self.final_count = 0
         self.hint = 0
         self.peers: tuple[Resources, ...] = ()
+        self._last_beat: tuple[float, list] = (0.0, [])
 
     # ---- start-up ------------------------------------------------------------
     def lock(self) -> None:
@@ -421,7 +422,13 @@ class Daemon:
         """state/hosts/<host>.yaml: proof of life for other hosts, readings for gstat."""
         snap = [r.as_dict() | {"busy": busy_reason(r, self.o.max_load, self.o.max_memory)}
                 for r in self.gpu_views()]
-        data = jobmod.dump({"host": self.o.host, "time": time.time(), "pid": os.getpid(),
+        now = time.time()
+        # Rewritten when something changed, else often enough to stay alive.
+        if snap == self._last_beat[1] and now - self._last_beat[0] < min(
+                5.0, self.o.host_timeout / 4):
+            return
+        self._last_beat = (now, snap)
+        data = jobmod.dump({"host": self.o.host, "time": now, "pid": os.getpid(),
                             "gpus": snap, "max_load": self.o.max_load,
                             "max_memory": self.o.max_memory, "cpus": len(self.cpu_ids),
                             "mem": self.mem, "limit": self.limit,

@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 
 try:
-    _Loader = yaml.CSafeLoader
-    _Dumper = yaml.CSafeDumper
+    _SafeLoader = yaml.CSafeLoader
+    _SafeDumper = yaml.CSafeDumper
 except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
-    _Dumper = yaml.SafeDumper
+    _SafeLoader = yaml.SafeLoader
+    _SafeDumper = yaml.SafeDumper
 
 MAX_GPUS = 1024
 MAX_HEAD_SCAN = 1 << 20
@@ -85,7 +85,7 @@ def parse(raw: bytes) -> Job:
     if not text.strip():
         raise JobError("empty file: a job needs at least `argv:` or `cmd:`")
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as e:
         raise JobError("invalid YAML: " + " ".join(str(e).split())[:300]) from None
     except (RecursionError, MemoryError):
@@ -207,7 +207,7 @@ def _tname(v: Any) -> str:
             list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
 
 
-class _RecordDumper(_Dumper):
+class _RecordDumper(_SafeDumper):
     """Block style, except short lists of scalars (``assigned_gpus: [0, 3]``)."""
 
 
@@ -228,7 +228,7 @@ def dump(data: dict[str, Any]) -> bytes:
 
 def load_record(raw: bytes) -> dict[str, Any]:
     """Load a record the daemon itself wrote (still with the safe loader)."""
-    data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
+    data = yaml.load(raw.decode("utf-8"), Loader=_SafeLoader)
     if not isinstance(data, dict):
         raise JobError("record is not a mapping")
     return data
