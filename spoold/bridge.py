@@ -40,9 +40,17 @@ class SlurmBridge:
         d = self.d
         if not self.up or d.spool.paused_flag.exists():
             return
+        arrays: dict[int, int] = {}
+        for run in d.runs.values():
+            if run.record.get("array_id"):
+                arrays[run.record["array_id"]] = arrays.get(run.record["array_id"], 0) + 1
         for req in list(queue):
             if req.held or (req.pin_host and req.pin_host != d.o.host):
                 continue
+            if req.array_limit and arrays.get(req.array_id, 0) >= req.array_limit:
+                continue
+            if req.array_id:
+                arrays[req.array_id] = arrays.get(req.array_id, 0) + 1
             slurm_deps, ready = [], True
             for a in req.after:
                 state = deps.get(a)
