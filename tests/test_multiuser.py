@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, Daemon, Spool, fake_gpu_list, wait_for
+from conftest import BIN, Daemon, Spool, _kill_leftovers, fake_gpu_list, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which(
     "useradd", path="/usr/sbin:/sbin:/usr/bin:/bin"),
@@ -56,16 +56,17 @@ def shared(users):
     sp = Spool(base / "spool", base / "gpus.yaml")
     sp.set_gpus(fake_gpu_list(4))
     os.chmod(base / "gpus.yaml", 0o644)
-    d = Daemon(sp, ["--poll", "0.2", "--kill-grace", "1"]).start()
     for n in USERS:
         (base / n).mkdir()
         shutil.chown(base / n, n, n)
-    yield sp, base, users
-    d.stop()
-    from conftest import _kill_leftovers
-
-    _kill_leftovers(sp.root)
-    shutil.rmtree(base, ignore_errors=True)
+    d = Daemon(sp, ["--poll", "0.2", "--kill-grace", "1"])
+    try:
+        d.start()
+        yield sp, base, users
+    finally:
+        d.stop()
+        _kill_leftovers(sp.root)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def as_user(name: str, *cmd: str, cwd: Path | None = None, check: bool = True):
