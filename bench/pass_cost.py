@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Cost of one scheduling pass of spoold, piece by piece, with N jobs pending.
 
-    python3 bench/pass_cost.py [N]        (default 100000)
+    python3 bench/pass_cost.py [N]          (default 100000)
+    python3 bench/pass_cost.py N --mem    where the memory of a read queue goes (slow)
 
 Builds a spool with N pending one-GPU jobs and four busy fake GPUs (as the
 scale test of bench/run.py does), then calls the daemon's own code in this
@@ -19,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,7 +48,9 @@ def timeit(fn, repeat=3):
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 100_000
+    mem = "--mem" in sys.argv
     root = Path(tempfile.mkdtemp(prefix="spoold-passcost-"))
     try:
         gpus = root / "gpus.yaml"
@@ -78,12 +82,28 @@ def main() -> int:
                 dm.schedule_pass(time.time())
 
         rss0 = rss_mib()
+        if mem:
+            tracemalloc.start(1)
         t = time.perf_counter()
         pass_(True)
+        first = time.perf_counter() - t
+        passes = 1
+        while getattr(dm, "unparsed", 0):  # newer daemons read a long queue in slices
+            pass_(False)
+            passes += 1
         cold = time.perf_counter() - t
         grew = rss_mib() - rss0
-        print(f"  first pass (parses every file):          {cold * 1000:9.1f} ms "
-              f"({cold / n * 1e6:.1f} us/job); RSS grew {grew:.0f} MiB "
+        if mem:
+            snap = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            print("  memory held after every file was read, by allocation site:")
+            for st in snap.statistics("lineno")[:12]:
+                fr = st.traceback[0]
+                where = f"{Path(fr.filename).parent.name}/{Path(fr.filename).name}:{fr.lineno}"
+                print(f"    {st.size / 2**20:7.1f} MiB {st.size / n:6.0f} B/job  {where}")
+        print(f"  first pass:                              {first * 1000:9.1f} ms")
+        print(f"  every file read and parsed:              {cold * 1000:9.1f} ms in {passes} "
+              f"pass(es) ({cold / n * 1e6:.1f} us/job); RSS grew {grew:.0f} MiB "
               f"({grew * 2**20 / n:.0f} B/job)")
         warm = timeit(lambda: pass_(True))
         print(f"  warm pass, full re-check:                {warm * 1000:9.1f} ms "
@@ -92,6 +112,16 @@ def main() -> int:
             warm = timeit(lambda: pass_(False))
             print(f"  warm pass, no event since the last one:  {warm * 1000:9.1f} ms "
                   f"({warm / n * 1e6:.2f} us/job)")
+            if hasattr(dm, "touched"):
+                last = dm.spool.list_pending()[-1].name
+
+                def one_event():
+                    dm.touched.add(last)  # what one inotify event in pending/ does
+                    pass_(False)
+
+                warm = timeit(one_event)
+                print(f"  warm pass after one event in pending/:   {warm * 1000:9.1f} ms "
+                      f"({warm / n * 1e6:.2f} us/job)")
 
         names = dm.spool.list_pending()
         def scan():

@@ -151,6 +151,22 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu_s(pid: int) -> tuple[float, float]:
+    """(main thread, all other threads) CPU seconds; threads that ended are not counted."""
+    main = other = 0.0
+    with contextlib.suppress(OSError):
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError), \
+                    open(f"/proc/{pid}/task/{t}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+                v = (int(fields[11]) + int(fields[12])) / CLK_TCK
+                if int(t) == pid:
+                    main += v
+                else:
+                    other += v
+    return main, other
+
+
 def proc_mem_mb(pid: int) -> dict:
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -539,20 +555,24 @@ def bench_gsub_breakdown(gsub_sh, res) -> None:
         "sync FILE DIR FILE (program)": [gsub_sh, "-c", f"sync -- {f} {d} {lock}"],
         "gsub --help (reading the script)": [gsub_sh, str(REPO / "bin" / "gsub"), "--help"],
     }
-    samples: dict[str, list[float]] = {name: [] for name in parts}
+    shell = parts.pop("dash -c : (shell start)")
     for _ in range(3):
-        for cmd in parts.values():
+        for cmd in (shell, *parts.values()):
             timed(cmd, env)
-    for _ in range(40):  # interleaved: background load hits every part alike
+    # Each part's net cost is paired with a shell start timed right before it, so that
+    # background load drifting between samples cancels out; median over 40 pairs.
+    base: list[float] = []
+    diffs: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(40):
         for name, cmd in parts.items():
-            samples[name].append(timed(cmd, env)[0])
-    raw = {name: summary_ms(v)["median_ms"] for name, v in samples.items()}
-    # each part net of the shell that runs it (mv runs twice in its line)
-    sh = raw["dash -c : (shell start)"]
-    out = {"fork+exec of a dash running nothing": sh}
-    for name, v in raw.items():
-        if name != "dash -c : (shell start)":
-            out[name.replace(" (program)", "")] = (v - sh) / (2 if name.startswith("mv") else 1)
+            sh = timed(shell, env)[0]
+            base.append(sh)
+            diffs[name].append(timed(cmd, env)[0] - sh)
+    out = {"fork+exec of a dash running nothing": summary_ms(base)["median_ms"]}
+    for name, v in diffs.items():
+        # mv runs twice in its line
+        out[name.replace(" (program)", "")] = (summary_ms(v)["median_ms"]
+                                               / (2 if name.startswith("mv") else 1))
     res["gsub_breakdown_ms"] = out
 
 
@@ -654,6 +674,7 @@ def bench_throughput(cfg, tools, gsub_sh, res) -> None:
     try:
         time.sleep(1.0)
         cpu0 = proc_cpu_s(sp.proc.pid)
+        th0 = thread_cpu_s(sp.proc.pid)
         t0 = time.perf_counter()
         for _ in range(n):
             run(sp.submit_cmd(["true"], gpus=1), env=sp.env)
@@ -663,10 +684,13 @@ def bench_throughput(cfg, tools, gsub_sh, res) -> None:
         t_all = time.perf_counter() - t0
         mem = proc_mem_mb(sp.proc.pid)
         cpu = proc_cpu_s(sp.proc.pid) - cpu0
+        th = thread_cpu_s(sp.proc.pid)
         out["spoold"] = {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
                          "failed": sp.count("failed", "cancelled"),
                          "daemon_hwm_mb": mem.get("VmHWM"), "daemon_rss_mb": mem.get("VmRSS"),
-                         "daemon_cpu_s": cpu, "daemon_cpu_ms_per_job": cpu / n * 1000}
+                         "daemon_cpu_s": cpu, "daemon_cpu_ms_per_job": cpu / n * 1000,
+                         "main_thread_cpu_ms_per_job": (th[0] - th0[0]) / n * 1000,
+                         "other_threads_cpu_ms_per_job": (th[1] - th0[1]) / n * 1000}
     finally:
         sp.stop()
     res["throughput"] = out
@@ -723,6 +747,41 @@ def bench_idle(cfg, tools, gsub_sh, res) -> None:
         sp.stop()
         if ts:
             ts.stop()
+
+
+def wait_quiet(pid: int, limit: float, level: float = 0.2, span: int = 4) -> float | None:
+    """Wait until the process used under `level` of a core in each of `span` windows of
+    0.25 s in a row; return how long that took (None: not within `limit` seconds)."""
+    t0 = time.perf_counter()
+    win, c_prev, w_prev = [], proc_cpu_s(pid), t0
+    while time.perf_counter() - t0 < limit:
+        time.sleep(0.25)
+        c, w = proc_cpu_s(pid), time.perf_counter()
+        win.append((c - c_prev) / (w - w_prev))
+        c_prev, w_prev = c, w
+        if len(win) >= span and max(win[-span:]) < level:
+            return max(0.0, w - t0 - 0.25 * span)
+    return None
+
+
+_probe_n = [0]
+
+
+def wait_ticks(sp: Spoold, limit: float = 60.0, n: int = 2) -> float | None:
+    """Drop n malformed requests one after the other, each once the previous is gone: the
+    daemon removes one at the start of a tick, so the last goes only after a whole tick
+    (and any long pass in it) ended.  Returns the seconds that took (None: over limit)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _probe_n[0] += 1
+        probe = sp.spool / "requests" / f"bench-probe-t{_probe_n[0]}"
+        probe.write_text("")
+        try:
+            wait_for(lambda p=probe: sp.check_alive() and not p.exists(),
+                     max(0.0, limit - (time.perf_counter() - t0)), 0.001, "a daemon tick")
+        except TimeoutError:
+            return None
+    return time.perf_counter() - t0
 
 
 def open_writer(fifo: Path, timeout: float = 5.0) -> None:
@@ -823,19 +882,11 @@ def bench_scale(cfg, tools, gsub_sh, res) -> None:
         time.sleep(0.5)
         out["after_start_mem_mb"] = proc_mem_mb(pid)
         # A daemon may answer at once and read the rest of a long queue in the background:
-        # wait until it is quiet (under 20 % of a core for 2 s running) before measuring
-        # the steady state, and report how long that took.
-        t_set, win, c_prev, w_prev = None, [], proc_cpu_s(pid), time.perf_counter()
+        # wait until it is quiet (under 20 % of a core for 1 s) before measuring the steady
+        # state, and report how long that took.
         settle_max = cfg.get("settle_max_s", 120.0)
-        while time.time() - t0 < settle_max:
-            time.sleep(0.5)
-            sp.check_alive()
-            c, w = proc_cpu_s(pid), time.perf_counter()
-            win.append((c - c_prev) / (w - w_prev))
-            c_prev, w_prev = c, w
-            if len(win) >= 4 and max(win[-4:]) < 0.2:
-                t_set = time.time() - 2.0
-                break
+        q = wait_quiet(pid, max(1.0, settle_max - (time.time() - t0)))
+        t_set = time.time() - 1.0 if q is not None else None
         out["settled_s"] = (t_set - t0) if t_set else None
         out["settle_max_s"] = settle_max
         out["settled_mem_mb"] = proc_mem_mb(pid)
@@ -864,9 +915,14 @@ def bench_scale(cfg, tools, gsub_sh, res) -> None:
         # 1) another user's load goes away: GPU k reads idle at the next poll; job k+1
         # takes it.  The poll that saw it is the first GPU snapshot (rewritten by rename
         # at every poll) showing GPU k idle; its `time` is when the daemon read the GPUs.
+        # Before each sample: let any pass that the previous start caused end (0.6 s, then
+        # two ticks), so that every sample meets a daemon that is not mid-pass.  (CPU cannot
+        # tell: a daemon may spin while jobs run.)
         ext = []
         busy = [True] * sp.n_gpus
         for k in range(3):
+            time.sleep(0.6)
+            qw = wait_ticks(sp)
             time.sleep(rnd.uniform(0.1, 1.0))  # any phase of the poll timer
             seen = {"ino": snap.stat().st_ino}
             busy[k] = False
@@ -876,7 +932,8 @@ def bench_scale(cfg, tools, gsub_sh, res) -> None:
                                   f"job {k + 1} in running/")
             ts, _ = wait_for(lambda m=marks[k]: _ts_file(m), 30, 0.001, f"job {k + 1} start")
             t_poll = seen.get("poll")
-            ext.append({"claim_ms": (t_claim - tw) * 1000, "job_start_ms": (ts - tw) * 1000,
+            ext.append({"quiet_wait_ms": qw * 1000 if qw is not None else None,
+                        "claim_ms": (t_claim - tw) * 1000, "job_start_ms": (ts - tw) * 1000,
                         "wait_for_poll_ms": (t_poll - tw) * 1000 if t_poll else None,
                         "poll_to_claim_ms": (t_claim - t_poll) * 1000 if t_poll else None})
         out["freed_external_samples"] = ext
@@ -891,19 +948,27 @@ def bench_scale(cfg, tools, gsub_sh, res) -> None:
         # 2) our own job ends: the GPU it held goes to the next job in the queue
         own = []
         for k in range(3):
-            time.sleep(rnd.uniform(0.1, 1.0))
+            time.sleep(0.6)
+            qw = wait_ticks(sp)
+            time.sleep(rnd.uniform(0.1, 0.5))
             nxt = k + 4
             te = time.time()
             open_writer(fifos[k])  # and close it: EOF, job k+1 exits 0
             _, t_claim = wait_for(lambda j=nxt: claimed(j, None, {}), 60, 0.0005,
                                   f"job {nxt} in running/")
             ts, _ = wait_for(lambda m=marks[nxt - 1]: _ts_file(m), 30, 0.001, f"job {nxt} start")
-            own.append({"claim_ms": (t_claim - te) * 1000, "job_start_ms": (ts - te) * 1000,
+            own.append({"quiet_wait_ms": qw * 1000 if qw is not None else None,
+                        "claim_ms": (t_claim - te) * 1000, "job_start_ms": (ts - te) * 1000,
                         "ended_state": wait_for(lambda j=k + 1: sp.finished(str(j)), 30, 0.001,
                                                 f"job {k + 1} recorded")[0]})
         out["own_job_end_samples"] = own
         out["own_job_end"] = {"claim_ms": med("claim_ms", own),
                               "job_start_ms": med("job_start_ms", own), "note": "median of 3"}
+        # How long one start keeps the daemon deaf: two ticks, asked for 0.6 s after the
+        # last claim (the 0.6 s let inotify events of the claim arrive).
+        time.sleep(max(0.0, t_claim + 0.6 - time.time()))
+        qw = wait_ticks(sp)
+        out["busy_after_start_s"] = qw
         out["end_mem_mb"] = proc_mem_mb(pid)
     finally:
         for f in fifos:
@@ -1020,6 +1085,11 @@ def table(res: dict) -> tuple[list[dict], str]:
     row("  daemon CPU per job", "ms", get("throughput", "spoold", "daemon_cpu_ms_per_job"),
         (get("throughput", "tsp", "server_cpu_s") or 0) * 1000 / n if n and
         get("throughput", "tsp", "server_cpu_s") is not None else None)
+    mt = get("throughput", "spoold", "main_thread_cpu_ms_per_job")
+    ot = get("throughput", "spoold", "other_threads_cpu_ms_per_job")
+    row("    main thread + other threads", "ms",
+        f"{mt:.1f} + {ot:.1f}" if mt is not None and ot is not None else None, ratio=False,
+        note="other threads: watchdog's")
     row("peak RSS of the daemon (throughput run)", "MB",
         get("throughput", "spoold", "daemon_hwm_mb"), get("throughput", "tsp", "server_hwm_mb"),
         None, "< 40 MB", (lambda v, r: v < 40))
@@ -1062,6 +1132,9 @@ def table(res: dict) -> tuple[list[dict], str]:
             check=(lambda v, r: v < 50), ratio=False, note="event-driven, no poll involved")
         row(f"{k} pending: own job ends -> next job runs", "ms",
             get("scale", "own_job_end", "job_start_ms"), ratio=False)
+        row(f"{k} pending: 2 ticks, asked 0.6 s after a start", "s",
+            get("scale", "busy_after_start_s"), ratio=False,
+            note="how long a start keeps it deaf")
         row(f"gsub with {k} pending", "ms", get("scale", "gsub_with_queue", "median_ms"),
             ratio=False, note="gsub counts pending/ for --max-pending")
 
@@ -1216,5 +1289,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        print("\nbench: interrupted; every process it started was killed", file=sys.stderr)
+        print(f"\nbench: interrupted ({sys.exc_info()[1] or 'Ctrl-C'}); every process it "
+              "started was killed", file=sys.stderr)
         sys.exit(130)

@@ -320,6 +320,8 @@ class Daemon:
                         continue
                     p = Path(os.fsdecode(path))
                     if p.parent == daemon.spool.pending:
+                        if kind in ("moved", "deleted") and p.name in daemon.gone:
+                            continue  # our own move out of pending/: nothing new to read
                         daemon.touched.add(p.name)
                         if kind == "closed":
                             daemon.closed.add(p.name)
