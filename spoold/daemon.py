@@ -36,7 +36,16 @@ from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
 from .gpus import GpuReading, busy_reason, open_source
-from .scheduler import Gpu, Request, Resources, Running, ShapeQueue, schedule
+from .scheduler import (
+    Gpu,
+    Request,
+    Resources,
+    Running,
+    ShapeQueue,
+    request_of,
+    running_of,
+    schedule,
+)
 from .spool import BadFile, Spool
 from .util import parse_size_mib
 
@@ -83,13 +92,7 @@ class Run:
     kill_at: float | None = None  # when to send KILL after TERM
 
     def booking(self) -> Running:
-        r = self.record
-        limit, started = r.get("time_limit"), r.get("started_at")
-        return Running(id=self.id, gpus=tuple(r.get("assigned_gpus") or ()),
-                       gpu_mem=r.get("gpu_mem") or 0, cpus=tuple(r.get("assigned_cpus") or ()),
-                       mem=r.get("mem") or 0,
-                       ends_at=(started + limit) if limit and started else None,
-                       array_id=r.get("array_id") or 0)
+        return running_of(self.id, self.record)
 
 
 class Waker:
@@ -543,7 +546,7 @@ class Daemon:
                     self.pending_unsettled = True
                     return None
                 raw = spoolmod.read_untrusted(path)
-            job = _slim(jobmod.parse_head(raw), spoolmod.parse_pending_name(name), st.st_uid,
+            job = _slim(jobmod.parse_head(raw), spoolmod.parse_pending_name(name),
                         self.o.default_time_limit)
             if not self.owner_ok(st.st_uid):
                 job = f"file owned by uid {st.st_uid}; this spoold runs as uid {self.uid} " \
@@ -965,20 +968,28 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(path)
 
+    def find_pending(self, job_id: int):
+        """The pending name of ``job_id``: from the last listing if it is still
+        there (a gkill costs no re-listing of a long queue), else listed afresh."""
+        p = self.pending_ids.get(job_id)
+        if p is not None and os.path.lexists(self.spool.pending / p.name):
+            return p
+        return next((q for q in self.spool.list_pending() if q.job_id == job_id), None)
+
     def job_owner(self, job_id: int) -> int | None:
         """uid that owns a running or pending job (None: no such job)."""
         run = self.runs.get(job_id)
         if run is not None:
             return run.record.get("uid")
-        for p in self.spool.list_pending():
-            if p.job_id == job_id:
-                st = os.lstat(self.spool.pending / p.name)
-                if st.st_uid == self.uid:  # rewritten by us (hold): the field says
-                    job = self.load_pending(p.name, time.time() + SETTLE_S)
-                    if isinstance(job, Slim) and job.uid is not None:
-                        return job.uid
-                return st.st_uid
-        return None
+        p = self.find_pending(job_id)
+        if p is None:
+            return None
+        st = os.lstat(self.spool.pending / p.name)
+        if st.st_uid == self.uid:  # rewritten by us (hold): the field says
+            job = self.load_pending(p.name, time.time() + SETTLE_S)
+            if isinstance(job, Slim) and job.uid is not None:
+                return job.uid
+        return st.st_uid
 
     def apply_request(self, kind: str, job_id: int | None) -> str | None:
         if kind == "pause":
@@ -997,7 +1008,7 @@ class Daemon:
             else:
                 log.info("job %d is running: %s request ignored (gkill kills it)", job_id, kind)
             return
-        p = {q.job_id: q for q in self.spool.list_pending()}.get(job_id)
+        p = self.find_pending(job_id)
         if p is None:
             where = next((d for d in ("running", *spoolmod.FINAL_DIRS)
                           if self.spool.record(d, job_id).exists()), None)
@@ -1043,11 +1054,8 @@ class Slim:
     uid: int | None  # the file's `uid:` field (trusted only in files we rewrote)
 
 
-def _slim(job, p, owner: int, default_limit: float | None) -> Slim:
-    req = Request(id=p.job_id if p else 0, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus,
-                  mem=job.mem, time_limit=job.time_limit or default_limit,
-                  after=tuple(job.after), held=job.hold, array_id=job.get("array_id") or 0,
-                  array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"))
+def _slim(job, p, default_limit: float | None) -> Slim:
+    req = request_of(job, p.job_id if p else 0, default_limit)
     uid = job.get("uid")
     return Slim(req, job.priority if "priority" in job.data else None,
                 uid if isinstance(uid, int) else None)

@@ -125,6 +125,23 @@ class Running:
     array_id: int = 0
 
 
+def request_of(job, job_id: int, default_limit: float | None = None) -> Request:
+    """The Request for a parsed job (anything with job.py's Job attributes)."""
+    return Request(id=job_id, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus, mem=job.mem,
+                   time_limit=job.time_limit or default_limit, after=tuple(job.after),
+                   held=job.hold, array_id=job.get("array_id") or 0,
+                   array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"))
+
+
+def running_of(job_id: int, rec: dict) -> Running:
+    """The bookings of a running job, from its record."""
+    limit, started = rec.get("time_limit"), rec.get("started_at")
+    return Running(id=job_id, gpus=tuple(rec.get("assigned_gpus") or ()),
+                   gpu_mem=rec.get("gpu_mem") or 0, cpus=tuple(rec.get("assigned_cpus") or ()),
+                   mem=rec.get("mem") or 0, ends_at=started + limit if limit and started else None,
+                   array_id=rec.get("array_id") or 0)
+
+
 @dataclass(frozen=True)
 class Gpu:
     index: int

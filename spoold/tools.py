@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import job as jobmod
 from . import spool as spoolmod
-from .scheduler import Gpu, Request, Resources, Running, schedule
+from .scheduler import Gpu, Resources, request_of, running_of, schedule
 from .spool import BadFile, Spool
 from .util import fmt_duration, fmt_time, parse_duration
 
@@ -111,11 +111,7 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
         if rec is None:
             continue
         started, limit = rec.get("started_at"), rec.get("time_limit")
-        bookings.append((rec.get("host"), Running(
-            id=job_id, gpus=tuple(rec.get("assigned_gpus") or ()),
-            gpu_mem=rec.get("gpu_mem") or 0, cpus=tuple(rec.get("assigned_cpus") or ()),
-            mem=rec.get("mem") or 0, ends_at=started + limit if started and limit else None,
-            array_id=rec.get("array_id") or 0)))
+        bookings.append((rec.get("host"), running_of(job_id, rec)))
         running.append({
             "id": job_id, "name": rec.get("name") or "", "user": rec.get("user") or "",
             "gpus": rec.get("gpus", 1), "assigned_gpus": rec.get("assigned_gpus") or [],
@@ -157,11 +153,7 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
             "after": job.after, "held": job.hold, "command": command_text(job.data),
             "reason": None,
         })
-        requests.append(Request(id=p.job_id, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus,
-                                mem=job.mem, time_limit=job.time_limit, after=tuple(job.after),
-                                held=job.hold, array_id=job.get("array_id") or 0,
-                                array_limit=job.get("array_limit") or 0,
-                                pin_host=job.get("pin_host")))
+        requests.append(request_of(job, p.job_id))
     states = {**{r["id"]: "running" for r in running}, **{p["id"]: "pending" for p in pending}}
 
     class Deps:
