@@ -1,7 +1,8 @@
 """The job record: parse untrusted bytes, validate, serialise.
 
-Owns: the set of known fields, their types and ranges, and the YAML dialect
-(libyaml's safe loader and dumper). Knows nothing about folders.
+Owns: the set of known fields, their types and ranges (``MAX_ID``, the largest
+job id, is defined here), and the YAML dialect (libyaml's safe loader and
+dumper). Knows nothing about folders.
 
 Invariants:
 - Only ``yaml.CSafeLoader`` (or the pure-Python SafeLoader) ever parses a job.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +32,17 @@ except AttributeError:  # PyYAML built without libyaml
 
 MAX_GPUS = 1024
 MAX_HEAD_SCAN = 1 << 20
+# Ids are at most 8 digits, the width of the id in pending/ names
+# (PPPP-IIIIIIII.yaml); gsub refuses to hand out a larger one.
+MAX_ID = 99_999_999
+# A umask as the shell prints it ('0022') or as SLURM_UMASK has it ('022').
+_UMASK_RE = re.compile(r"0?[0-7]{3}")
 
 _STR, _INT, _NUM, _BOOL = "string", "integer", "number", "true/false"
 # Fields a submitter writes, with their type; see docs/spool-format.md.
 SUBMIT_FIELDS: dict[str, str] = {
     "id": _INT, "argv": "list", "cmd": _STR, "shell": _STR, "name": _STR,
-    "gpus": _INT, "gpu_mem": _INT, "priority": _INT, "cwd": _STR, "user": _STR,
+    "gpus": _INT, "gpu_mem": _INT, "priority": _INT, "cwd": _STR, "user": _STR, "umask": _STR,
     "submitted_at": _NUM, "time_limit": _NUM, "cpus": _INT, "mem": _INT,
     "after": "list", "hold": _BOOL, "log": _STR, "on_finish": _STR,
     "pin_host": _STR, "requeue": _BOOL, "array_id": _INT, "array_index": _INT,
@@ -72,6 +79,7 @@ class Job:
     hold: bool = False
     env: dict[str, str] | None = None
     name: str = ""
+    umask: int | None = None  # the submitter's umask (``umask: '0022'``), for the job
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -119,6 +127,10 @@ def validate(data: dict[str, Any]) -> Job:
             parts.append(f"{k!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         raise JobError("unknown field(s): " + ", ".join(parts)
                        + "; custom fields must start with 'x-'")
+    umask = data.get("umask")
+    if umask is not None and not (isinstance(umask, str) and _UMASK_RE.fullmatch(umask)):
+        raise JobError(f"`umask` must be 3 or 4 octal digits in quotes, like umask: '0022'; "
+                       f"not {umask!r}")
     for k, kind in KNOWN_FIELDS.items():
         if k in data and data[k] is not None and not _is(kind, data[k]):
             raise JobError(f"field {k!r} must be a {kind}, not {_tname(data[k])}")
@@ -135,7 +147,11 @@ def validate(data: dict[str, Any]) -> Job:
         if not cmd.strip():
             raise JobError("`cmd` is empty")
         job.cmd = cmd
-    job.id = _int_in(data, "id", 0, 1, 10**12)
+    job.id = _int_in(data, "id", 0, 1, MAX_ID)
+    # array_limit below 1 would keep every element pending for ever
+    for key, lo in (("array_id", 1), ("array_index", 0), ("array_limit", 1),
+                    ("requeued_from", 1)):
+        _int_in(data, key, 0, lo, MAX_ID)
     job.gpus = _int_in(data, "gpus", 1, 0, MAX_GPUS)
     job.gpu_mem = _int_in(data, "gpu_mem", 0, 0, 1 << 40)
     if job.gpu_mem and job.gpus != 1:
@@ -150,10 +166,13 @@ def validate(data: dict[str, Any]) -> Job:
         job.time_limit = float(tl)
     after = data.get("after")
     if after is not None:
-        if not all(isinstance(a, int) and not isinstance(a, bool) and a > 0 for a in after):
-            raise JobError("`after` must be a list of job ids (positive integers)")
+        if not all(isinstance(a, int) and not isinstance(a, bool) and 0 < a <= MAX_ID
+                   for a in after):
+            raise JobError(f"`after` must be a list of job ids (integers 1 to {MAX_ID})")
         job.after = list(after)
     job.hold = bool(data.get("hold"))
+    if umask is not None:
+        job.umask = int(umask, 8)
     env = data.get("env")
     if env is not None:
         if not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k

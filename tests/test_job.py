@@ -41,6 +41,7 @@ def test_examples_parse(path):
     (b"!!python/object/apply:os.system [true]\n", "invalid YAML"),
     (b"argv: !!python/object/apply:os.system [true]\n", "invalid YAML"),
     (b"argv: [a]\ngpu_mem: 100\ngpus: 2\n", "gpus` must be 1"),
+    (b"argv: [a]\nafter: [100000000]\n", "integers 1 to 99999999"),
 ])
 def test_bad_input_has_a_reason(raw, reason):
     with pytest.raises(jobmod.JobError, match=None) as e:
@@ -73,3 +74,46 @@ def test_parse_head_falls_back_when_fields_follow_env():
     raw = b"argv: [a]\nenv:\n  A: b\ngpus: 3\n"
     assert jobmod.parse_head(raw).gpus == 3
     assert jobmod.parse_head(b"argv: [a]\nenv:\n  A: b\n  gpus: '3'\n").gpus == 1
+
+
+def test_max_id_is_the_width_of_pending_names():
+    assert jobmod.MAX_ID == 99_999_999 == int("9" * len("IIIIIIII"))
+    assert jobmod.parse(b"argv: [a]\nid: 99999999\nafter: [99999999]\n").id == jobmod.MAX_ID
+
+
+@pytest.mark.parametrize("field, bad, lo", [
+    ("id", 100_000_000, 1), ("id", 0, 1),
+    ("requeued_from", 100_000_000, 1), ("requeued_from", 0, 1),
+    ("array_id", 0, 1), ("array_id", 100_000_000, 1),
+    ("array_index", -1, 0), ("array_index", 100_000_000, 0),
+    ("array_limit", 0, 1), ("array_limit", -3, 1),
+])
+def test_id_and_array_fields_out_of_range_are_refused_with_the_range(field, bad, lo):
+    """array_limit: -3 used to keep its array pending for ever; ids wider than
+    pending names used to be accepted."""
+    with pytest.raises(jobmod.JobError) as e:
+        jobmod.parse(f"argv: [a]\n{field}: {bad}\n".encode())
+    assert str(e.value) == f"`{field}` must be between {lo} and 99999999, not {bad}"
+
+
+@pytest.mark.parametrize("text, value", [("'0077'", 0o77), ("'022'", 0o22), ('"0002"', 0o2),
+                                         ("'0777'", 0o777), ("'000'", 0)])
+def test_umask_is_a_quoted_octal_string(text, value):
+    job = jobmod.parse(f"argv: [a]\numask: {text}\n".encode())
+    assert job.umask == value and isinstance(job.data["umask"], str)
+    assert jobmod.parse(b"argv: [a]\n").umask is None
+
+
+@pytest.mark.parametrize("text", ["0077", "22", "'22'", "'0088'", "'00777'", "'u=rwx'",
+                                  "''", "' 022'", "'0o22'", "true"])
+def test_umask_that_is_not_quoted_octal_is_refused_with_an_example(text):
+    with pytest.raises(jobmod.JobError) as e:
+        jobmod.parse(f"argv: [a]\numask: {text}\n".encode())
+    assert "`umask` must be 3 or 4 octal digits in quotes, like umask: '0022'" in str(e.value)
+
+
+def test_user_field_is_still_accepted_and_only_informational():
+    """Old files carry `user:`; they still parse. It decides nothing (the file's
+    owner does), so it is not a typed attribute of the job."""
+    job = jobmod.parse(b"argv: [a]\nuser: root\n")
+    assert job.data["user"] == "root" and not hasattr(job, "user")
