@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 
 from . import runner, slurm
-from . import spool as spoolmod
 
 log = logging.getLogger("spoold")
 
@@ -40,17 +40,18 @@ class SlurmBridge:
         d = self.d
         if not self.up or d.spool.paused_flag.exists():
             return
-        arrays: dict[int, int] = {}
+        arrays: Counter = Counter()  # (owner, array_id): an array is one user's
         for run in d.runs.values():
-            if run.record.get("array_id"):
-                arrays[run.record["array_id"]] = arrays.get(run.record["array_id"], 0) + 1
+            b = run.booking()
+            if b.array_id:
+                arrays[b.owner, b.array_id] += 1
         for req in list(queue):
             if req.held or (req.pin_host and req.pin_host != d.o.host):
                 continue
-            if req.array_limit and arrays.get(req.array_id, 0) >= req.array_limit:
+            if req.array_limit and arrays[req.owner, req.array_id] >= req.array_limit:
                 continue
             if req.array_id:
-                arrays[req.array_id] = arrays.get(req.array_id, 0) + 1
+                arrays[req.owner, req.array_id] += 1
             slurm_deps, ready = [], True
             for a in req.after:
                 state = deps.get(a)
@@ -136,9 +137,6 @@ class SlurmBridge:
         if sid is None:
             if not self.up:
                 return  # cannot tell yet whether SLURM has it: decide when it answers
-            prio = rec.get("priority") if isinstance(rec.get("priority"), int) else 10
-            os.rename(path, d.spool.pending / spoolmod.pending_name(prio, job_id))
-            d.touched.add(spoolmod.pending_name(prio, job_id))
-            log.info("job %d: claimed but never handed to SLURM; back in pending/", job_id)
+            d.requeue(job_id, rec, "claimed but never handed to SLURM")
             return
         d.runs[job_id] = d.Run(job_id, rec)

@@ -22,18 +22,20 @@ import contextlib
 import errno
 import fcntl
 import logging
-import logging.handlers
+import math
 import os
 import select
 import signal
 import socket
+import stat
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import daemonlog, runner
 from . import job as jobmod
-from . import runner
 from . import spool as spoolmod
 from .gpus import GpuReading, busy_reason, open_source
 from .scheduler import (
@@ -57,7 +59,12 @@ ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)"
 PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
+MAX_BACKOFF_S = 30.0  # longest wait between retries while the spool cannot be written
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMLINK)
 CLAIM_GRACE_S = 10.0  # a claimed record without a host is another daemon's, still being written
+# What a run adds to a record; a job put back in pending/ sheds them.
+RUN_FIELDS = ("pid", "host", "claimed_at", "started_at", "ended_at", "exit_code", "kill_reason",
+              "assigned_gpus", "assigned_cpus", "slurm_id", "hook_started_at")
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Options:
     spool: Path
     gpus: list[int] | None = None
     max_pending: int = 10000
+    max_pending_per_user: int = 5000
+    hook_limit: float = 60.0
     keep: int = 10000
     limit: int | None = None
     max_load: float = 0.1
@@ -144,13 +153,18 @@ class Daemon:
         self.hint = 0
         self.peers: tuple[Resources, ...] = ()
         self._last_beat: tuple[float, list] = (0.0, [])
+        self.counts: Counter = Counter()  # pending jobs per uid (--max-pending-per-user)
+        self.uids: dict[tuple, tuple] = {}  # (state, id) -> (inode, uid) of final records
+        self.next_prune = 0
+        self.write_failed = False
+        self.backoff = 0.0
+        self.blocked_until = 0.0
 
     # ---- start-up ------------------------------------------------------------
     def lock(self) -> None:
         self.spool.create(shared=self.shared)
         self.spool.run_dir(self.o.host).mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(self.spool.host_lock(self.o.host), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o644)
+        fd = self.open_host_lock(self.o.host)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,6 +174,14 @@ class Daemon:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd  # held for the daemon's life
+
+    def open_host_lock(self, host: str) -> int:
+        """A host's lock file, 0600: whoever can open a file can flock it, so no
+        user may open it (they could hold a host's lock and stall its recovery)."""
+        fd = os.open(self.spool.host_lock(host), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        return fd
 
     def setup_resources(self) -> None:
         if self.o.executor == "slurm":
@@ -184,17 +206,19 @@ class Daemon:
         phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
         self.mem = self.o.mem if self.o.mem is not None else phys
         self.limit = self.o.limit if self.o.limit is not None else min(8, len(self.managed))
-        (self.spool.state / "max-pending").write_text(f"{self.o.max_pending}\n")
+        with contextlib.suppress(OSError):  # gsub's hint only; a full disk must not stop us
+            (self.spool.state / "max-pending").write_text(f"{self.o.max_pending}\n")
 
     def recover(self) -> None:
         """Rebuild everything from the spool after any kind of stop."""
         now = time.time()
-        for p in self.spool.tmp.iterdir():
-            age = now - p.lstat().st_mtime
-            if age > 86400 or (p.name.startswith(".spoold.") and age > 60):
+        with os.scandir(self.spool.tmp) as it:
+            for e in it:  # users create and remove files here as we look
                 with contextlib.suppress(OSError):
-                    p.unlink()
-                    log.info("removed stale tmp/%s", p.name)
+                    age = now - e.stat(follow_symlinks=False).st_mtime
+                    if age > 86400 or (e.name.startswith(".spoold.") and age > 60):
+                        spoolmod.remove_entry(self.spool.tmp / e.name)
+                        log.info("removed stale tmp/%s", e.name)
         for job_id in self.spool.list_ids("running"):
             self.guard(job_id, self.recover_one, job_id)
         for p in self.spool.run_dir(self.o.host).iterdir():
@@ -219,7 +243,7 @@ class Daemon:
     def recover_one(self, job_id: int) -> None:
         path = self.spool.record("running", job_id)
         try:
-            rec = jobmod.load_record(spoolmod.read_untrusted(path))
+            rec = read_record(path)
         except (BadFile, jobmod.JobError, ValueError) as e:
             rec = {"id": job_id}
             log.error("running/%s is unreadable (%s)", path.name, e)
@@ -245,18 +269,32 @@ class Daemon:
             self.finish(run, None)
         else:  # claimed, never started: back in the queue, fields kept
             runner.clear(self.run_path(job_id))
-            prio = rec.get("priority")
-            prio = prio if isinstance(prio, int) and 0 <= prio <= 9999 else 10
-            os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
-            self.touched.add(spoolmod.pending_name(prio, job_id))
-            log.info("job %d: claimed but never started; put back in pending/", job_id)
+            self.requeue(job_id, rec, "claimed but never started")
+
+    def requeue(self, job_id: int, rec: dict, why: str) -> None:
+        """running/<id>.yaml -> pending/ as a job that never ran: the one way a
+        claimed job goes back. The record stays root's (its ``uid`` was set at
+        the claim from the file's owner); if the pending name is taken, the
+        job keeps its record in running/ and is tried again on the next pass."""
+        path = self.spool.record("running", job_id)
+        for k in RUN_FIELDS:
+            rec.pop(k, None)
+        prio = rec.get("priority")
+        prio = prio if isinstance(prio, int) and 0 <= prio <= spoolmod.MAX_PRIORITY else \
+            spoolmod.DEFAULT_PRIORITY
+        self.save(path, rec)
+        name = spoolmod.pending_name(prio, job_id)
+        spoolmod.move_noreplace(path, self.spool.pending / name)
+        spoolmod.fsync_dir(self.spool.pending)
+        self.touched.add(name)
+        log.warning("job %d: %s; requeued (back in pending/)", job_id, why)
 
     # ---- the loop ------------------------------------------------------------
     def run(self) -> None:
         self.lock()
         self.setup_logfile()
         self.setup_resources()
-        self.recover()
+        self.guard(None, self.recover)
         observer = self.watch()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
@@ -265,14 +303,14 @@ class Daemon:
         signal.set_wakeup_fd(self.waker.w, warn_on_full_buffer=False)
         log.info("spoold %s on %s: host %s, %d GPU(s), %d CPU(s), %d MiB", _version(),
                  self.spool.root, self.o.host, len(self.managed), len(self.cpu_ids), self.mem)
-        self.tick()
+        self.step()
         _sd_notify("READY=1")
         try:
             while not self.stop:
                 self.waker.wait(self.timeout())
                 if self.stop:
                     break
-                self.tick()
+                self.step()
         finally:
             observer.stop()
             observer.join(2)
@@ -281,10 +319,7 @@ class Daemon:
 
     def setup_logfile(self) -> None:
         """The daemon's own log, in the spool: the old tool's first TODO."""
-        h = logging.handlers.RotatingFileHandler(self.spool.daemon_log, maxBytes=1 << 20,
-                                                 backupCount=3)
-        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(h)
+        daemonlog.setup(log, self.spool.daemon_log)
 
     def _on_stop(self, signum, _frame) -> None:
         self.stop = True
@@ -292,8 +327,20 @@ class Daemon:
     def _on_drain(self, signum, _frame) -> None:
         self.draining = True
 
+    def supervise(self, now: float) -> None:
+        """While the spool cannot be written: KILL after the grace still happens."""
+        for run in list(self.runs.values()):
+            if run.kill_at and now >= run.kill_at:
+                self.guard(run.id, self.check_run, run, now)
+
     def timeout(self) -> float:
         now = time.time()
+        if now < self.blocked_until:
+            t = self.blocked_until
+            for run in self.runs.values():
+                if run.kill_at:
+                    t = min(t, run.kill_at)
+            return t - now
         t = min(self.next_poll, self.next_rescan)
         for run in self.runs.values():
             if run.kill_at:
@@ -314,14 +361,20 @@ class Daemon:
         from watchdog.observers import Observer
 
         daemon = self
+        # Only these folders hold news: events elsewhere (tmp/, records, logs)
+        # are mostly our own writes, and waking on them made a write that kept
+        # failing retry itself on its own events.
+        news = {self.spool.pending, self.spool.requests, self.spool.run_dir(self.o.host)}
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
                 dest = getattr(event, "dest_path", "") or ""
+                wake = False
                 for path, kind in ((event.src_path, event.event_type), (dest, "moved_to")):
                     if not path:
                         continue
                     p = Path(os.fsdecode(path))
+                    wake = wake or p.parent in news
                     if p.parent == daemon.spool.pending:
                         if kind in ("moved", "deleted") and p.name in daemon.gone:
                             continue  # our own move out of pending/: nothing new to read
@@ -330,7 +383,8 @@ class Daemon:
                             daemon.closed.add(p.name)
                         elif kind in ("modified", "created", "moved_to"):
                             daemon.closed.discard(p.name)
-                daemon.waker.wake()
+                if wake:
+                    daemon.waker.wake()
 
         polling = self.o.polling
         if polling is None:
@@ -374,26 +428,58 @@ class Daemon:
         return self.spool.run_lock(job_id, self.o.host)
 
     def guard(self, job_id: int, fn, *args) -> None:
-        """Run one job's step; a failure there never takes the daemon down."""
+        """Run one job's step and return its result; a failure there never
+        takes the daemon down (the result is then None)."""
         try:
-            fn(*args)
+            return fn(*args)
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                log.exception("job %s: unexpected error (the daemon carries on)", job_id)
-                return
-            log.error("job %s: cannot write the spool (%s): disk full, over quota or "
-                      "read-only? Nothing was half-written; retrying", job_id, e.strerror)
+            if e.errno in WRITE_ERRORS or (e.errno == errno.ENOENT and self.spool.missing()):
+                self.write_failed = True  # a condition of the spool: back off, see step()
+                log.error("job %s: cannot write the spool (%s%s): disk full, out of inodes, "
+                          "read-only or a folder removed? Nothing was half-written; retrying "
+                          "with backoff", job_id, e.strerror, f": {e.filename}" if e.filename
+                          else "")
+                return None
+            log.exception("job %s: unexpected error (the daemon carries on)", job_id)
         except Exception:
             log.exception("job %s: unexpected error (the daemon carries on)", job_id)
+        return None
+
+    def step(self) -> None:
+        """One pass of the loop. When the spool cannot be written (or a folder
+        vanished), wait with exponential backoff instead of retrying on every
+        event, above all the events our own failed writes cause."""
+        self.write_failed = False
+        self.guard(None, self.tick)
+        if self.write_failed:
+            self.backoff = min(MAX_BACKOFF_S, max(1.0, self.backoff * 2))
+            self.blocked_until = time.time() + self.backoff
+            self.guard(None, self.repair)
+        elif time.time() >= self.blocked_until:
+            self.backoff = 0.0
+
+    def repair(self) -> None:
+        """Recreate spool folders that were removed or moved away under us."""
+        gone = self.spool.missing()
+        if gone or not self.spool.run_dir(self.o.host).is_dir():
+            log.warning("spool folder(s) missing: %s; recreating them",
+                        ", ".join(gone) or f"state/run/{self.o.host}")
+            self.spool.ensure(self.shared)
+            self.spool.run_dir(self.o.host).mkdir(mode=0o700, exist_ok=True)
 
     def tick(self) -> None:
         now = time.time()
         runner.reap()
+        if now < self.blocked_until:
+            self.supervise(now)  # running jobs stay watched; nothing is written
+            return
         if now >= self.next_poll:
             self.poll_gpus()
             self.check_hosts(now)
             self.next_poll = now + self.o.poll
         full = now >= self.next_rescan
+        if full:
+            self.repair()
         self.handle_requests()
         for run in list(self.runs.values()):
             self.guard(run.id, self.check_run, run, now)
@@ -427,14 +513,21 @@ class Daemon:
         """state/hosts/<host>.yaml: proof of life for other hosts, readings for gstat."""
         snap = [r.as_dict() | {"busy": busy_reason(r, self.o.max_load, self.o.max_memory)}
                 for r in self.gpu_views()]
+        # Public (the heartbeat is world-readable, records are not): which job
+        # holds what, so every user sees every running job; no command, no env.
+        jobs = [{"id": r.id, "uid": r.record.get("uid"), "user": r.record.get("user"),
+                 "name": r.record.get("name"), "gpus": r.record.get("assigned_gpus") or [],
+                 "cpus": r.record.get("assigned_cpus") or [],
+                 "started_at": r.record.get("started_at"),
+                 "time_limit": r.record.get("time_limit")} for r in self.runs.values()]
         now = time.time()
         # Rewritten when something changed, else often enough to stay alive.
-        if snap == self._last_beat[1] and now - self._last_beat[0] < min(
+        if (snap, jobs) == self._last_beat[1] and now - self._last_beat[0] < min(
                 5.0, self.o.host_timeout / 4):
             return
-        self._last_beat = (now, snap)
+        self._last_beat = (now, (snap, jobs))
         data = jobmod.dump({"host": self.o.host, "time": now, "pid": os.getpid(),
-                            "gpus": snap, "max_load": self.o.max_load,
+                            "gpus": snap, "jobs": jobs, "max_load": self.o.max_load,
                             "max_memory": self.o.max_memory, "cpus": len(self.cpu_ids),
                             "mem": self.mem, "limit": self.limit,
                             "host_timeout": self.o.host_timeout, "draining": self.draining,
@@ -468,7 +561,7 @@ class Daemon:
         self.peers = tuple(peers)
 
     def take_over(self, host: str, age: float) -> None:
-        fd = os.open(self.spool.host_lock(host), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self.open_host_lock(host)
         try:
             try:  # its daemon's own lock: free means no daemon of that host is alive
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -477,7 +570,7 @@ class Daemon:
             for job_id in self.spool.list_ids("running"):
                 path = self.spool.record("running", job_id)
                 try:
-                    rec = jobmod.load_record(spoolmod.read_untrusted(path))
+                    rec = read_record(path)
                 except (OSError, BadFile, jobmod.JobError, ValueError):
                     continue
                 if rec.get("host") != host:
@@ -485,14 +578,8 @@ class Daemon:
                 reason = (f"host lost: {host} sent no heartbeat for {age:.0f}s "
                           f"(--host-timeout {self.o.host_timeout:g}s)")
                 if rec.get("requeue"):
-                    for k in ("pid", "started_at", "claimed_at", "kill_reason"):
-                        rec.pop(k, None)
                     rec["reason"] = reason + "; requeued"
-                    self.save(path, rec)
-                    prio = rec.get("priority") if isinstance(rec.get("priority"), int) else 10
-                    os.rename(path, self.spool.pending / spoolmod.pending_name(prio, job_id))
-                    self.touched.add(spoolmod.pending_name(prio, job_id))
-                    log.warning("job %d: %s; requeued", job_id, reason)
+                    self.requeue(job_id, rec, reason)
                 else:
                     rec.update(ended_at=time.time(), reason=reason)
                     self.save(path, rec)
@@ -547,7 +634,7 @@ class Daemon:
                     return None
                 raw = spoolmod.read_untrusted(path)
             job = _slim(jobmod.parse_head(raw), spoolmod.parse_pending_name(name),
-                        self.o.default_time_limit)
+                        self.o.default_time_limit, st)
             if not self.owner_ok(st.st_uid):
                 job = f"file owned by uid {st.st_uid}; this spoold runs as uid {self.uid} " \
                       "and runs only its own user's files"
@@ -571,7 +658,12 @@ class Daemon:
         if self.shared and isinstance(rec.get("uid"), int):
             group, mode = runner.creds_for(rec["uid"]).gid, 0o640
         write = self.spool.create_atomic if create else self.spool.replace_atomic
-        write(path, jobmod.dump(rec), mode=mode, sync=sync, group=group)
+        data = jobmod.dump(rec)
+        if len(data) > spoolmod.MAX_RECORD_BYTES:  # kept readable: the big user fields go
+            data = jobmod.dump({k: v for k, v in rec.items() if k not in ("env", "argv", "cmd")
+                                and len(repr(v)) < 4096} | {"x-spoold-note": "fields over the "
+                                                            "record size cap were dropped"})
+        write(path, data, mode=mode, sync=sync, group=group)
 
     def build_index(self, now: float, full: bool, touched: set, resume: bool = False) -> list:
         """The queue as a ShapeQueue, from the listing and the cache. Files not yet
@@ -581,15 +673,31 @@ class Daemon:
         if not resume:
             self.by_id: dict[int, tuple] = {}
             self.index, self.cursor = ShapeQueue(()), 0
+            self.counts = Counter(hit[1].uid for p in self.names
+                                  if isinstance(hit := self.cache.get(p.name), tuple)
+                                  and isinstance(hit[1], Slim))
         bad, budget, names, i = [], PARSE_BUDGET, self.names, self.cursor
         while i < len(names):
             p = names[i]
             if p.has_id and p.name not in self.gone:
-                if p.name not in self.cache:
+                new = p.name not in self.cache
+                if new:
                     if budget <= 0:
                         break
                     budget -= 1
+                    taken = self.guard(p.job_id, self.id_taken, p)
+                    if taken:
+                        self.guard(p.job_id, self.renumber, p, taken)
+                        i += 1
+                        continue
                 slim = self.load_pending(p.name, now, trust=not full and p.name not in touched)
+                if new and isinstance(slim, Slim):
+                    full_why = self.queue_full(slim.uid)
+                    if full_why:
+                        self.cache.pop(p.name, None)
+                        slim = full_why
+                    else:
+                        self.counts[slim.uid] += 1
                 if isinstance(slim, str):
                     bad.append((p, slim))
                 elif slim is not None:
@@ -598,6 +706,50 @@ class Daemon:
             i += 1
         self.cursor, self.unparsed = i, len(names) - i
         return bad
+
+    def queue_full(self, uid: int) -> str | None:
+        """Why one more pending job of ``uid`` is refused (--max-pending is
+        counted per user too, so that one user cannot fill everyone's queue)."""
+        total = sum(self.counts.values())
+        if total >= self.o.max_pending:
+            return f"queue full: {total} jobs pending (spoold --max-pending {self.o.max_pending})"
+        if self.shared and self.counts[uid] >= self.o.max_pending_per_user:
+            return (f"queue full: {runner.creds_for(uid).name} has {self.counts[uid]} jobs "
+                    f"pending (spoold --max-pending-per-user {self.o.max_pending_per_user})")
+        return None
+
+    def id_taken(self, p) -> str | None:
+        """Why the id in pending/<p.name> may not be used (None: it may). The one
+        id rule, applied to every name the daemon sees for the first time."""
+        job_id = p.job_id
+        if job_id > spoolmod.MAX_ID:
+            return f"ids are at most {spoolmod.MAX_ID}"
+        other = self.pending_ids.get(job_id)
+        if other is not None and other.name != p.name:
+            return f"pending/{other.name} has that id"
+        where = "running" if job_id in self.runs else self.spool.where(job_id)
+        if where:
+            return f"job {job_id} is in {where}/"
+        if not self.shared:
+            return None
+        st = os.lstat(self.spool.pending / p.name)
+        if st.st_uid == 0:
+            return None  # root's, or one we put back: root is trusted
+        marker = self.spool.marker_owner(job_id)
+        if marker is None and self.spool.claim_marker(job_id, st.st_uid):
+            return None  # a hand-written id nobody had: now its owner's
+        marker = self.spool.marker_owner(job_id)
+        if marker not in (None, st.st_uid):
+            return f"id {job_id} was taken by uid {marker}"
+        return None
+
+    def renumber(self, p, why: str) -> None:
+        """Give pending/<p.name> a fresh id: its own is someone else's."""
+        self.cache.pop(p.name, None)
+        target = self.rename_with_new_id(p.name, min(p.priority, spoolmod.MAX_PRIORITY))
+        if target is not None:
+            log.warning("pending/%s: %s; now job %d (%s)", p.name, why, target.job_id,
+                        target.name)
 
     def schedule_pass(self, now: float, full: bool) -> None:
         unsettled, self.pending_unsettled = self.pending_unsettled, False
@@ -614,14 +766,18 @@ class Daemon:
                 del self.cache[k]
             self.closed &= live
             self.names, self.gone, self.index = names, set(), None
-            self.pending_ids = {p.job_id: p for p in names if p.has_id}
+            # One name per id: the one seen before wins over a newcomer.
+            ids = self.pending_ids = {p.job_id: p for p in names
+                                      if p.has_id and p.name not in self.cache}
+            ids.update((p.job_id, p) for p in names if p.has_id and p.name in self.cache)
         bad = []
         if self.index is None or touched or unsettled:
             bad = self.build_index(now, full, touched)
         elif self.unparsed:
             bad = self.build_index(now, full, touched, resume=True)
-        if self.shared and self.pending_ids and max(self.pending_ids) > self.hint:
-            self.hint = max(self.pending_ids)
+        top = max((i for i in self.pending_ids if i <= spoolmod.MAX_ID), default=0)
+        if self.shared and top > self.hint:
+            self.hint = top
             self.spool.raise_hint(self.hint)  # submitters start probing markers from here
         deps = _DepStates(self)
         if self.o.executor == "slurm":
@@ -642,7 +798,6 @@ class Daemon:
 
     def name_foreign(self, names: list, now: float) -> None:
         """Give files dropped without an id one, by renaming them (content kept)."""
-        count = sum(1 for p in names if p.has_id)
         for p in names:
             if p.has_id:
                 continue
@@ -659,12 +814,9 @@ class Daemon:
             new_id = target.job_id
             log.info("pending/%s: dropped without an id; now job %d (%s)", p.name, new_id,
                      target.name)
-            if isinstance(job, str) or count >= self.o.max_pending:
-                reason = job if isinstance(job, str) else (
-                    f"queue full: {count} jobs pending (spoold --max-pending)")
-                self.guard(new_id, self.reject_file, target, reason, p.name)
+            if isinstance(job, str):
+                self.guard(new_id, self.reject_file, target, job, p.name)
             else:
-                count += 1
                 self.cache.pop(p.name, None)
 
     def rename_with_new_id(self, name: str, prio: int):
@@ -672,6 +824,11 @@ class Daemon:
         while True:
             new_id = self.spool.allocate_ids(1)
             target = spoolmod.PendingName(prio, new_id, spoolmod.pending_name(prio, new_id))
+            if self.shared:  # the id is the file owner's, as if its gsub had taken it
+                with contextlib.suppress(FileNotFoundError):
+                    owner = os.lstat(self.spool.pending / name).st_uid
+                    os.chown(self.spool.state_ids / str(new_id), owner, -1,
+                             follow_symlinks=False)
             try:
                 spoolmod.move_noreplace(self.spool.pending / name, self.spool.pending / target.name)
                 self.gone.add(name)
@@ -687,12 +844,14 @@ class Daemon:
         src = self.spool.pending / p.name
         try:
             owner = os.lstat(src).st_uid
-            os.rename(src, self.spool.rejected_copy(p.job_id))  # as it is: link, fifo, dir
+            # as it is (link, fifo, folder), never over anything
+            spoolmod.move_noreplace(src, self.spool.rejected_copy(p.job_id))
         except FileNotFoundError:
             return
         finally:
             self.leave(p)
-        rec = {"id": p.job_id, "uid": owner, "original_name": original or p.name,
+        rec = {"id": p.job_id, "uid": owner, "user": runner.creds_for(owner).name,
+               "original_name": spoolmod.printable_name(original or p.name),
                "reason": f"rejected: {reason}", "ended_at": time.time()}
         self.save(self.spool.record("failed", p.job_id), rec, create=True)
         self.final_count += 1
@@ -717,7 +876,7 @@ class Daemon:
         path = self.spool.record("running", job_id)
         self.leave(p)
         try:
-            os.rename(self.spool.pending / p.name, path)
+            spoolmod.move_noreplace(self.spool.pending / p.name, path)
         except FileNotFoundError:
             return
         self.finish_claimed(job_id, path, state, reason)
@@ -737,10 +896,14 @@ class Daemon:
             return None
         path = self.spool.record("running", job_id)
         self.leave(p)
-        try:
-            os.rename(self.spool.pending / p.name, path)  # the claim
-        except FileNotFoundError:
-            return None  # cancelled or re-prioritised meanwhile
+        with self.array_gate(cached) as room:
+            if not room:
+                self.touched.add(p.name)  # another host runs its %N: decide again later
+                return None
+            try:
+                spoolmod.move_noreplace(self.spool.pending / p.name, path)  # the claim
+            except FileNotFoundError:
+                return None  # cancelled or re-prioritised meanwhile
         spoolmod.fsync_dir(self.spool.running)
         try:
             fd_st = os.lstat(path)
@@ -748,29 +911,29 @@ class Daemon:
         except (BadFile, jobmod.JobError) as e:
             self.finish_claimed(job_id, path, "failed", f"rejected: {e}")
             return None
-        cached = cached.req
-        if (job.gpus, job.gpu_mem, job.cpus, job.mem) != (cached.gpus, cached.gpu_mem,
-                                                          cached.cpus, cached.mem):
-            os.rename(path, self.spool.pending / p.name)  # changed under us: decide again
+        req = cached.req
+        if (job.gpus, job.gpu_mem, job.cpus, job.mem) != (req.gpus, req.gpu_mem,
+                                                          req.cpus, req.mem):
+            # changed under us: back (no one can have taken the name: the id is ours)
+            spoolmod.move_noreplace(path, self.spool.pending / p.name)
             self.touched.add(p.name)
             return None
-        uid = fd_st.st_uid
-        if uid == self.uid and isinstance(job.get("uid"), int):
-            uid = job.get("uid")  # a record we rewrote ourselves keeps its owner
+        uid = owner_of(fd_st, job)
         if not self.owner_ok(uid):
             self.finish_claimed(job_id, path, "failed", f"rejected: file owned by uid {uid}; "
                                 f"this spoold (uid {self.uid}) runs only its own files")
             return None
         rec = dict(job.data)
-        rec.update(id=job_id, uid=uid, host=self.o.host, claimed_at=time.time(), **extra)
-        rec.setdefault("submitted_at", fd_st.st_mtime)
-        rec.setdefault("user", runner.creds_for(uid).name)
+        for k in (*RUN_FIELDS, "reason"):
+            rec.pop(k, None)
+        # Identity from the kernel: the uid we just checked, and its name.
+        rec.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, host=self.o.host,
+                   claimed_at=time.time(), **extra)
+        if not _finite(rec.get("submitted_at")):
+            rec["submitted_at"] = fd_st.st_mtime
         rec.setdefault("name", job.name)
         if job.time_limit is None and self.o.default_time_limit:
             rec["time_limit"] = job.time_limit = self.o.default_time_limit
-        for k in ("pid", "started_at", "ended_at", "exit_code", "reason", "kill_reason",
-                  "slurm_id"):
-            rec.pop(k, None)
         self.save(path, rec)
         job.id, job.priority = job_id, p.priority
         return path, job, rec, runner.creds_for(uid) if self.uid == 0 else None
@@ -795,19 +958,45 @@ class Daemon:
         log.info("job %d started on GPU(s) %s (shepherd pid %d)", s.id, list(s.gpus) or "none",
                  pid)
 
+    @contextlib.contextmanager
+    def array_gate(self, slim: Slim):
+        """For an element of a throttled array (``%N``): yields whether one more
+        may start, counted over every host's running/ under one lock, so two
+        hosts cannot both take the last slot. Arrays are keyed by owner: no one
+        can fill another user's throttle with a file naming its array_id."""
+        req = slim.req
+        if not (req.array_id and req.array_limit):
+            yield True
+            return
+        fd = os.open(self.spool.state / "arrays.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            n = 0
+            for job_id in self.spool.list_ids("running"):
+                path = self.spool.record("running", job_id)
+                with contextlib.suppress(OSError, BadFile, jobmod.JobError, ValueError):
+                    st = os.lstat(path)
+                    rec = read_record(path)
+                    n += (owner_of(st, rec), rec.get("array_id")) == (slim.uid, req.array_id)
+            yield n < req.array_limit
+        finally:
+            os.close(fd)
+
     def duplicate(self, job_id: int) -> bool:
         return job_id in self.runs or any(
             self.spool.record(d, job_id).exists() for d in ("running", *spoolmod.FINAL_DIRS))
 
     def finish_claimed(self, job_id: int, path: Path, state: str, reason: str) -> None:
-        st_uid = os.lstat(path).st_uid
+        st = os.lstat(path)
         try:
-            data = jobmod.load_record(spoolmod.read_untrusted(path))
+            data = read_record(path)
         except (BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
-            os.rename(path, self.spool.rejected_copy(job_id))
+            spoolmod.move_noreplace(path, self.spool.rejected_copy(job_id))
             data = {"id": job_id}
-        data.update(id=job_id, ended_at=time.time(), reason=reason)
-        data.setdefault("uid", st_uid)
+        uid = owner_of(st, data)
+        data.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, ended_at=time.time(),
+                    reason=reason)
         if path.exists():
             self.save(path, data)
             spoolmod.move_noreplace(path, self.spool.record(state, job_id))
@@ -859,7 +1048,7 @@ class Daemon:
                 # mtime comes from the kernel's coarse clock: never before the start
                 ended = max(self.run_path(run.id).stat().st_mtime,
                             rec.get("started_at") or 0)
-        if code is None and outcome is None:
+        if code is None and outcome is None and not kill_reason:
             state = "failed"
             reason = ("job processes vanished while spoold was not watching them "
                       "(reboot, OOM killer, or kill -9 of the whole tree)")
@@ -874,7 +1063,8 @@ class Daemon:
             state, reason = "done", None
         elif code is not None:
             state = "failed"
-            reason = (f"killed by signal {code - 128}" if code > 128
+            # sh reports death by signal N as 128+N; signals stop at 64
+            reason = (f"killed by signal {code - 128}" if 128 < code <= 128 + 64
                       else f"exit code {code}")
         if outcome is not None and not kill_reason:
             state, reason = outcome
@@ -917,25 +1107,48 @@ class Daemon:
         log.info("job %d: on-finish command started", job.id)
 
     def prune(self) -> None:
-        """--keep: drop the oldest finished records (by end time) beyond the limit."""
-        excess = self.final_count - self.o.keep
-        if excess <= 0:
+        """--keep, per user: drop each user's oldest finished records (by end
+        time) beyond the limit, so no one's files push out another's. Over the
+        limit, the folders are scanned again only after keep/20 more endings."""
+        if self.final_count <= self.o.keep or self.final_count < self.next_prune:
             return
-        entries = []
+        by_uid: dict[int, list] = {}
+        total = 0
         for d in spoolmod.FINAL_DIRS:
             with os.scandir(self.spool.dir(d)) as it:
                 for e in it:
                     job_id = spoolmod.parse_record_name(e.name)
-                    if job_id is not None:
-                        entries.append((e.stat(follow_symlinks=False).st_mtime, job_id, d))
-        entries.sort()
-        drop = entries[: max(excess, len(entries) - self.o.keep)]
-        for _, job_id, d in drop:
-            for p in (self.spool.record(d, job_id), self.spool.log_path(job_id),
-                      self.spool.rejected_copy(job_id)):
-                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                    os.unlink(p)
-        self.final_count = len(entries) - len(drop)
+                    if job_id is None:
+                        continue
+                    with contextlib.suppress(OSError):
+                        st = e.stat(follow_symlinks=False)
+                        uid = self.record_uid(d, job_id, st)
+                        by_uid.setdefault(uid, []).append((st.st_mtime, job_id, d))
+                        total += 1
+        for entries in by_uid.values():
+            entries.sort()
+            for _, job_id, d in entries[: max(0, len(entries) - self.o.keep)]:
+                # the record last: a crash in between leaves a record, never a
+                # kept original that recovery would turn back into one
+                for p in (self.spool.rejected_copy(job_id), self.spool.log_path(job_id),
+                          self.spool.record(d, job_id)):
+                    spoolmod.remove_entry(p)
+                self.uids.pop((d, job_id), None)
+                total -= 1
+        self.final_count = total
+        self.next_prune = total + max(1, self.o.keep // 20)
+
+    def record_uid(self, state: str, job_id: int, st: os.stat_result) -> int:
+        """The owner of a finished record (parsed once, then remembered)."""
+        key = (state, job_id)
+        hit = self.uids.get(key)
+        if hit is None or hit[0] != st.st_ino:
+            try:
+                uid = read_record(self.spool.record(state, job_id)).get("uid")
+            except (OSError, BadFile, jobmod.JobError, ValueError):
+                uid = None
+            hit = self.uids[key] = (st.st_ino, uid if isinstance(uid, int) else -1)
+        return hit[1]
 
     # ---- requests --------------------------------------------------------------------
     def handle_requests(self) -> None:
@@ -949,7 +1162,15 @@ class Daemon:
             st = os.lstat(path)
         except FileNotFoundError:
             return
-        if parsed is None:
+        if not stat.S_ISREG(st.st_mode):
+            # A planted folder, link or fifo would block the owner's own request
+            # (tools create requests with O_EXCL): never acted on, removed.
+            log.warning("requests/%s: not a regular file (uid %d); removed", name, st.st_uid)
+            spoolmod.remove_entry(path)
+            return
+        if self.shared and st.st_nlink > 1:
+            log.warning("requests/%s: a hard link (uid %d); removed", name, st.st_uid)
+        elif parsed is None:
             log.warning("requests/%s: not a request (kill-ID, cancel-ID, hold-ID, release-ID,"
                         " pause, resume); removed", name)
         elif not self.owner_ok(st.st_uid):
@@ -965,8 +1186,7 @@ class Daemon:
             kind, job_id = parsed
             if self.apply_request(kind, job_id) == "elsewhere":
                 return  # for a job another host runs: that host's daemon consumes it
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-            os.unlink(path)
+        spoolmod.remove_entry(path)
 
     def find_pending(self, job_id: int):
         """The pending name of ``job_id``: from the last listing if it is still
@@ -984,12 +1204,8 @@ class Daemon:
         p = self.find_pending(job_id)
         if p is None:
             return None
-        st = os.lstat(self.spool.pending / p.name)
-        if st.st_uid == self.uid:  # rewritten by us (hold): the field says
-            job = self.load_pending(p.name, time.time() + SETTLE_S)
-            if isinstance(job, Slim) and job.uid is not None:
-                return job.uid
-        return st.st_uid
+        job = self.load_pending(p.name, time.time() + SETTLE_S)
+        return job.uid if isinstance(job, Slim) else os.lstat(self.spool.pending / p.name).st_uid
 
     def apply_request(self, kind: str, job_id: int | None) -> str | None:
         if kind == "pause":
@@ -1014,8 +1230,7 @@ class Daemon:
                           if self.spool.record(d, job_id).exists()), None)
             if where == "running":
                 try:
-                    host = jobmod.load_record(spoolmod.read_untrusted(
-                        self.spool.record("running", job_id))).get("host")
+                    host = read_record(self.spool.record("running", job_id)).get("host")
                 except (OSError, BadFile, jobmod.JobError, ValueError):
                     host = None
                 if host not in (None, self.o.host):
@@ -1033,15 +1248,41 @@ class Daemon:
             self.set_hold(p, kind == "hold")
 
     def set_hold(self, p, hold: bool) -> None:
+        """Rewrite the pending file with ``hold:`` changed. The new file keeps
+        its owner (root hands it back), so who the job runs as cannot change."""
         path = self.spool.pending / p.name
-        job = jobmod.parse(spoolmod.read_untrusted(path))
         st = os.lstat(path)
+        job = jobmod.parse(spoolmod.read_untrusted(path))
         data = dict(job.data)
         data["hold"] = hold
-        data.setdefault("uid", st.st_uid)
-        self.save(path, data)
+        owner = None
+        if self.shared and st.st_uid != 0:
+            data.pop("uid", None)
+            owner = st.st_uid
+        self.spool.replace_atomic(path, jobmod.dump(data), mode=0o600, owner=owner,
+                                  group=st.st_gid if owner is not None else None)
         self.touched.add(p.name)
         log.info("job %d %s", p.job_id, "held" if hold else "released")
+
+
+def read_record(path: Path) -> dict:
+    """A record the daemon wrote (never through a link; a job file plus fields)."""
+    return jobmod.load_record(spoolmod.read_untrusted(path, spoolmod.MAX_RECORD_BYTES))
+
+
+def owner_of(st: os.stat_result, job) -> int:
+    """Who a job file's job runs as: the file's owner. A file owned by root
+    (root's own, or one the daemon put back in pending/ after a claim) may
+    name another user in ``uid:``; no one else's file can, since only root
+    can write a root-owned file."""
+    uid = job.get("uid")
+    if st.st_uid == 0 and isinstance(uid, int) and 0 <= uid < 2**31:
+        return uid
+    return st.st_uid
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1051,14 +1292,13 @@ class Slim:
 
     req: Request
     prio: int | None  # the file's own `priority:` field, for files dropped without one
-    uid: int | None  # the file's `uid:` field (trusted only in files we rewrote)
+    uid: int  # who the job runs as (``owner_of``: the kernel's word, not a field)
 
 
-def _slim(job, p, default_limit: float | None) -> Slim:
-    req = request_of(job, p.job_id if p else 0, default_limit)
-    uid = job.get("uid")
-    return Slim(req, job.priority if "priority" in job.data else None,
-                uid if isinstance(uid, int) else None)
+def _slim(job, p, default_limit: float | None, st: os.stat_result) -> Slim:
+    uid = owner_of(st, job)
+    req = request_of(job, p.job_id if p else 0, default_limit, owner=uid)
+    return Slim(req, job.priority if "priority" in job.data else None, uid)
 
 
 class _DepStates:
@@ -1125,6 +1365,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--gpus", nargs="+", default=None,
                     help="GPU indices to manage, e.g. --gpus 0 1 or --gpus 0,1 (default: all)")
     ap.add_argument("--max-pending", type=int, default=10000, help="queue length cap (10000)")
+    ap.add_argument("--max-pending-per-user", type=int, default=None, metavar="N",
+                    help="pending jobs one user may have (half of --max-pending)")
+    ap.add_argument("--hook-limit", type=float, default=60.0, metavar="SECONDS",
+                    help="how long an --on-finish command may run; the job's GPUs stay booked "
+                         "until it ends (60)")
     ap.add_argument("--keep", type=int, default=10000, help="finished records kept (10000)")
     ap.add_argument("--limit", type=int, default=None, help="GPUs per job (min(8, #gpus))")
     ap.add_argument("--max-load", type=float, default=0.1,
@@ -1171,13 +1416,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
         spoolmod.check_host(a.host)
     except ValueError as e:
         ap.error(f"--host: {e}")
-    for name in ("max_pending", "keep", "poll", "kill_grace", "host_timeout"):
+    if a.max_pending_per_user is None:
+        a.max_pending_per_user = max(1, a.max_pending // 2)
+    for name in ("max_pending", "max_pending_per_user", "keep", "poll", "kill_grace",
+                 "host_timeout", "hook_limit"):
         if getattr(a, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s spoold[%(process)d] %(levelname)s %(message)s")
     return Options(spool=(a.spool or spoolmod.default_spool()).absolute(), gpus=gpus,
-                   max_pending=a.max_pending, keep=a.keep, limit=a.limit, max_load=a.max_load,
+                   max_pending=a.max_pending, max_pending_per_user=a.max_pending_per_user,
+                   hook_limit=a.hook_limit, keep=a.keep, limit=a.limit, max_load=a.max_load,
                    max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
                    mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl,
                    drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
@@ -1190,6 +1439,9 @@ def main(argv: list[str] | None = None) -> int:
         Daemon(opts).run()
     except SystemExit:
         raise
+    except spoolmod.NotASpool as e:
+        print(f"spoold: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EROFS, errno.ENOSPC):
             print(f"spoold: {e}", file=sys.stderr)

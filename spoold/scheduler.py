@@ -51,6 +51,7 @@ class Request:
     array_id: int = 0
     array_limit: int = 0
     pin_host: str | None = None
+    owner: int = 0  # uid of the file's owner: an array is one user's (owner, array_id)
 
     @property
     def shape(self) -> tuple:
@@ -123,14 +124,18 @@ class Running:
     mem: int = 0
     ends_at: float | None = None  # started_at + time_limit; None = unknown
     array_id: int = 0
+    owner: int = 0
 
 
-def request_of(job, job_id: int, default_limit: float | None = None) -> Request:
-    """The Request for a parsed job (anything with job.py's Job attributes)."""
+def request_of(job, job_id: int, default_limit: float | None = None,
+               owner: int = 0) -> Request:
+    """The Request for a parsed job (anything with job.py's Job attributes);
+    ``owner`` is the uid the kernel says owns the file, never a field."""
     return Request(id=job_id, gpus=job.gpus, gpu_mem=job.gpu_mem, cpus=job.cpus, mem=job.mem,
                    time_limit=job.time_limit or default_limit, after=tuple(job.after),
                    held=job.hold, array_id=job.get("array_id") or 0,
-                   array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"))
+                   array_limit=job.get("array_limit") or 0, pin_host=job.get("pin_host"),
+                   owner=owner)
 
 
 def running_of(job_id: int, rec: dict) -> Running:
@@ -139,7 +144,7 @@ def running_of(job_id: int, rec: dict) -> Running:
     return Running(id=job_id, gpus=tuple(rec.get("assigned_gpus") or ()),
                    gpu_mem=rec.get("gpu_mem") or 0, cpus=tuple(rec.get("assigned_cpus") or ()),
                    mem=rec.get("mem") or 0, ends_at=started + limit if limit and started else None,
-                   array_id=rec.get("array_id") or 0)
+                   array_id=rec.get("array_id") or 0, owner=rec.get("uid") or 0)
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ class _State:
         used_cpus = {c for r in running for c in r.cpus}
         self.cpus = sorted(set(res.cpus) - used_cpus)
         self.mem = res.mem - sum(r.mem for r in running)
-        self.arrays = Counter(r.array_id for r in running if r.array_id)
+        self.arrays = Counter((r.owner, r.array_id) for r in running if r.array_id)
 
     def idle_gpus(self) -> list[int]:
         """GPUs a whole-GPU job may take now."""
@@ -250,7 +255,7 @@ class _State:
         self.cpus = [c for c in self.cpus if c not in cpus]
         self.mem -= req.mem
         if req.array_id:
-            self.arrays[req.array_id] += 1
+            self.arrays[req.owner, req.array_id] += 1
 
 
 def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resources,
@@ -294,7 +299,8 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
         if res.paused:
             d.wait[req.id] = "queue paused (gresume to continue)"
             continue
-        if req.array_id and req.array_limit and st.arrays[req.array_id] >= req.array_limit:
+        if req.array_id and req.array_limit and \
+                st.arrays[req.owner, req.array_id] >= req.array_limit:
             d.wait[req.id] = f"array {req.array_id}: {req.array_limit} already running"
             continue
         if req.shape in failed_shapes:

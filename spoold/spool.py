@@ -28,13 +28,20 @@ import fcntl
 import os
 import re
 import secrets
+import shutil
 import stat
 from pathlib import Path
 from typing import NamedTuple
 
 MAX_JOB_BYTES = 1 << 20
+# A record is the job file plus what the daemon adds; it is read back with this
+# cap, so a job file just under MAX_JOB_BYTES still has a readable record.
+MAX_RECORD_BYTES = 4 * MAX_JOB_BYTES
 DEFAULT_PRIORITY = 10
 MAX_PRIORITY = 9999
+# Ids are at most 8 digits, the width of pending names: a file naming a larger
+# id gets a fresh one, so no one can push the counter out of range.
+MAX_ID = 99_999_999
 
 JOB_DIRS = ("pending", "running", "done", "failed", "cancelled")
 FINAL_DIRS = ("done", "failed", "cancelled")
@@ -108,6 +115,12 @@ def parse_pending_name(name: str) -> PendingName | None:
     return PendingName(prio, 0, name)
 
 
+def printable_name(name: str) -> str:
+    """A file name as text that any YAML or JSON writer takes: bytes that are
+    not UTF-8 (surrogate escapes from os.listdir) become \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def parse_request_name(name: str) -> tuple[str, int | None] | None:
     """('kill', 7) for kill-7; ('pause', None) for queue-wide requests; None if malformed."""
     if name in QUEUE_REQUESTS:
@@ -116,6 +129,10 @@ def parse_request_name(name: str) -> tuple[str, int | None] | None:
     if not m or m.group(1) not in REQUEST_KINDS or int(m.group(2)) == 0:
         return None
     return m.group(1), int(m.group(2))
+
+
+class NotASpool(Exception):
+    """The named folder is something else; nothing there is changed."""
 
 
 class BadFile(Exception):
@@ -165,6 +182,9 @@ def read_untrusted(path: Path, cap: int = MAX_JOB_BYTES, check_closed: bool = Fa
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise BadFile("symbolic link in the spool: never followed") from None
+        if e.errno == errno.EWOULDBLOCK:
+            # Its owner holds a write lease on it: as good as still being written.
+            raise StillOpen(str(path)) from None
         raise
     try:
         st = os.fstat(fd)  # the file we opened, not the name we looked at
@@ -257,6 +277,7 @@ class Spool:
     logs: Path
     state: Path
     state_run: Path
+    state_ids: Path
 
     def exists(self) -> bool:
         return self.pending.is_dir()
@@ -265,9 +286,32 @@ class Spool:
         """Create the folders, or fix their modes. Private: 0700 throughout.
         Shared (daemon as root): anyone may drop files into tmp/, pending/ and
         requests/ (1777, like /tmp: no one can touch another's files); the
-        rest is root's and read-only to others; state/run is root's alone."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o755 if shared else 0o700)
+        rest is root's and read-only to others; state/run is root's alone.
+        A folder that exists, is not empty and is not a spool is refused
+        untouched (``SPOOLD_SPOOL=/tmp`` must not chmod /tmp)."""
+        try:
+            st = os.lstat(self.root)
+        except FileNotFoundError:
+            self.root.mkdir(parents=True, mode=0o755 if shared else 0o700)
+            st = os.lstat(self.root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotASpool(f"{self.root} is not a folder")
+        if not os.path.isdir(self.pending) and any(os.scandir(self.root)):
+            raise NotASpool(f"{self.root} exists, is not empty and is not a spool (it has no "
+                            "pending/ folder); spoold changes nothing there: name a new or "
+                            "empty folder")
         os.chmod(self.root, 0o755 if shared else 0o700)
+        self.ensure(shared)
+        counter = self.state / "next-id"
+        if not counter.exists():
+            self.allocate_ids(0)
+
+    def missing(self) -> list[str]:
+        """Spool folders that are not there (removed or moved away under us)."""
+        return [d for d in ALL_DIRS if not os.path.isdir(self.root / d)]
+
+    def ensure(self, shared: bool) -> None:
+        """Make every folder exist with its mode (cheap enough for each rescan)."""
         for d in ALL_DIRS:
             mode = 0o700
             if shared:
@@ -279,10 +323,8 @@ class Spool:
                 raise OSError(errno.ENOTDIR, "spool folder is not a folder", str(path))
             if shared and st.st_uid != 0:
                 os.chown(path, 0, 0, follow_symlinks=False)
-            os.chmod(path, mode)
-        counter = self.state / "next-id"
-        if not counter.exists():
-            self.allocate_ids(0)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.chmod(path, mode)
 
     # ---- names -----------------------------------------------------------
     def dir(self, state: str) -> Path:
@@ -350,28 +392,32 @@ class Spool:
         return self.tmp / f".spoold.{hint}.{secrets.token_hex(4)}"
 
     def write_tmp(self, data: bytes, hint: str, mode: int = 0o644, sync: bool = True,
-                  group: int | None = None) -> Path:
-        """Write ``data`` to a fresh file in tmp/ and return its path."""
+                  group: int | None = None, owner: int | None = None) -> Path:
+        """Write ``data`` to a fresh file in tmp/ and return its path; ``owner``
+        and ``group`` (root only) are set on the open descriptor."""
         path = self.tmp_path(hint)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      mode)
         try:
             os.fchmod(fd, mode)  # not narrowed by the umask: readers depend on it
-            if group is not None:
-                os.fchown(fd, -1, group)
+            if group is not None or owner is not None:
+                os.fchown(fd, -1 if owner is None else owner, -1 if group is None else group)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if sync:
                 os.fsync(fd)
+        except BaseException:
+            _unlink_quiet(path)  # a full disk leaves nothing behind in tmp/
+            raise
         finally:
             os.close(fd)
         return path
 
     def replace_atomic(self, dest: Path, data: bytes, mode: int = 0o644, sync: bool = True,
-                       group: int | None = None) -> None:
+                       group: int | None = None, owner: int | None = None) -> None:
         """Replace ``dest`` (a file the daemon owns) with ``data`` in one rename."""
-        tmp = self.write_tmp(data, dest.name, mode, sync, group)
+        tmp = self.write_tmp(data, dest.name, mode, sync, group, owner)
         try:
             os.rename(tmp, dest)
         except BaseException:
@@ -404,7 +450,7 @@ class Spool:
                 text = counter.read_text().strip()
             except FileNotFoundError:
                 text = ""
-            value = int(text) if text.isdigit() and int(text) > 0 else None
+            value = int(text) if text.isdigit() and 0 < int(text) <= MAX_ID + 1 else None
             yield value, lambda n: counter.write_text(f"{n}\n")
         finally:
             os.close(fd)
@@ -442,16 +488,63 @@ class Spool:
                 store(seen + 1)
 
     def max_id_seen(self) -> int:
+        """The largest id any file names (ids over MAX_ID are never used)."""
         best = 0
         for p in self.list_pending():
-            best = max(best, p.job_id)
-        for d in ("tmp", "running", *FINAL_DIRS, "state/ids"):
-            with os.scandir(self.root / d) as it:
+            if p.job_id <= MAX_ID:
+                best = max(best, p.job_id)
+        for d in ("tmp", "running", *FINAL_DIRS, "logs", "state/ids"):
+            with contextlib.suppress(FileNotFoundError), os.scandir(self.root / d) as it:
                 for e in it:
-                    m = re.match(r"^0*(\d+)(\.|$)", e.name)
-                    if m:
+                    m = re.match(r"^0*(\d{1,9})(\.|$)", e.name)
+                    if m and int(m.group(1)) <= MAX_ID:
                         best = max(best, int(m.group(1)))
         return best
+
+    # ---- where a job is ------------------------------------------------------
+    def where(self, job_id: int) -> str | None:
+        """The folder other than pending/ that holds job ``job_id``'s record (or
+        the kept original of a rejected file), else None. The one place that
+        answers "is this id used already" for the daemon and the tools."""
+        for d in ("running", *FINAL_DIRS):
+            if os.path.lexists(self.record(d, job_id)):
+                return d
+        if os.path.lexists(self.rejected_copy(job_id)):
+            return "failed"
+        return None
+
+    def marker_owner(self, job_id: int) -> int | None:
+        """uid that created ``state/ids/<id>`` (shared spools), None if there is none."""
+        try:
+            return os.lstat(self.state_ids / str(job_id)).st_uid
+        except FileNotFoundError:
+            return None
+
+    def claim_marker(self, job_id: int, uid: int) -> bool:
+        """Create ``state/ids/<id>`` for ``uid`` (root only); False if it exists."""
+        try:
+            fd = os.open(self.state_ids / str(job_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.fchown(fd, uid, -1)
+        finally:
+            os.close(fd)
+        return True
+
+
+def remove_entry(path: Path) -> None:
+    """Remove whatever is at ``path`` (file, link, fifo or a planted folder with
+    its contents) without following any link; gone already is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path, ignore_errors=True)  # fd-based: never follows a link inside
+    else:
+        _unlink_quiet(path)
 
 
 def _unlink_quiet(path: Path) -> None:
