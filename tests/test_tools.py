@@ -4,6 +4,7 @@ requeue, hooks, output files, history cleaning and the gstat/ghist views."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import wait_for
@@ -193,9 +194,10 @@ JSON_SCHEMA_KEYS = {
             "busy", "jobs", "host"},
     "running": {"id", "name", "user", "gpus", "assigned_gpus", "gpu_mem", "cpus",
                 "assigned_cpus", "mem", "priority", "host", "pid", "started_at", "elapsed",
-                "time_limit", "command", "killing"},
+                "time_limit", "command", "killing", "private"},
     "pending": {"id", "name", "user", "gpus", "gpu_mem", "cpus", "mem", "priority",
-                "submitted_at", "wait", "time_limit", "after", "held", "command", "reason"},
+                "submitted_at", "wait", "time_limit", "after", "held", "command", "reason",
+                "private"},
     "ghist": {"id", "state", "exit_code", "name", "user", "gpus", "assigned_gpus", "host",
               "submitted_at", "started_at", "ended_at", "elapsed", "reason", "command"},
 }
@@ -217,7 +219,7 @@ def test_json_matches_documented_schema(spool, daemon, tmp_path):
     spool.wait_state(r, "done")
     hist = json.loads(spool.run("ghist", "--json").stdout)
     assert set(hist[0]) == JSON_SCHEMA_KEYS["ghist"]
-    doc = (tools.Path(__file__).parent.parent / "docs" / "json.md").read_text()
+    doc = (Path(__file__).parent.parent / "docs" / "json.md").read_text()
     for keys in JSON_SCHEMA_KEYS.values():
         for k in keys:
             assert f"`{k}`" in doc, f"docs/json.md does not document {k}"

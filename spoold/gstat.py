@@ -1,0 +1,331 @@
+"""gstat: what runs where, what waits and why (read-only; never asks the daemon).
+
+Owns: ``snapshot`` (the --json object, schema in docs/json.md) and its table.
+
+Invariants:
+- Every running job is listed and its GPUs shown as held, also to users who
+  may not read its record (a shared spool keeps records 0640 to the owner's
+  group): then the row comes from the host's heartbeat ``jobs:`` list, which
+  the daemon publishes world-readable with no private field, and is marked
+  ``private``. A heartbeat without ``jobs:`` (older daemon) still works: the
+  row then shows only the id.
+- User names come from uids (``toolbase.read_owned``), never from ``user:``.
+- Every row starts with the job id (GPU and header rows aside), so
+  ``awk '$1==7'`` works; colour only on a terminal; user text is escaped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+from . import job as jobmod
+from . import spool as spoolmod
+from .scheduler import Gpu, Resources, request_of, running_of, schedule
+from .spool import BadFile, Spool
+from .toolbase import (
+    Color,
+    command_text,
+    esc,
+    hosts_view,
+    json_text,
+    num,
+    open_spool,
+    owner_of,
+    read_owned,
+    spool_arg,
+    table,
+    tty_width,
+    user_arg,
+    user_name,
+)
+from .util import fmt_duration
+
+PRIVATE_PENDING = "another user's job (details private)"
+
+
+def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> dict:
+    """Everything gstat shows, as plain data (the --json output)."""
+    now = time.time() if now is None else now
+    hosts = hosts_view(sp, now)
+    live = [h for h in hosts if h["alive"]] or hosts
+    gsnap = live[0]["beat"] if live else {}
+    running, bookings = running_view(sp, hosts, now)
+    holders: dict[tuple, list[int]] = {}
+    for host, b in bookings:
+        for g in b.gpus:
+            holders.setdefault((host, g), []).append(b.id)
+    gpus = [{**g, "host": h["host"], "jobs": holders.get((h["host"], g.get("index")), [])}
+            for h in hosts for g in h["beat"].get("gpus") or [] if isinstance(g, dict)]
+    pending, requests = pending_view(sp, now)
+    explain(sp, live, pending, requests, running, bookings, now)
+    if user:
+        running = [r for r in running if r["user"] == user]
+        pending = [p for p in pending if p["user"] == user]
+    pid = next((h["pid"] for h in hosts if h["alive"]), None)
+    return {"spool": str(sp.root), "time": now, "host": gsnap.get("host"),
+            "daemon": {"running": pid is not None, "pid": pid},
+            "hosts": [{k: v for k, v in h.items() if k != "beat"} for h in hosts],
+            "paused": sp.paused_flag.exists(), "gpus": gpus, "running": running,
+            "pending": pending,
+            "enforced": gsnap.get("enforced") or {},
+            "limits": {"max_load": gsnap.get("max_load"), "max_memory": gsnap.get("max_memory"),
+                       "cpus": gsnap.get("cpus"), "mem": gsnap.get("mem"),
+                       "limit": gsnap.get("limit")}}
+
+
+# ---- running --------------------------------------------------------------------------
+
+def running_view(sp: Spool, hosts: list[dict], now: float) -> tuple[list[dict], list]:
+    """Rows for running/, and each job's (host, Running booking)."""
+    published = {e["id"]: (h["host"], e) for h in hosts for e in published_jobs(h["beat"])}
+    rows, bookings = [], []
+    for job_id in sp.list_ids("running"):
+        path = sp.record("running", job_id)
+        rec, uid = read_owned(path)
+        if rec is None:
+            if not os.path.lexists(path):
+                continue  # it finished meanwhile
+            host, entry = published.get(job_id, (None, {}))
+            row = _private_row(job_id, host, entry, now)
+            uid = _uid(entry.get("uid"))
+            rec = {"assigned_gpus": row["assigned_gpus"], "assigned_cpus": row["assigned_cpus"],
+                   "gpu_mem": row["gpu_mem"], "mem": row["mem"],
+                   "started_at": row["started_at"], "time_limit": row["time_limit"]}
+        else:
+            row = _running_row(job_id, rec, uid, now)
+        rows.append(row)
+        owner = uid if isinstance(uid, int) else 0
+        bookings.append((row["host"], dataclasses.replace(running_of(job_id, rec), owner=owner)))
+    return rows, bookings
+
+
+def published_jobs(beat: dict) -> list[dict]:
+    """The heartbeat's ``jobs:`` entries that are well formed ([] if none)."""
+    jobs = beat.get("jobs")
+    return [e for e in jobs if isinstance(e, dict) and _id(e.get("id"))] if isinstance(
+        jobs, list) else []
+
+
+def _id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _uid(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _ints(v) -> list[int]:
+    return [x for x in v if isinstance(x, int) and not isinstance(x, bool)] if isinstance(
+        v, list) else []
+
+
+def _elapsed(started, now: float) -> float | None:
+    return now - started if started else None
+
+
+def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
+    started = num(rec.get("started_at"))
+    return {
+        "id": job_id, "name": str(rec.get("name") or ""), "user": user_name(uid, rec.get("user")),
+        "gpus": rec.get("gpus", 1), "assigned_gpus": _ints(rec.get("assigned_gpus")),
+        "gpu_mem": rec.get("gpu_mem"), "cpus": rec.get("cpus") or 0,
+        "assigned_cpus": _ints(rec.get("assigned_cpus")), "mem": rec.get("mem") or 0,
+        "priority": rec.get("priority", spoolmod.DEFAULT_PRIORITY), "host": rec.get("host"),
+        "pid": rec.get("pid"), "started_at": started, "elapsed": _elapsed(started, now),
+        "time_limit": num(rec.get("time_limit")), "command": command_text(rec),
+        "killing": rec.get("kill_reason"), "private": False,
+    }
+
+
+def _private_row(job_id: int, host: str | None, e: dict, now: float) -> dict:
+    """Another user's running job, from its host's heartbeat (empty: an older daemon)."""
+    gpus, cpus, started = _ints(e.get("gpus")), _ints(e.get("cpus")), num(e.get("started_at"))
+    uid = _uid(e.get("uid"))
+    return {
+        "id": job_id, "name": str(e.get("name") or ""),
+        "user": user_name(uid, e.get("user")) if e else "", "gpus": len(gpus) if e else None,
+        "assigned_gpus": gpus, "gpu_mem": num(e.get("gpu_mem")), "cpus": len(cpus) if e else None,
+        "assigned_cpus": cpus, "mem": num(e.get("mem")), "priority": None, "host": host,
+        "pid": None, "started_at": started, "elapsed": _elapsed(started, now),
+        "time_limit": num(e.get("time_limit")), "command": "", "killing": None, "private": True,
+    }
+
+
+# ---- pending --------------------------------------------------------------------------
+
+def pending_view(sp: Spool, now: float) -> tuple[list[dict], list]:
+    """Rows for pending/ in queue order, and the Requests of the readable ones."""
+    rows, requests = [], []
+    for p in sp.list_pending():
+        if not p.has_id:
+            continue
+        path = sp.pending / p.name
+        try:
+            st = os.lstat(path)
+            job = jobmod.parse(spoolmod.read_untrusted(path))
+        except FileNotFoundError:
+            continue  # started or cancelled meanwhile
+        except PermissionError:  # another user's job in a shared spool: id and owner only
+            rows.append(_unreadable(sp, p, now, PRIVATE_PENDING))
+            continue
+        except (OSError, BadFile, jobmod.JobError) as e:
+            rows.append(_unreadable(sp, p, now, f"bad file: {e}"))
+            continue
+        uid = owner_of(st.st_uid, job.data)
+        submitted = num(job.get("submitted_at")) or st.st_mtime
+        rows.append({
+            "id": p.job_id, "name": job.name, "user": user_name(uid, job.get("user")),
+            "gpus": job.gpus, "gpu_mem": job.gpu_mem or None, "cpus": job.cpus, "mem": job.mem,
+            "priority": p.priority, "submitted_at": submitted, "wait": now - submitted,
+            "time_limit": job.time_limit, "after": job.after, "held": job.hold,
+            "command": command_text(job.data), "reason": None, "private": False,
+        })
+        requests.append(request_of(job, p.job_id, owner=uid))
+    return rows, requests
+
+
+def _unreadable(sp: Spool, p, now: float, reason: str) -> dict:
+    try:
+        st = os.lstat(sp.pending / p.name)
+        owner, mtime = user_name(st.st_uid), st.st_mtime
+    except OSError:
+        owner, mtime = "", now
+    return {"id": p.job_id, "name": "", "user": owner, "gpus": None, "gpu_mem": None,
+            "cpus": None, "mem": None, "priority": p.priority, "submitted_at": mtime,
+            "wait": now - mtime, "time_limit": None, "after": [], "held": False,
+            "command": "", "reason": reason, "private": reason == PRIVATE_PENDING}
+
+
+def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, running: list,
+            bookings: list, now: float) -> None:
+    """Fill in each pending row's reason: the queue as each live host's daemon
+    sees it (a job starts if any host would start it; otherwise the first
+    host's reason is shown)."""
+    states = {**{r["id"]: "running" for r in running}, **{p["id"]: "pending" for p in pending}}
+
+    class Deps:
+        def get(self, job_id, default=None):
+            if job_id in states:
+                return states[job_id]
+            for d in spoolmod.FINAL_DIRS:
+                if sp.record(d, job_id).exists():
+                    return d
+            return default
+
+    reasons: dict[int, str] = {}
+    paused = sp.paused_flag.exists()
+    for h in live or [{"host": None, "beat": {}}]:
+        beat = h["beat"]
+        res = Resources(
+            gpus=tuple(Gpu(g["index"], g.get("busy"), g.get("memory_total"),
+                           g.get("memory_used"), failed=bool(g.get("error")))
+                       for g in beat.get("gpus") or [] if isinstance(g, dict) and "index" in g),
+            cpus=tuple(range(beat.get("cpus") or os.cpu_count() or 1)),
+            mem=beat.get("mem") or 0, limit=beat.get("limit") or 8, host=h["host"],
+            paused=paused)
+        d = schedule(requests, [b for host, b in bookings if host == h["host"]], res, now,
+                     Deps())
+        prefix = f"{h['host']}: " if len(live) > 1 else ""
+        for s_ in d.start:
+            reasons[s_.id] = "starting"
+        for i, why in {**d.wait, **d.reject, **d.cancel}.items():
+            if reasons.get(i) != "starting":
+                reasons.setdefault(i, prefix + why)
+    for p in pending:
+        if p["reason"] is None:
+            p["reason"] = reasons.get(p["id"], "starting")
+
+
+# ---- the table ----------------------------------------------------------------------------
+
+def _bar(frac: float | None, width: int = 10) -> str:
+    if frac is None:
+        return "[" + "?" * width + "]"
+    n = round(max(0.0, min(1.0, frac)) * width)
+    return "[" + "#" * n + "." * (width - n) + "]"
+
+
+def _gpu_line(g: dict, multi: bool, c: Color) -> str:
+    mt, mu, ut = num(g.get("memory_total")), num(g.get("memory_used")), num(g.get("utilization"))
+    mem = f"{mu / 1024:.1f}/{mt / 1024:.1f}G" if mt and mu is not None else "?/?G"
+    util = f"{int(ut):3d}%" if ut is not None else "  ?%"
+    who = ("job " + ",".join(map(str, g["jobs"]))) if g["jobs"] else esc(g.get("busy") or "free")
+    state = c("32", "free") if not g["jobs"] and not g.get("busy") else (
+        c("36", who) if g["jobs"] else c("31", who))
+    index = esc(g.get("index"))
+    name = f"{esc(g['host'])}:GPU{index}" if multi else f"GPU{index:<2}"
+    return (f"{name} {_bar(ut / 100 if ut is not None else None)} {util} "
+            f"{_bar(mu / mt if mt and mu is not None else None)} {mem:>11}  {state}")
+
+
+def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> str:
+    c = color or Color(False)
+    lines = []
+    if not snap["daemon"]["running"]:
+        lines.append(c("33", "# spoold is not running on this spool: nothing will start"))
+    if snap["paused"]:
+        lines.append(c("33", "# queue paused (gresume): running jobs continue"))
+    multi = len(snap.get("hosts") or []) > 1
+    if multi:
+        lines.append("# hosts: " + ", ".join(
+            f"{esc(h['host'])} ({'up' if h['alive'] else 'LOST' if h['lost'] else 'down'}, "
+            f"{fmt_duration(h['heartbeat_age'])} ago)" for h in snap["hosts"]))
+    lines += [_gpu_line(g, multi, c) for g in snap["gpus"]]
+    if snap["gpus"]:
+        lines.append("")
+    rows = [["ID", "NAME", "USER", "GPUS", "ELAPSED", "LIMIT", "COMMAND"]]
+    for r in snap["running"]:
+        gp = ",".join(map(str, r["assigned_gpus"])) or "-"
+        command = "(private)" if r.get("private") else r["command"]
+        rows.append([r["id"], r["name"][:20], r["user"][:12], gp, fmt_duration(r["elapsed"]),
+                     fmt_duration(r["time_limit"]),
+                     ("[killing] " if r["killing"] else "") + command])
+    lines.append(c("1", f"# running: {len(snap['running'])}"))
+    lines += table(rows, width) if len(rows) > 1 else []
+    rows = [["ID", "PRIO", "NAME", "USER", "GPUS", "WAIT", "REASON"]]
+    for p in snap["pending"]:
+        gp = f"{p['gpu_mem']}M" if p.get("gpu_mem") else str(p["gpus"])
+        rows.append([p["id"], p["priority"], (p["name"] or "")[:20], (p["user"] or "")[:12], gp,
+                     fmt_duration(p.get("wait")), p["reason"]])
+    lines.append(c("1", f"# pending: {len(snap['pending'])}"))
+    lines += table(rows, width) if len(rows) > 1 else []
+    if snap.get("enforced"):
+        lines.append("# enforced: " + "; ".join(f"{esc(k)}: {esc(v)}"
+                                                 for k, v in snap["enforced"].items()))
+    if not c.on:  # (colour codes would be cut in the middle)
+        lines = [line[:width].rstrip() for line in lines]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="gstat", description="What runs where, what waits and why.",
+        epilog="Examples: gstat | gstat --json | jq '.pending[].id' | gstat -u alice | "
+               "gstat -u | gstat --watch 2 | gstat | awk '$1==7'")
+    spool_arg(ap)
+    ap.add_argument("--json", action="store_true", help="machine-readable (docs/json.md)")
+    user_arg(ap)
+    ap.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
+                    help="redraw every SECONDS (2) until Ctrl-C")
+    a = ap.parse_args(argv)
+    sp = open_spool(a.spool, "gstat")
+    tty = sys.stdout.isatty()
+    while True:
+        snap = snapshot(sp, a.user)
+        if a.json:
+            out = json_text(snap)
+        else:
+            width = tty_width() if tty else 10_000
+            out = render_gstat(snap, width, Color(tty and not os.environ.get("NO_COLOR")))
+        if not a.watch:
+            sys.stdout.write(out)
+            return 0
+        if tty:
+            sys.stdout.write("\033[H\033[2J")
+        sys.stdout.write(out)
+        sys.stdout.flush()
+        time.sleep(a.watch)
