@@ -91,7 +91,7 @@ class SlurmBridge:
             d.finish_claimed(job_id, path, "failed", f"sbatch refused the job: {e}")
             return
         rec.update(slurm_id=sid, started_at=time.time())
-        d.save(path, rec)
+        d.records.save(path, rec)
         d.runs[job_id] = d.Run(job_id, rec)
         log.info("job %d handed to SLURM as job %s", job_id, sid)
 
@@ -115,12 +115,12 @@ class SlurmBridge:
                 gpus = slurm.allocated_gpus(sid)
                 if gpus is not None:
                     run.record["assigned_gpus"] = gpus
-                    d.save(d.spool.record("running", run.id), run.record, sync=False)
+                    d.records.save(d.spool.record("running", run.id), run.record, sync=False)
 
     def kill(self, run, reason: str) -> None:
         if not run.record.get("kill_reason"):
             run.record["kill_reason"] = reason
-            self.d.save(self.d.spool.record("running", run.id), run.record)
+            self.d.records.save(self.d.spool.record("running", run.id), run.record)
         if run.record.get("slurm_id"):
             slurm.cancel(run.record["slurm_id"])
             log.info("job %d: %s: scancel %s", run.id, reason, run.record["slurm_id"])
@@ -132,7 +132,7 @@ class SlurmBridge:
             found = slurm.find(job_id, d.spool.root, rec.get("user") or rec.get("uid", 0))
             if found:
                 sid = rec["slurm_id"] = found[0]
-                d.save(path, rec)
+                d.records.save(path, rec)
                 log.info("job %d: found as SLURM job %s after a restart", job_id, sid)
         if sid is None:
             if not self.up:

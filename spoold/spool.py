@@ -33,15 +33,17 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
+from .job import MAX_ID
+
 MAX_JOB_BYTES = 1 << 20
 # A record is the job file plus what the daemon adds; it is read back with this
 # cap, so a job file just under MAX_JOB_BYTES still has a readable record.
 MAX_RECORD_BYTES = 4 * MAX_JOB_BYTES
 DEFAULT_PRIORITY = 10
 MAX_PRIORITY = 9999
-# Ids are at most 8 digits, the width of pending names: a file naming a larger
-# id gets a fresh one, so no one can push the counter out of range.
-MAX_ID = 99_999_999
+# Ids are at most MAX_ID (8 digits, the width of pending names; defined with
+# the other field ranges in job.py): a file naming a larger id gets a fresh one,
+# so no one can push the counter out of range.
 
 JOB_DIRS = ("pending", "running", "done", "failed", "cancelled")
 FINAL_DIRS = ("done", "failed", "cancelled")

@@ -1,0 +1,127 @@
+"""Hosts: one daemon per host on a spool, proof of life, and taking over lost hosts.
+
+Owns: ``state/hosts/<host>.yaml`` (the heartbeat: GPU readings, limits and
+the running jobs, public to every user) and ``<host>.lock`` (flock held by
+the host's daemon), and what happens to a lost host's running jobs.
+
+Invariants:
+- A host is lost only when its heartbeat is stale *and* its lock is free.
+- Lock files are 0600: whoever can open a file can flock it, and a user
+  holding a host's lock would stall its recovery and its restart.
+- The heartbeat shows who holds which GPUs (id, user, name, GPUs, times),
+  never a command, environment or folder: those stay in the private records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+
+from . import job as jobmod
+from . import spool as spoolmod
+from .gpus import busy_reason
+from .records import read_record
+from .scheduler import Gpu, Resources
+from .spool import BadFile
+
+log = logging.getLogger("spoold")
+
+# What a booking means in practice (shown by gstat; docs/scheduling.md).
+ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)",
+            "mem": "booked only (not enforced)", "time_limit": "TERM, then KILL after the grace"}
+
+
+class Hosts:
+    def __init__(self, d):
+        self.d = d  # the daemon: its options, spool, runs and readings
+        self._last_beat: tuple[float, object] = (0.0, None)
+
+    def open_lock(self, host: str) -> int:
+        """A host's lock file, 0600: whoever can open a file can flock it, so no
+        user may open it (they could hold a host's lock and stall its recovery)."""
+        fd = os.open(self.d.spool.host_lock(host), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        return fd
+
+    def heartbeat(self) -> None:
+        """state/hosts/<host>.yaml: proof of life for other hosts, readings for gstat."""
+        snap = [r.as_dict() | {"busy": busy_reason(r, self.d.o.max_load, self.d.o.max_memory)}
+                for r in self.d.gpu_views()]
+        # Public (the heartbeat is world-readable, records are not): which job
+        # holds what, so every user sees every running job; no command, no env.
+        jobs = [{"id": r.id, "uid": r.record.get("uid"), "user": r.record.get("user"),
+                 "name": r.record.get("name"), "gpus": r.record.get("assigned_gpus") or [],
+                 "cpus": r.record.get("assigned_cpus") or [],
+                 "started_at": r.record.get("started_at"),
+                 "time_limit": r.record.get("time_limit")} for r in self.d.runs.values()]
+        now = time.time()
+        # Rewritten when something changed, else often enough to stay alive.
+        if (snap, jobs) == self._last_beat[1] and now - self._last_beat[0] < min(
+                5.0, self.d.o.host_timeout / 4):
+            return
+        self._last_beat = (now, (snap, jobs))
+        data = jobmod.dump({"host": self.d.o.host, "time": now, "pid": os.getpid(),
+                            "gpus": snap, "jobs": jobs, "max_load": self.d.o.max_load,
+                            "max_memory": self.d.o.max_memory, "cpus": len(self.d.cpu_ids),
+                            "mem": self.d.mem, "limit": self.d.limit,
+                            "host_timeout": self.d.o.host_timeout, "draining": self.d.draining,
+                            "enforced": ENFORCED})
+        try:
+            self.d.spool.replace_atomic(self.d.spool.host_file(self.d.o.host), data, sync=False)
+        except OSError as e:
+            log.error("cannot write the heartbeat %s: %s (disk full or read-only?); retrying",
+                      self.d.spool.host_file(self.d.o.host), e)
+
+    def check(self, now: float) -> None:
+        """Fail (or requeue) the running jobs of hosts whose heartbeat went stale;
+        note the capacity of the live ones (``peers``)."""
+        peers = []
+        for host in self.d.spool.hosts():
+            if host == self.d.o.host:
+                continue
+            try:
+                beat = jobmod.load_record(self.d.spool.host_file(host).read_bytes())
+                age = now - float(beat.get("time") or 0)
+            except (OSError, ValueError, jobmod.JobError):
+                continue
+            if age > self.d.o.host_timeout:
+                self.d.guard(None, self.take_over, host, age)
+                continue
+            gpus = tuple(Gpu(g.get("index", i), None, g.get("memory_total"))
+                         for i, g in enumerate(beat.get("gpus") or []))
+            peers.append(Resources(gpus=gpus, cpus=tuple(range(int(beat.get("cpus") or 0))),
+                                   mem=int(beat.get("mem") or 0),
+                                   limit=int(beat.get("limit") or 0), host=host))
+        self.d.peers = tuple(peers)
+
+    def take_over(self, host: str, age: float) -> None:
+        fd = self.open_lock(host)
+        try:
+            try:  # its daemon's own lock: free means no daemon of that host is alive
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            for job_id in self.d.spool.list_ids("running"):
+                path = self.d.spool.record("running", job_id)
+                try:
+                    rec = read_record(path)
+                except (OSError, BadFile, jobmod.JobError, ValueError):
+                    continue
+                if rec.get("host") != host:
+                    continue
+                reason = (f"host lost: {host} sent no heartbeat for {age:.0f}s "
+                          f"(--host-timeout {self.d.o.host_timeout:g}s)")
+                if rec.get("requeue"):
+                    rec["reason"] = reason + "; requeued"
+                    self.d.requeue(job_id, rec, reason)
+                else:
+                    rec.update(ended_at=time.time(), reason=reason)
+                    self.d.records.save(path, rec)
+                    spoolmod.move_noreplace(path, self.d.spool.record("failed", job_id))
+                    self.d.records.final_count += 1
+                    log.warning("job %d -> failed/: %s", job_id, reason)
+        finally:
+            os.close(fd)

@@ -1,0 +1,146 @@
+"""The daemon's command line: its options, their defaults and checks.
+
+Owns: ``spoold --help`` and the ``Options`` the daemon runs with, and the
+facts about the machine the defaults depend on (which filesystems need
+polling, the installed version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import spool as spoolmod
+from .util import parse_size_mib
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs", "ceph",
+              "glusterfs", "fuse.glusterfs", "beegfs", "9p", "afs", "ocfs2"}
+
+
+@dataclass
+class Options:
+    spool: Path
+    gpus: list[int] | None = None
+    max_pending: int = 10000
+    max_pending_per_user: int = 5000
+    hook_limit: float = 60.0
+    keep: int = 10000
+    limit: int | None = None
+    max_load: float = 0.1
+    max_memory: float = 0.1
+    poll: float = 1.0
+    fake_gpus: Path | None = None
+    cpus: int | None = None
+    mem: int | None = None
+    kill_grace: float = 10.0
+    host: str = field(default_factory=socket.gethostname)
+    default_time_limit: float | None = None
+    drain: bool = False
+    host_timeout: float = 60.0
+    executor: str = "local"  # or "slurm": the daemon becomes a bridge to sbatch
+    polling: bool | None = None  # None: decide from the filesystem type
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("spoold")
+    except Exception:
+        return "dev"
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (longest mount-point match)."""
+    best, kind = "", ""
+    target = os.path.realpath(path)
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].replace("\\040", " ")
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and \
+                    len(point) >= len(best):
+                best, kind = point, right.split()[0]
+    return kind
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    ap = argparse.ArgumentParser(
+        prog="spoold", description="Run GPU jobs from a spool directory (foreground daemon).",
+        epilog="Example: spoold --gpus 0 1 --max-load 0.2 &   then   gsub -n 1 python train.py")
+    ap.add_argument("--spool", type=Path, default=None,
+                    help="spool directory (default: $SPOOLD_SPOOL, else ~/.local/share/spoold)")
+    ap.add_argument("--gpus", nargs="+", default=None,
+                    help="GPU indices to manage, e.g. --gpus 0 1 or --gpus 0,1 (default: all)")
+    ap.add_argument("--max-pending", type=int, default=10000, help="queue length cap (10000)")
+    ap.add_argument("--max-pending-per-user", type=int, default=None, metavar="N",
+                    help="pending jobs one user may have (half of --max-pending)")
+    ap.add_argument("--hook-limit", type=float, default=60.0, metavar="SECONDS",
+                    help="how long an --on-finish command may run; the job's GPUs stay booked "
+                         "until it ends (60)")
+    ap.add_argument("--keep", type=int, default=10000, help="finished records kept (10000)")
+    ap.add_argument("--limit", type=int, default=None, help="GPUs per job (min(8, #gpus))")
+    ap.add_argument("--max-load", type=float, default=0.1,
+                    help="a GPU is busy at this utilisation fraction or more (0.1)")
+    ap.add_argument("--max-memory", type=float, default=0.1,
+                    help="a GPU is busy at this memory-used fraction or more (0.1)")
+    ap.add_argument("--poll", type=float, default=1.0, help="seconds between GPU readings (1)")
+    ap.add_argument("--fake-gpus", type=Path, default=None, metavar="FILE",
+                    help="read GPUs from a YAML file instead of NVML (tests, demos)")
+    ap.add_argument("--cpus", type=int, default=None, help="CPUs to hand out (all online)")
+    ap.add_argument("--mem", default=None, help="memory to hand out, e.g. 64G (physical)")
+    ap.add_argument("--kill-grace", type=float, default=10.0,
+                    help="seconds between TERM and KILL (10)")
+    ap.add_argument("--host", default=socket.gethostname(), help="host name to record")
+    ap.add_argument("--default-time-limit", default=None, metavar="DURATION",
+                    help="time limit for jobs submitted without -t (none)")
+    ap.add_argument("--host-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="shared spool: a host whose heartbeat is older than this is lost and "
+                         "its running jobs fail (or requeue) (60)")
+    ap.add_argument("--polling", action=argparse.BooleanOptionalAction, default=None,
+                    help="watch the spool by polling, not inotify (default: on for network "
+                         "filesystems such as NFS, whose other clients' writes inotify misses)")
+    ap.add_argument("--executor", choices=("local", "slurm"), default="local",
+                    help="local: run jobs here (default); slurm: hand every job to sbatch and "
+                         "record what SLURM reports (docs/slurm.md)")
+    ap.add_argument("--drain", action="store_true",
+                    help="start no new job; exit once running jobs have ended (also SIGUSR1)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    a = ap.parse_args(argv)
+    gpus = None
+    if a.gpus is not None:
+        try:
+            gpus = sorted({int(x) for g in a.gpus for x in g.split(",") if x})
+        except ValueError:
+            ap.error(f"--gpus takes GPU indices, got {' '.join(a.gpus)!r}")
+    from .util import parse_duration
+
+    try:
+        mem = parse_size_mib(a.mem) if a.mem else None
+        dtl = parse_duration(a.default_time_limit) if a.default_time_limit else None
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        spoolmod.check_host(a.host)
+    except ValueError as e:
+        ap.error(f"--host: {e}")
+    if a.max_pending_per_user is None:
+        a.max_pending_per_user = max(1, a.max_pending // 2)
+    for name in ("max_pending", "max_pending_per_user", "keep", "poll", "kill_grace",
+                 "host_timeout", "hook_limit"):
+        if getattr(a, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive")
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s spoold[%(process)d] %(levelname)s %(message)s")
+    return Options(spool=(a.spool or spoolmod.default_spool()).absolute(), gpus=gpus,
+                   max_pending=a.max_pending, max_pending_per_user=a.max_pending_per_user,
+                   hook_limit=a.hook_limit, keep=a.keep, limit=a.limit, max_load=a.max_load,
+                   max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
+                   mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl,
+                   drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
+                   executor=a.executor)

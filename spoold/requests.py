@@ -1,0 +1,142 @@
+"""Requests: files in requests/ that ask the daemon to act on a job or the queue.
+
+Owns: reading requests/ (``kill-ID cancel-ID hold-ID release-ID pause
+resume``), deciding who may ask what, and applying it.
+
+Invariants:
+- Only a regular file with one link counts; anything else a user planted
+  there (a folder, link, fifo) is removed unread, so it cannot block the
+  owner's own request, whose tools create it with O_EXCL.
+- A request counts only from the job's owner or root; pause/resume of a
+  shared queue only from root. The owner of a job is the kernel's word:
+  ``records.owner_of`` of its pending file, or the uid its record got at
+  the claim.
+- Requests are never opened; one for a job another host runs is left for
+  that host's daemon; every other one is removed once handled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+
+from . import job as jobmod
+from . import spool as spoolmod
+from .queue import SETTLE_S, Slim
+from .records import read_record
+from .spool import BadFile
+
+log = logging.getLogger("spoold")
+
+
+class Requests:
+    def __init__(self, d):
+        self.d = d  # the daemon: its runs, queue, kill and end_pending
+
+    def handle_all(self) -> None:
+        for name in self.d.spool.list_requests():
+            self.d.guard(None, self.handle_request, name)
+
+    def handle_request(self, name: str) -> None:
+        path = self.d.spool.requests / name
+        parsed = spoolmod.parse_request_name(name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            # A planted folder, link or fifo would block the owner's own request
+            # (tools create requests with O_EXCL): never acted on, removed.
+            log.warning("requests/%s: not a regular file (uid %d); removed", name, st.st_uid)
+            spoolmod.remove_entry(path)
+            return
+        if self.d.shared and st.st_nlink > 1:
+            log.warning("requests/%s: a hard link (uid %d); removed", name, st.st_uid)
+        elif parsed is None:
+            log.warning("requests/%s: not a request (kill-ID, cancel-ID, hold-ID, release-ID,"
+                        " pause, resume); removed", name)
+        elif not self.d.queue.owner_ok(st.st_uid):
+            log.warning("requests/%s: owned by uid %d, not ours; removed", name, st.st_uid)
+        elif self.d.shared and st.st_uid != 0 and parsed[1] is None:
+            log.warning("requests/%s: only root may pause or resume a shared queue; removed",
+                        name)
+        elif self.d.shared and st.st_uid != 0 and self.job_owner(parsed[1]) not in (
+                None, st.st_uid):
+            log.warning("requests/%s: uid %d does not own job %d; removed", name, st.st_uid,
+                        parsed[1])
+        else:
+            kind, job_id = parsed
+            if self.apply_request(kind, job_id) == "elsewhere":
+                return  # for a job another host runs: that host's daemon consumes it
+        spoolmod.remove_entry(path)
+
+    def job_owner(self, job_id: int) -> int | None:
+        """uid that owns a running or pending job (None: no such job)."""
+        run = self.d.runs.get(job_id)
+        if run is not None:
+            return run.record.get("uid")
+        p = self.d.queue.find_pending(job_id)
+        if p is None:
+            return None
+        job = self.d.queue.load_pending(p.name, time.time() + SETTLE_S)
+        return job.uid if isinstance(job, Slim) else os.lstat(self.d.spool.pending / p.name).st_uid
+
+    def apply_request(self, kind: str, job_id: int | None) -> str | None:
+        if kind == "pause":
+            self.d.spool.paused_flag.touch()
+            log.info("queue paused; running jobs continue")
+            return
+        if kind == "resume":
+            with contextlib.suppress(FileNotFoundError):
+                self.d.spool.paused_flag.unlink()
+            log.info("queue resumed")
+            return
+        run = self.d.runs.get(job_id)
+        if run is not None:
+            if kind == "kill":
+                self.d.kill(run, "killed on request")
+            else:
+                log.info("job %d is running: %s request ignored (gkill kills it)", job_id, kind)
+            return
+        p = self.d.queue.find_pending(job_id)
+        if p is None:
+            where = next((d for d in ("running", *spoolmod.FINAL_DIRS)
+                          if self.d.spool.record(d, job_id).exists()), None)
+            if where == "running":
+                try:
+                    host = read_record(self.d.spool.record("running", job_id)).get("host")
+                except (OSError, BadFile, jobmod.JobError, ValueError):
+                    host = None
+                if host not in (None, self.d.o.host):
+                    return "elsewhere"
+            log.info("%s request for job %d ignored: %s", kind, job_id,
+                     f"it is in {where}/" if where else "no such job")
+            return
+        if kind in ("kill", "cancel"):
+            job = self.d.queue.load_pending(p.name, time.time() + SETTLE_S)
+            if isinstance(job, str):
+                self.d.reject_file(p, job)
+                return
+            self.d.end_pending(job_id, "cancelled", f"{kind} requested before it started", p)
+        else:
+            self.set_hold(p, kind == "hold")
+
+    def set_hold(self, p, hold: bool) -> None:
+        """Rewrite the pending file with ``hold:`` changed. The new file keeps
+        its owner (root hands it back), so who the job runs as cannot change."""
+        path = self.d.spool.pending / p.name
+        st = os.lstat(path)
+        job = jobmod.parse(spoolmod.read_untrusted(path))
+        data = dict(job.data)
+        data["hold"] = hold
+        owner = None
+        if self.d.shared and st.st_uid != 0:
+            data.pop("uid", None)
+            owner = st.st_uid
+        self.d.spool.replace_atomic(path, jobmod.dump(data), mode=0o600, owner=owner,
+                                  group=st.st_gid if owner is not None else None)
+        self.d.queue.touched.add(p.name)
+        log.info("job %d %s", p.job_id, "held" if hold else "released")
