@@ -1,5 +1,7 @@
-"""Tests of bin/gkill, bin/gcancel, bin/ghold, bin/grelease: they only write
-empty request files requests/<kind>-<id> into the spool."""
+"""Tests of bin/gkill, bin/gcancel, bin/ghold, bin/grelease, bin/gpause and
+bin/gresume: they only create empty request files requests/<kind>-<id> (or
+requests/pause, requests/resume) in the spool, and never open, follow or
+truncate an entry that is already there."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
 KINDS = {"gkill": "kill", "gcancel": "cancel", "ghold": "hold", "grelease": "release"}
+QUEUE = {"gpause": "pause", "gresume": "resume"}
 FOLDERS = ["tmp", "pending", "running", "done", "failed", "cancelled", "requests", "logs",
            "state"]
 
@@ -121,8 +124,117 @@ def test_wrappers_found_on_path(spool, tmp_path):
     assert "cancel-11" in requests(spool)
 
 
-def test_unwritable_request(spool):
-    (spool / "requests" / "kill-3").mkdir()  # can not be written, even by root
-    p = run("gkill", "--spool", str(spool), "3", "4")
-    assert p.returncode == 1 and b"gkill: could not write the request for job 3" in p.stderr
+def test_queue_requests(spool):
+    for tool, name in QUEUE.items():
+        p = run(tool, "--spool", str(spool))
+        assert (p.returncode, p.stdout, p.stderr) == (0, b"", b"")
+        assert (spool / "requests" / name).stat().st_size == 0
+    assert requests(spool) == ["pause", "resume"]
+    for args in (["3"], ["--bogus"], ["--spool"]):
+        p = run("gpause", *args)
+        assert p.returncode == 2 and p.stderr.startswith(b"gpause: "), args
+    p = run("gresume", "--help")
+    assert p.returncode == 0 and p.stdout.startswith(b"usage: gresume [--spool DIR]\n")
+    assert b"requests/resume" in p.stdout
+
+
+def test_ids_up_to_eight_digits(spool):
+    """Ids are at most 99999999, the width of pending names."""
+    p = run("gkill", "--spool", str(spool), "99999999", "0000099999999")
+    assert p.returncode == 0 and requests(spool) == ["kill-99999999"]
+    p = run("gkill", "--spool", str(spool), "100000000")
+    assert p.returncode == 2 and p.stderr == b"gkill: not a job id: '100000000'\n"
+
+
+# ---------------------------------------------------------------- entries already there
+def planted_message(tool: str, name: str) -> bytes:
+    return (f"{tool}: requests/{name} exists and is not your request (a folder, a link, a "
+            "fifo or another user's file); spoold removes such entries within a few seconds: "
+            "try again\n").encode()
+
+
+def target_file(tmp_path: Path) -> Path:
+    t = tmp_path / "root-only"
+    t.write_text("secret\n")
+    t.chmod(0o600)
+    os.utime(t, (1_000_000_000, 1_000_000_000))
+    return t
+
+
+def plant(kind: str, at: Path, tmp_path: Path) -> None:
+    if kind == "folder":
+        at.mkdir()
+    elif kind == "link to a file":
+        at.symlink_to(target_file(tmp_path))
+    elif kind == "link to a folder":
+        at.symlink_to(tmp_path)
+    elif kind == "dangling link":
+        at.symlink_to(tmp_path / "nowhere")
+    elif kind == "fifo":
+        os.mkfifo(at)
+    elif kind == "link to a fifo":
+        os.mkfifo(tmp_path / "fifo")
+        at.symlink_to(tmp_path / "fifo")
+    elif kind == "link to a device":
+        at.symlink_to("/dev/null")
+
+
+PLANTED = ["folder", "link to a file", "link to a folder", "dangling link", "fifo",
+           "link to a fifo", "link to a device"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("kind", PLANTED)
+def test_planted_entry_fails_its_request_by_name_and_the_others_are_made(spool, tmp_path,
+                                                                          kind, shell):
+    plant(kind, spool / "requests" / "kill-3", tmp_path)
+    p = run("gkill", "--spool", str(spool), "3", "4", shell=shell)  # a fifo must not block
+    assert (p.returncode, p.stdout, p.stderr) == (1, b"", planted_message("gkill", "kill-3"))
     assert requests(spool) == ["kill-3", "kill-4"]
+    assert (spool / "requests" / "kill-4").stat().st_size == 0
+
+
+@pytest.mark.parametrize("tool", sorted(QUEUE))
+@pytest.mark.parametrize("kind", PLANTED)
+def test_planted_entry_fails_a_queue_request_by_name(spool, tmp_path, tool, kind):
+    plant(kind, spool / "requests" / QUEUE[tool], tmp_path)
+    p = run(tool, "--spool", str(spool))
+    assert (p.returncode, p.stderr) == (1, planted_message(tool, QUEUE[tool]))
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("tool", ["gkill", "gpause"])
+def test_symlink_at_the_request_name_leaves_its_target_untouched(spool, tmp_path, tool, shell):
+    target = target_file(tmp_path)
+    name = "kill-5" if tool == "gkill" else "pause"
+    (spool / "requests" / name).symlink_to(target)
+    before = target.stat()
+    p = run(tool, "--spool", str(spool), *(["5"] if tool == "gkill" else []), shell=shell)
+    assert p.returncode == 1
+    after = target.stat()
+    assert target.read_text() == "secret\n"
+    assert (after.st_size, after.st_mtime_ns, after.st_mode) == (
+        before.st_size, before.st_mtime_ns, before.st_mode)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_own_request_already_there_is_success_and_left_as_it_is(spool, shell):
+    own = spool / "requests" / "hold-6"
+    own.write_text("mine\n")
+    for tool, args in (("ghold", ["6", "7"]), ("gpause", [])):
+        p = run(tool, "--spool", str(spool), *args, shell=shell)
+        assert (p.returncode, p.stderr) == (0, b"")
+        p = run(tool, "--spool", str(spool), *args, shell=shell)  # twice: still fine
+        assert (p.returncode, p.stderr) == (0, b"")
+    assert own.read_text() == "mine\n"
+    assert requests(spool) == ["hold-6", "hold-7", "pause"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_another_users_file_is_not_our_request(spool):
+    other = spool / "requests" / "cancel-8"
+    other.write_text("")
+    os.chown(other, 65534, 65534)
+    p = run("gcancel", "--spool", str(spool), "8")
+    assert (p.returncode, p.stderr) == (1, planted_message("gcancel", "cancel-8"))
+    assert os.stat(other).st_uid == 65534
