@@ -33,27 +33,6 @@ def requeue_data(rec: dict, old: int, new: int) -> dict:
     return {"id": new, **data, "requeued_from": old}
 
 
-def write_owned(sp: Spool, data: bytes, hint: str, uid: int, gid: int) -> str:
-    """A new 0600 file in tmp/ owned by ``uid``:``gid`` (chowned only by root)."""
-    path = sp.tmp_path(hint)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        if os.geteuid() == 0:
-            os.fchown(fd, uid, gid)
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    os.close(fd)
-    return str(path)
-
-
 def give_id(sp: Spool, job_id: int, uid: int) -> None:
     """In a shared spool an id belongs to whoever owns ``state/ids/ID``: the
     marker root just made becomes the owner's, as if they had taken the id."""
@@ -106,13 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(ok, str):
             return fail("grequeue", ok)
         jobs.append((i, *ok))
+    root = os.geteuid() == 0  # then the new file and its id must become the owner's
     for old, rec, owner in jobs:
         new = sp.allocate_ids(1)
-        if os.geteuid() == 0 and owner != 0:
+        if root and owner != 0:
             give_id(sp, new, owner)
         data = requeue_data(rec, old, new)
-        gid = pwd.getpwuid(owner).pw_gid if os.geteuid() == 0 and owner != 0 else os.getgid()
-        tmp = write_owned(sp, jobmod.dump(data), f"requeue-{new}", owner, gid)
+        tmp = sp.write_tmp(jobmod.dump(data), f"requeue-{new}", mode=0o600,
+                           owner=owner if root else None,
+                           group=pwd.getpwuid(owner).pw_gid if root else None)
         prio = data.get("priority", spoolmod.DEFAULT_PRIORITY)
         try:
             spoolmod.move_noreplace(tmp, sp.pending / spoolmod.pending_name(prio, new))
