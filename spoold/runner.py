@@ -12,12 +12,29 @@ Invariants:
   = vanished after starting; no file, or an empty one = never started (the
   daemon died before the shepherd ran), so the job may go back to pending/.
   No pid is ever trusted on its own.
-- The job itself does not inherit that descriptor (its stdin is /dev/null), so
+- The gate: the shepherd's first act is to read one line from its stdout,
+  which is then the read end of a pipe (dash names only fds 0-9, so the gate
+  takes fd 1 until it opens, and the log then takes fd 1 back). The daemon
+  writes that line only after it has put the shepherd in the job's cgroup, so
+  no process of the job ever runs outside it. If the daemon dies first, the
+  read sees end of file and the shepherd exits without writing ``s``: the run
+  file reads as never started.
+- The shepherd runs as the job's user from its first instruction and enters
+  the working directory itself (``cd``, the path passed as an argument, never
+  part of the script): root never looks up a path a user named. If it cannot,
+  the job counts as started and failed with status ``CWD_FAILED`` (125, as
+  env(1) and chroot(1) report their own failures) and a line in its log.
+- The job runs with the submitter's umask (the ``umask`` field), else the
+  daemon's.
+- The job itself does not inherit the run file (its stdin is /dev/null), so
   a job's daemonised leftovers cannot keep the lock alive.
-- A job's processes are found by ``SPOOLD_JOB_ID`` + ``SPOOLD_SPOOL`` in their
-  environment, and by the shepherd's session: that catches children that
-  called setsid() too. The shepherd is never signalled, so it can always
-  record how the job ended.
+- A job's processes: with a cgroup (spoold.cgroup), exactly its members. Else
+  the processes of the job's user carrying ``SPOOLD_JOB_ID`` + ``SPOOLD_SPOOL``
+  in their environment, and the shepherd's session (children that called
+  setsid() keep neither), the session only while the shepherd is provably ours
+  (a session leader holding the job's run file open, root's alone in
+  state/run/): a pid from before a reboot or reused since is never used.
+  The shepherd is never signalled, so it can always record how the job ended.
 """
 
 from __future__ import annotations
@@ -32,12 +49,28 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cgroup import Cgroups, send
+
 SH = "/bin/sh"
-# stdin is the locked run file; the exit status goes there when the job ends.
-SHEPHERD = 'printf "s\\n" >&0; "$@" </dev/null; printf "%s\\n" $? >&0'
+CWD_FAILED = 125  # the shepherd could not enter the job's working directory
+# stdout is the gate until it opens, then the log again (see above).
+GATE = 'read -r g <&1 || exit 0; exec >&2; '
+
+
+def _shepherd(run: str) -> str:
+    """$1 is the working directory, then ``run``'s arguments. stdin is the
+    locked run file; the exit status goes there when the job ends."""
+    return (GATE + 'printf "s\\n" >&0; if cd -P -- "$1"; then shift; ' + run + '; s=$?; '
+            'else printf "spoold: cannot enter the working directory %s\\n" "$1"; '
+            f's={CWD_FAILED}; fi; printf "%s\\n" $s >&0')
+
+
+SHEPHERD = _shepherd('"$@" </dev/null')
 # With `gsub -o FILE`: the shepherd, already running as the job's user, opens
 # FILE itself, so the daemon never opens a user-chosen path with its rights.
-SHEPHERD_TO = 'L=$1; shift; printf "s\\n" >&0; "$@" </dev/null >>"$L" 2>&1; printf "%s\\n" $? >&0'
+SHEPHERD_TO = _shepherd('L=$1; shift; "$@" </dev/null >>"$L" 2>&1')
+# --on-finish: the job's directory if the user can enter it, else /.
+HOOK = GATE + 'cd -P -- "$1" 2>/dev/null || cd /; shift; exec "$@"'
 CRON_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -107,37 +140,87 @@ def open_log(path: Path, creds: Creds | None) -> int:
     return fd
 
 
-def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
-           creds: Creds | None, log_path: Path) -> int:
-    """Start ``job`` under a shepherd; return the shepherd's pid.
+def job_umask(job) -> int | None:
+    """The submitter's umask: ``umask: '0077'`` (octal digits), else None."""
+    s = job.get("umask")
+    if isinstance(s, str) and 0 < len(s) <= 4 and set(s) <= set("01234567"):
+        mask = int(s, 8)
+        return mask if mask <= 0o777 else None
+    return None
 
-    Raises OSError (cwd missing, log not writable, exec failed) with nothing
-    started; the caller records the reason."""
-    log_fd = open_log(log_path, creds)
-    root = os.geteuid() == 0
+
+def _as_user(job, creds: Creds | None) -> dict:
+    """Popen arguments that make the child the job's user, with its umask."""
+    kw = {}
+    if os.geteuid() == 0 and creds is not None and creds.uid != 0:
+        kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
+    mask = job_umask(job)
+    if mask is not None:
+        kw["umask"] = mask
+    return kw
+
+
+def _start(argv: list, stdin, log_fd: int, env: dict, kw: dict,
+           cgroups: Cgroups | None, job_id: int) -> subprocess.Popen:
+    """Popen ``argv`` (a gated script) as the job's user, in its own session,
+    from /, put it in the job's cgroup, then open its gate. On any error the
+    child has run nothing and is gone when this raises."""
+    gate, release = os.pipe()
     try:
-        kw = {}
-        if root and creds is not None and creds.uid != 0:
-            kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
+        try:
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=gate, stderr=log_fd, cwd="/",
+                                    env=env, start_new_session=True, **kw)
+        finally:
+            os.close(gate)
+        _children[proc.pid] = proc
+        try:
+            if cgroups is not None:
+                cgroups.attach(job_id, proc.pid)
+            os.write(release, b"go\n")
+        except BaseException:
+            os.close(release)  # end of file at the gate: it exits having run nothing
+            release = -1
+            proc.wait()
+            raise
+    finally:
+        if release >= 0:
+            os.close(release)
+    return proc
+
+
+def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
+           creds: Creds | None, log_path: Path, *, cgroups: Cgroups | None = None) -> int:
+    """Start ``job`` under a shepherd (in the job's cgroup when ``cgroups`` is
+    given, before the job runs); return the shepherd's pid.
+
+    Raises OSError (log not writable, cgroup not writable, exec failed) with
+    nothing started; the caller records the reason. A working directory the
+    user cannot enter is the job's failure (``CWD_FAILED``), not an OSError."""
+    log_fd = open_log(log_path, creds)
+    try:
         cwd = job.get("cwd") or (creds.home if creds else os.path.expanduser("~"))
-        if not os.path.isdir(cwd):
-            raise FileNotFoundError(errno.ENOENT, "working directory does not exist", cwd)
+        if not os.path.isabs(cwd):  # a string test: nothing is looked up as root
+            raise FileNotFoundError(errno.ENOENT, "working directory is not absolute", cwd)
         run_fd = os.open(run_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
         old_mask = os.sched_getaffinity(0) if cpus else None
         try:
             fcntl.flock(run_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if cgroups is not None:  # after the run file: a crash here reads as unstarted
+                cgroups.create(job.id)
             if cpus:  # the child inherits this thread's mask: no preexec_fn needed
                 os.sched_setaffinity(0, cpus)
             out = job.get("log")
-            script = [SHEPHERD_TO, "spoold-shepherd", os.fsencode(out)] if out else [
-                SHEPHERD, "spoold-shepherd"]
-            proc = subprocess.Popen(
-                [SH, "-c", *script, *job_argv(job)],
-                stdin=run_fd, stdout=log_fd, stderr=log_fd, cwd=cwd,
-                env=job_env(job, spool.root, gpus, creds), start_new_session=True, **kw)
+            script = [SHEPHERD_TO, "spoold-shepherd", cwd, os.fsencode(out)] if out else [
+                SHEPHERD, "spoold-shepherd", cwd]
+            proc = _start([SH, "-c", *script, *job_argv(job)], run_fd, log_fd,
+                          job_env(job, spool.root, gpus, creds), _as_user(job, creds),
+                          cgroups, job.id)
         except BaseException:
-            # Nothing runs: remove the marker so the job counts as never started.
+            # Nothing runs: the cgroup goes first, then the marker, so that the job
+            # counts as never started whatever a crash in between leaves.
+            if cgroups is not None:
+                cgroups.remove(job.id)
             with contextlib.suppress(OSError):
                 os.unlink(run_path)
             raise
@@ -145,29 +228,29 @@ def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, .
             os.close(run_fd)  # the shepherd's copy now holds the lock alone
             if old_mask is not None:
                 os.sched_setaffinity(0, old_mask)
-        _children[proc.pid] = proc
         return proc.pid
     finally:
         os.close(log_fd)
 
 
 def spawn_hook(job, gpus: tuple[int, ...], creds: Creds | None, log_path: Path,
-               spool_root: Path, extra: dict) -> None:
-    """Start a job's --on-finish command, detached; nothing waits for it."""
+               spool_root: Path, extra: dict, *, cgroups: Cgroups | None = None) -> int:
+    """Start a job's --on-finish command as the job's user, with its GPUs, in
+    its cgroup when ``cgroups`` is given (so it is tracked and killed with
+    the job); return its pid. Nothing here waits for it."""
     log_fd = open_log(log_path, creds)
     try:
-        kw = {}
-        if os.geteuid() == 0 and creds is not None and creds.uid != 0:
-            kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
         env = job_env(job, spool_root, gpus, creds)
         env.update(extra)
-        env.pop("SPOOLD_SPOOL", None)  # not one of the job's processes: never killed with it
+        env.pop("SPOOLD_SPOOL", None)  # no marker: without a cgroup it outlives the job
         env["SPOOLD_HOOK_SPOOL"] = str(spool_root)
-        cwd = job.get("cwd") if os.path.isdir(job.get("cwd") or "") else "/"
-        proc = subprocess.Popen([default_shell(), "-c", job.cmd], stdin=subprocess.DEVNULL,
-                                stdout=log_fd, stderr=log_fd, cwd=cwd, env=env,
-                                start_new_session=True, **kw)
-        _children[proc.pid] = proc
+        cwd = job.get("cwd") or "/"
+        if cgroups is not None:
+            cgroups.create(job.id)
+        proc = _start([SH, "-c", HOOK, "spoold-hook", cwd if os.path.isabs(cwd) else "/",
+                       default_shell(), "-c", job.cmd], subprocess.DEVNULL, log_fd, env,
+                      _as_user(job, creds), cgroups, job.id)
+        return proc.pid
     finally:
         os.close(log_fd)
 
@@ -182,12 +265,30 @@ def reap() -> None:
             del _children[pid]
 
 
-def status(run_path: Path) -> tuple[str, int | None]:
-    """('running', None), ('exited', code), ('vanished', None) or ('unstarted', None)."""
+def running_child(pid: int) -> bool:
+    """Whether ``pid`` is a shepherd or hook this daemon started and still runs."""
+    proc = _children.get(pid)
+    return proc is not None and proc.poll() is None
+
+
+def status(run_path: Path, *, cgroups: Cgroups | None = None,
+           job_id: int | None = None) -> tuple[str, int | None]:
+    """('running', None), ('exited', code), ('vanished', None) or ('unstarted', None).
+
+    With the job's cgroup (``cgroups`` and ``job_id``), a live member outweighs
+    a missing run file (someone removed ``state/run/``) or a dead shepherd: the
+    job is 'running' as long as any of its processes is. A missing run file
+    with an empty cgroup is 'vanished': the job may have run, so it is never
+    requeued. (So the daemon removes the cgroup before it clears the run file
+    of a job it puts back in pending/.)"""
+    cg = cgroups if cgroups is not None and job_id is not None and cgroups.exists(
+        job_id) else None
     try:
         fd = os.open(run_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return "unstarted", None
+        if cg is None:
+            return "unstarted", None
+        return ("running" if cg.populated(job_id) else "vanished"), None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -200,6 +301,8 @@ def status(run_path: Path) -> tuple[str, int | None]:
         return "unstarted", None
     if words[-1].isdigit():
         return "exited", int(words[-1])
+    if cg is not None and cg.populated(job_id):
+        return "running", None  # the shepherd was killed; its job was not
     return "vanished", None
 
 
@@ -208,8 +311,18 @@ def clear(run_path: Path) -> None:
         os.unlink(run_path)
 
 
-def job_pids(spool_root: Path, job_id: int, shepherd: int | None) -> set[int]:
-    """Every process of the job: by environment marker, and by session."""
+def job_pids(spool_root: Path, job_id: int, shepherd: int | None, *,
+             cgroups: Cgroups | None = None, uid: int | None = None) -> set[int]:
+    """Every process of the job but its shepherd.
+
+    With the job's cgroup: its members, nothing else. Without: processes of
+    ``uid`` (any user when None) with the job's environment markers, and the
+    shepherd's session if ``shepherd`` is alive and provably the job's."""
+    runs = _run_files(spool_root, job_id)
+    if cgroups is not None and cgroups.exists(job_id):
+        return {p for p in cgroups.pids(job_id)
+                if p not in (os.getpid(), shepherd) and not _is_shepherd(p, runs)}
+    sid = shepherd if shepherd and _is_shepherd(shepherd, runs) else None
     want_id = b"SPOOLD_JOB_ID=%d\0" % job_id
     want_spool = b"SPOOLD_SPOOL=" + os.fsencode(str(spool_root)) + b"\0"
     me = os.getpid()
@@ -224,28 +337,61 @@ def job_pids(spool_root: Path, job_id: int, shepherd: int | None) -> set[int]:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = b"\0" + f.read()
             if b"\0" + want_id in env and b"\0" + want_spool in env:
-                found.add(pid)
-                continue
-            if shepherd:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                if int(fields[3]) == shepherd:  # session id
+                if (uid is None or _real_uid(pid) == uid) and not _is_shepherd(pid, runs):
                     found.add(pid)
-        except (OSError, IndexError, ValueError):
+                continue
+            if sid and _session(pid) == sid:
+                found.add(pid)
+        except OSError:
             continue
     return found
 
 
-def signal_job(spool_root: Path, job_id: int, shepherd: int | None, sig: int) -> int:
-    """Send ``sig`` to every process of the job; return how many got it."""
-    n = 0
-    for pid in job_pids(spool_root, job_id, shepherd):
-        try:
-            os.kill(pid, sig)
-            n += 1
-        except OSError as e:
-            if e.errno not in (errno.ESRCH, errno.EPERM):
-                raise
-    return n
+def signal_job(spool_root: Path, job_id: int, shepherd: int | None, sig: int, *,
+               cgroups: Cgroups | None = None, uid: int | None = None) -> int:
+    """Send ``sig`` to every process of the job (``job_pids``); return how many got it."""
+    return sum(send(pid, sig) for pid in job_pids(spool_root, job_id, shepherd,
+                                                  cgroups=cgroups, uid=uid))
 
 
+def _run_files(spool_root: Path, job_id: int) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the job's run file(s): in state/run/ (root's, 0700)."""
+    found = set()
+    for p in (Path(spool_root) / "state" / "run").glob(f"*/{job_id}.lock"):
+        with contextlib.suppress(OSError):
+            st = os.stat(p, follow_symlinks=False)
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _is_shepherd(pid: int, runs: set[tuple[int, int]]) -> bool:
+    """A shepherd, and only a shepherd, is a session leader holding the job's
+    run file open (on fd 0, or on the copy the shell keeps while the job runs)."""
+    if not runs or _session(pid) != pid:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            if (st.st_dev, st.st_ino) in runs:
+                return True
+    return False
+
+
+def _session(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _real_uid(pid: int) -> int | None:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1])
+    return None
