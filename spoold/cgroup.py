@@ -66,8 +66,13 @@ class Cgroups:
             return None
         key = f"{os.path.abspath(spool_root)}\0{host}".encode()
         name = "spoold-" + hashlib.sha256(key).hexdigest()[:12]
+        try:
+            hierarchies = _own_cgroups()
+        except (OSError, ValueError) as e:  # no /proc, or a format we do not know
+            cls.why_not = f"cannot read this process's cgroups: {e}"
+            return None
         tried = []
-        for kind, own in _own_cgroups():
+        for kind, own in hierarchies:
             cg = cls(own / name, kind)
             try:
                 cg._probe()

@@ -256,6 +256,33 @@ def test_launch_failing_to_attach_starts_nothing_and_leaves_nothing(rig, tmp_pat
     assert not ran.exists()
 
 
+def test_hook_runs_in_the_job_cgroup_with_its_gpus_as_the_user(rig, users):  # noqa: F811
+    sp, cg = with_cgroups(rig)
+    alice = users["spoold-alice"]
+    base = Path(tempfile.mkdtemp(prefix="spoold-hook-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "secret").mkdir(mode=0o700)  # root's: the hook cannot enter it
+        (base / "out").mkdir()
+        os.chmod(base / "out", 0o777)
+        out = base / "out" / "hook"
+        job = jobmod.validate({"cmd": f"{{ id -u; pwd; echo $CUDA_VISIBLE_DEVICES; "
+                                      f"cat /proc/self/cgroup; }} > {out}; exec sleep 1000",
+                               "cwd": str(base / "secret")})
+        job.id = 14
+        pid = runner.spawn_hook(job, (1, 3), runner.creds_for(alice.pw_uid), sp.log_path(14),
+                                sp.root, {"SPOOLD_EXIT_CODE": "0"}, cgroups=cg)
+        wait_for(lambda: out.exists() and out.read_text().count("\n") >= 4, what="the hook")
+        uid, cwd, gpus, *cgroups = out.read_text().splitlines()
+        assert (int(uid), cwd, gpus) == (alice.pw_uid, "/", "1,3")
+        assert any(line.endswith(f"/{cg.base.name}/job-14") for line in cgroups)
+        assert pid in cg.pids(14) and runner.running_child(pid)
+        assert cg.kill(14) == 1  # killed with the job
+        wait_for(lambda: not runner.running_child(pid), what="the hook to be gone")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # ---- identity: cwd entered as the user, the submitter's umask ---------------------------
 def test_cwd_only_root_can_enter_is_never_entered_for_another_user(rig, users):  # noqa: F811
     sp, _ = rig
