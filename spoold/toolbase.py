@@ -81,7 +81,7 @@ def num(value) -> float | int | None:
 
 def json_text(data) -> str:
     """The --json output: valid JSON always (null for non-finite numbers)."""
-    return json.dumps(finite(data), indent=1, allow_nan=False) + "\n"
+    return json.dumps(finite(data), indent=1, allow_nan=False, default=str) + "\n"
 
 
 def when(epoch) -> str:

@@ -272,6 +272,7 @@ def test_other_users_see_a_running_job_and_its_gpus_but_not_its_private_fields(l
 
     row, snap, raw = wait_for(bobs_view, what="bob to see alice's job in the heartbeat")
     assert row["private"] and row["user"] == ALICE and row["name"] == "train"
+    assert snap["daemon"]["running"]  # its lock is root's: the fresh heartbeat tells
     assert len(row["assigned_gpus"]) == 2 and b"TOPSECRET" not in raw
     held = sorted(g["index"] for g in snap["gpus"] if j in g["jobs"])
     assert held == sorted(row["assigned_gpus"])
