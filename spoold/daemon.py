@@ -570,9 +570,11 @@ class Daemon:
         except (BadFile, jobmod.JobError) as e:
             self.finish_claimed(job_id, path, "failed", f"rejected: {e}")
             return None
+        except spoolmod.StillOpen:
+            job = None  # its owner holds a lease on it: not ours to read yet
         req = cached.req
-        if (job.gpus, job.gpu_mem, job.cpus, job.mem) != (req.gpus, req.gpu_mem,
-                                                          req.cpus, req.mem):
+        if job is None or (job.gpus, job.gpu_mem, job.cpus, job.mem) != (
+                req.gpus, req.gpu_mem, req.cpus, req.mem):
             # changed under us: back (no one can have taken the name: the id is ours)
             spoolmod.move_noreplace(path, self.spool.pending / p.name)
             self.queue.touched.add(p.name)

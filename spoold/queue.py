@@ -107,6 +107,11 @@ class PendingQueue:
         key = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
         if hit and hit[0] == key:
             return hit[1]
+        p = spoolmod.parse_pending_name(name)
+        if p is not None and p.has_id and (hit is None or hit[0][0] != st.st_ino):
+            why = self.id_taken(p, st)  # a file we see for the first time
+            if why:
+                return Taken(why)
         try:
             if self.shared and st.st_nlink > 1 and not os.path.isdir(path):
                 raise BadFile("hard link in a shared spool: refused unread (it could point "
@@ -157,12 +162,11 @@ class PendingQueue:
                     if budget <= 0:
                         break
                     budget -= 1
-                    taken = self.d.guard(p.job_id, self.id_taken, p)
-                    if taken:
-                        self.d.guard(p.job_id, self.renumber, p, taken)
-                        i += 1
-                        continue
                 slim = self.load_pending(p.name, now, trust=not full and p.name not in touched)
+                if isinstance(slim, Taken):
+                    self.d.guard(p.job_id, self.renumber, p, slim.why)
+                    i += 1
+                    continue
                 if new and isinstance(slim, Slim):
                     full_why = self.queue_full(slim.uid)
                     if full_why:
@@ -190,7 +194,7 @@ class PendingQueue:
                     f"pending (spoold --max-pending-per-user {self.o.max_pending_per_user})")
         return None
 
-    def id_taken(self, p) -> str | None:
+    def id_taken(self, p, st: os.stat_result) -> str | None:
         """Why the id in pending/<p.name> may not be used (None: it may). The one
         id rule, applied to every name the daemon sees for the first time."""
         job_id = p.job_id
@@ -204,7 +208,6 @@ class PendingQueue:
             return f"job {job_id} is in {where}/"
         if not self.shared:
             return None
-        st = os.lstat(self.spool.pending / p.name)
         if st.st_uid == 0:
             return None  # root's, or one we put back: root is trusted
         marker = self.spool.marker_owner(job_id)
@@ -267,8 +270,10 @@ class PendingQueue:
                 return None
 
     def leave(self, p) -> None:
-        """Note that pending/<p.name> is being moved out by us."""
+        """Note that pending/<p.name> is being moved out by us. Its cache entry
+        goes at once: a new file under the same name is a first sight."""
         self.gone.add(p.name)
+        self.cache.pop(p.name, None)
         if self.pending_ids.get(p.job_id) is p:
             del self.pending_ids[p.job_id]
         if self.index is not None:
@@ -281,6 +286,13 @@ class PendingQueue:
         if p is not None and os.path.lexists(self.spool.pending / p.name):
             return p
         return next((q for q in self.spool.list_pending() if q.job_id == job_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A pending file whose name carries an id that is not its to use."""
+
+    why: str
 
 
 @dataclass(frozen=True, slots=True)

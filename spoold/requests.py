@@ -25,7 +25,7 @@ import time
 
 from . import job as jobmod
 from . import spool as spoolmod
-from .queue import SETTLE_S, Slim
+from .queue import SETTLE_S, Slim, Taken
 from .records import read_record
 from .spool import BadFile
 
@@ -115,8 +115,12 @@ class Requests:
             log.info("%s request for job %d ignored: %s", kind, job_id,
                      f"it is in {where}/" if where else "no such job")
             return
+        job = self.d.queue.load_pending(p.name, time.time() + SETTLE_S)
+        if isinstance(job, Taken):
+            log.info("%s request for job %d ignored: pending/%s is not that job (%s)", kind,
+                     job_id, p.name, job.why)
+            return
         if kind in ("kill", "cancel"):
-            job = self.d.queue.load_pending(p.name, time.time() + SETTLE_S)
             if isinstance(job, str):
                 self.d.reject_file(p, job)
                 return
