@@ -127,10 +127,31 @@ class Daemon:
             other = os.read(fd, 64).decode(errors="replace").strip() or "?"
             raise SystemExit(f"spoold: another spoold (pid {other}) already runs the spool "
                              f"{self.spool.root} for host {self.o.host}; stop it first") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            os.close(fd)  # a full disk: set_up tries again, with a fresh lock
+            raise
         self._lock_fd = fd  # held for the daemon's life
 
+
+    def set_up(self) -> None:
+        """Create the spool and take its lock; while the disk is full or out of
+        inodes, wait for room (backing off) instead of exiting: a user filling
+        tmp/ must not keep the daemon down."""
+        delay = 1.0
+        while True:
+            try:
+                self.lock()
+                return
+            except OSError as e:
+                if e.errno not in WRITE_ERRORS or e.errno in (errno.EACCES, errno.EROFS):
+                    raise
+                log.error("cannot set up the spool %s (%s: %s); waiting for room, retrying "
+                          "in %gs", self.spool.root, e.strerror, e.filename, delay)
+            time.sleep(delay)
+            delay = min(MAX_BACKOFF_S, delay * 2)
 
     def setup_resources(self) -> None:
         if self.o.executor == "slurm":
@@ -240,7 +261,7 @@ class Daemon:
 
     # ---- the loop ------------------------------------------------------------
     def run(self) -> None:
-        self.lock()
+        self.set_up()
         self.setup_logfile()
         self.setup_resources()
         self.guard(None, self.recover)
