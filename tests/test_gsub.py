@@ -16,6 +16,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_reliability import tiny_spool  # noqa: F401 - a fixture: a spool on a small tmpfs
+
+from spoold import job as jobmod
 
 ROOT = Path(__file__).resolve().parent.parent
 GSUB = ROOT / "bin" / "gsub"
@@ -117,13 +120,13 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def run(spool: Path | None, *args, shell: str = "dash", env=None, cwd=None, timeout=30,
-        script: Path = GSUB) -> subprocess.CompletedProcess:
+        script: Path = GSUB, umask: int = 0o022) -> subprocess.CompletedProcess:
     argv: list = [shell, str(script)]
     if spool is not None:
         argv += ["--spool", str(spool)]
     argv += list(args)
     return subprocess.run(argv, capture_output=True, env=base_env() if env is None else env,
-                          cwd=cwd, timeout=timeout)
+                          cwd=cwd, timeout=timeout, umask=umask)
 
 
 def load_both(text: bytes) -> dict:
@@ -353,23 +356,48 @@ def test_defaults_and_layout(spool, tmp_path):
     env = base_env(USER="alice")
     job_id, job = submit(spool, "python", "dir/train.py", env=env, cwd=tmp_path)
     assert job_id == 1
-    assert list(job) == ["id", "argv", "name", "gpus", "priority", "cwd", "user", "env"]
+    assert list(job) == ["id", "argv", "name", "gpus", "priority", "cwd", "umask", "env"]
     assert job["name"] == "python"
     assert job["gpus"] == 1 and job["priority"] == 10
     assert job["cwd"] == str(tmp_path)
-    assert job["user"] == "alice"
+    assert job["umask"] == "0022"
     assert (spool / "state" / "next-id").read_text() == "2\n"
     assert os.listdir(spool / "tmp") == []
     assert os.listdir(spool / "pending") == ["0010-00000001.yaml"]
     assert (spool / "pending" / "0010-00000001.yaml").stat().st_mode & 0o077 == 0
 
 
-def test_user_from_logname_or_absent(spool):
-    env = base_env(LOGNAME="bob")
-    env.pop("USER", None)
-    assert submit(spool, "true", env=env)[1]["user"] == "bob"
-    env.pop("LOGNAME")
-    assert "user" not in submit(spool, "true", env=env)[1]
+@pytest.mark.parametrize("shell", SHELLS)
+def test_user_is_never_taken_from_the_environment(spool, shell):
+    """Who submitted is the file's owner (the kernel's word); $USER and $LOGNAME
+    are anyone's to set, so gsub writes no `user:` field from them."""
+    no_user = base_env(LOGNAME="bob")
+    no_user.pop("USER", None)
+    for env in (base_env(USER="root", LOGNAME="root"), no_user):
+        job = submit(spool, "true", env=env, shell=shell)[1]
+        assert "user" not in job
+        assert job["env"]["LOGNAME"] == env["LOGNAME"]  # still recorded for the job
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("mask, text", [(0o027, "0027"), (0o002, "0002"), (0o077, "0077"),
+                                        (0o000, "0000")])
+def test_umask_recorded_as_submitted_and_the_file_stays_private(spool, shell, mask, text,
+                                                                 tmp_path):
+    job_id, job = submit(spool, "-c", "true", shell=shell, umask=mask)
+    assert job["umask"] == text and isinstance(job["umask"], str)
+    f = pending_file(spool, job_id)
+    assert jobmod.parse(f.read_bytes()).umask == mask
+    assert f.stat().st_mode & 0o777 == 0o600
+    jobs = tmp_path / "jobs"
+    jobs.write_text("a\nb\n")
+    for args in (["--array", "1-2", "true"], ["--file", str(jobs)]):
+        p = run(spool, *args, shell=shell, umask=mask)
+        assert p.returncode == 0, p.stderr
+        for i in p.stdout.split():
+            f = pending_file(spool, int(i))
+            assert load_both(f.read_bytes())["umask"] == text
+            assert f.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -386,10 +414,10 @@ def test_every_flag(spool, shell, tmp_path):
     assert env_["USER"] == "alice"
     assert list(job.items()) == [
         ("id", job_id), ("cmd", "echo $HOME && ls"), ("name", "my job \u00e9"), ("gpus", 0),
-        ("priority", 7), ("cwd", str(tmp_path)), ("user", "alice"), ("time_limit", 5400),
+        ("priority", 7), ("cwd", str(tmp_path)), ("time_limit", 5400),
         ("cpus", 4), ("mem", 30720), ("after", [3, 4, 5]), ("hold", True),
         ("log", str(tmp_path / "out/x.log")), ("on_finish", 'notify.sh "done"'),
-        ("pin_host", "node2"), ("requeue", True),
+        ("pin_host", "node2"), ("requeue", True), ("umask", "0022"),
     ]
 
 
@@ -620,6 +648,148 @@ def test_counter_missing_on_fresh_spool_and_leading_zeros(spool):
     assert submit(spool, "true")[0] == 50
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_ids_stop_at_max_id(spool, shell):
+    """Ids have 8 digits, the width of pending names: the last one is handed
+    out, then gsub refuses, clearly, and writes nothing."""
+    (spool / "state" / "next-id").write_text("99999999\n")
+    assert submit(spool, "true", shell=shell)[0] == 99_999_999
+    assert os.listdir(spool / "pending") == ["0010-99999999.yaml"]
+    for args in (["true"], ["--array", "1-2", "true"]):
+        p = run(spool, *args, shell=shell)
+        assert p.returncode == 1 and p.stdout == b""
+        assert p.stderr.startswith(b"gsub: no job id left: ids are at most 99999999"), p.stderr
+        assert os.listdir(spool / "pending") == ["0010-99999999.yaml"]
+        assert os.listdir(spool / "tmp") == []
+    (spool / "state" / "next-id").write_text("99999999\n")
+    p = run(spool, "--array", "1-2", "true", shell=shell)  # would end past the last id
+    assert p.returncode == 1 and b"no job id left" in p.stderr
+    assert len(os.listdir(spool / "pending")) == 1
+
+
+def test_ids_wider_than_eight_digits_do_not_steer_the_counter(spool):
+    (spool / "state" / "next-id").write_text("garbage\n")
+    (spool / "done" / "7.yaml").write_text("id: 7\n")
+    (spool / "done" / "123456789.yaml").write_text("")
+    (spool / "pending" / "0010-999999999999.yaml").write_text("")
+    assert submit(spool, "true")[0] == 8
+    (spool / "state" / "next-id").write_text("100000001\n")  # out of range: rebuilt
+    assert submit(spool, "true")[0] == 9
+
+
+def test_shared_spool_ids_stop_at_max_id(shared_spool):
+    (shared_spool / "state" / "next-id").write_text("99999999\n")
+    (shared_spool / "state" / "ids" / "99999999").write_text("")
+    p = run(shared_spool, "true")
+    assert p.returncode == 1 and b"no job id left" in p.stderr
+    assert os.listdir(shared_spool / "pending") == []
+    assert os.listdir(shared_spool / "state" / "ids") == ["99999999"]
+
+
+# ---------------------------------------------------------------- where the job lands
+def plant_at(path: Path, kind: str) -> None:
+    if kind == "folder":
+        path.mkdir(mode=0o777)
+    else:
+        path.write_text("x-planted: true\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_entry_at_the_jobs_pending_name_is_never_entered_or_replaced(spool, shell, kind):
+    """mv into pending/ would put the job inside a folder of that name, or
+    replace a file: gsub places it only where nothing is, else fails cleanly."""
+    (spool / "state" / "next-id").write_text("1\n")  # the counter says 1 is free
+    taken = pending_file(spool, 1)
+    plant_at(taken, kind)
+    p = run(spool, "-c", "echo hi", shell=shell)
+    assert (p.returncode, p.stdout) == (1, b"")
+    assert p.stderr == (f"gsub: job 1 not submitted: {taken} already exists; "
+                        "nothing was written there\n").encode()
+    if kind == "folder":
+        assert os.listdir(taken) == []
+    else:
+        assert taken.read_text() == "x-planted: true\n"
+    assert os.listdir(spool / "pending") == [taken.name]
+    assert os.listdir(spool / "tmp") == []
+    assert submit(spool, "true", shell=shell)[0] == 2  # the next id is fine
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_array_never_enters_or_replaces_an_entry_at_its_pending_names(spool, kind):
+    (spool / "state" / "next-id").write_text("1\n")
+    taken = pending_file(spool, 2)
+    plant_at(taken, kind)
+    p = run(spool, "--array", "1-3", "true")
+    assert p.returncode == 1
+    assert p.stdout == b"1\n3\n"  # the ids that did get in
+    assert f"pending/{taken.name} already exists".encode() in p.stderr
+    if kind == "folder":
+        assert os.listdir(taken) == []
+    else:
+        assert taken.read_text() == "x-planted: true\n"
+    assert sorted(os.listdir(spool / "pending")) == [pending_file(spool, i).name
+                                                     for i in (1, 2, 3)]
+    assert os.listdir(spool / "tmp") == []
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_shared_spool_skips_ids_whose_pending_name_is_taken(shared_spool, shell):
+    """Ids are predictable: another user can plant folders at the next pending
+    names. gsub takes the next id whose name and marker are both free."""
+    for i in (5, 6, 9):
+        plant_at(pending_file(shared_spool, i), "folder")
+    job_id, _ = submit(shared_spool, "true", shell=shell)
+    assert job_id == 7
+    p = run(shared_spool, "--array", "1-2", "true", shell=shell)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"10\n11\n"  # 8 alone is not enough for two
+    for i in (5, 6, 9):
+        assert os.listdir(pending_file(shared_spool, i)) == []
+    assert os.listdir(shared_spool / "tmp") == []
+
+
+def test_planted_entries_in_tmp_do_not_stop_a_submission(spool):
+    """gsub's files in tmp/ get fresh random names (mktemp, O_EXCL): a fifo or
+    folder planted at a predictable name is never opened and blocks nothing."""
+    (spool / "state" / "next-id").write_text("1\n")
+    os.mkfifo(spool / "tmp" / "1.yaml")
+    (spool / "tmp" / "2-3.d").mkdir()
+    assert submit(spool, "true")[0] == 1
+    p = run(spool, "--array", "1-2", "true")
+    assert (p.returncode, p.stdout) == (0, b"2\n3\n")
+    assert sorted(os.listdir(spool / "tmp")) == ["1.yaml", "2-3.d"]
+
+
+def fill(mount: Path) -> Path:
+    filler = mount / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_disk_full_leaves_nothing_behind_and_says_so(tiny_spool, shell):  # noqa: F811
+    spool = make_spool(tiny_spool / "spool")
+    assert submit(spool, "true", shell=shell)[0] == 1  # the counter exists
+    filler = fill(tiny_spool)
+    for args in (["-c", "echo " + "x" * 3000], ["--array", "1-3", "true"]):
+        p = run(spool, *args, shell=shell)
+        assert os.listdir(spool / "tmp") == []
+        assert p.returncode == 1 and p.stdout == b"", (args, p.stderr)
+        assert p.stderr.startswith(b"gsub: ") and b"disk full?" in p.stderr, p.stderr
+        assert p.stderr.count(b"\n") == 1, p.stderr
+        assert os.listdir(spool / "pending") == [pending_file(spool, 1).name]
+    filler.unlink()
+    job_id, job = submit(spool, "true", shell=shell)
+    assert job_id > 1 and job["argv"] == ["true"]
+
+
 # ---------------------------------------------------------------- queue limit
 def test_queue_full(spool):
     (spool / "state" / "max-pending").write_text("3\n")
@@ -656,7 +826,9 @@ ERRORS = [
     ["--array", "1-2%0", "true"], ["--array", "", "true"], ["--array", "0-20000", "true"],
     ["-o", "", "true"], ["-n", "99999999999999", "true"], ["--spool"], ["--file"],
     ["-J", b"\xff", "true"], ["--host", b"\xc3", "true"], ["--on-finish", b"\xfe", "true"],
-    ["-o", b"x\xff", "true"],
+    ["-o", b"x\xff", "true"], ["--after", "100000000", "true"], ["--after", "3,999999999", "true"],
+    ["--array", "100000000", "true"], ["--array", "99999999-100000000", "true"],
+    ["--array", "1-2%100000000", "true"],
 ]
 
 
