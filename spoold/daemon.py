@@ -600,7 +600,7 @@ class Daemon:
             spoolmod.move_noreplace(path, self.spool.pending / p.name)
             self.queue.touched.add(p.name)
             return None
-        uid = owner_of(fd_st, job)
+        uid = owner_of(fd_st.st_uid, job)
         if not self.queue.owner_ok(uid):
             self.finish_claimed(job_id, path, "failed", f"rejected: file owned by uid {uid}; "
                                 f"this spoold (uid {self.uid}) runs only its own files")
@@ -660,7 +660,7 @@ class Daemon:
                 with contextlib.suppress(OSError, BadFile, jobmod.JobError, ValueError):
                     st = os.lstat(path)
                     rec = read_record(path)
-                    n += (owner_of(st, rec), rec.get("array_id")) == (slim.uid, req.array_id)
+                    n += (owner_of(st.st_uid, rec), rec.get("array_id")) == (slim.uid, req.array_id)
             yield n < req.array_limit
         finally:
             os.close(fd)
@@ -676,7 +676,7 @@ class Daemon:
         except (BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
             spoolmod.move_noreplace(path, self.spool.rejected_copy(job_id))
             data = {"id": job_id}
-        uid = owner_of(st, data)
+        uid = owner_of(st.st_uid, data)
         data.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, ended_at=time.time(),
                     reason=reason)
         if path.exists():

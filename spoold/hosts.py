@@ -55,6 +55,7 @@ class Hosts:
         jobs = [{"id": r.id, "uid": r.record.get("uid"), "user": r.record.get("user"),
                  "name": r.record.get("name"), "gpus": r.record.get("assigned_gpus") or [],
                  "cpus": r.record.get("assigned_cpus") or [],
+                 "gpu_mem": r.record.get("gpu_mem") or 0, "mem": r.record.get("mem") or 0,
                  "started_at": r.record.get("started_at"),
                  "time_limit": r.record.get("time_limit")} for r in self.d.runs.values()]
         now = time.time()

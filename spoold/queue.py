@@ -305,6 +305,6 @@ class Slim:
     uid: int  # who the job runs as (``owner_of``: the kernel's word, not a field)
 
 def _slim(job, p, default_limit: float | None, st: os.stat_result) -> Slim:
-    uid = owner_of(st, job)
+    uid = owner_of(st.st_uid, job)
     req = request_of(job, p.job_id if p else 0, default_limit, owner=uid)
     return Slim(req, job.priority if "priority" in job.data else None, uid)

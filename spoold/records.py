@@ -35,15 +35,15 @@ def read_record(path: Path) -> dict:
     return jobmod.load_record(spoolmod.read_untrusted(path, spoolmod.MAX_RECORD_BYTES))
 
 
-def owner_of(st: os.stat_result, job) -> int:
-    """Who a job file's job runs as: the file's owner. A file owned by root
-    (root's own, or one the daemon put back in pending/ after a claim) may
-    name another user in ``uid:``; no one else's file can, since only root
-    can write a root-owned file."""
-    uid = job.get("uid")
-    if st.st_uid == 0 and isinstance(uid, int) and 0 <= uid < 2**31:
+def owner_of(st_uid: int, data) -> int:
+    """Who a job file's job runs as: the file's owner (``st_uid``). A file owned
+    by root (root's own, or one the daemon put back in pending/ after a claim)
+    may name another user in ``uid:``; no one else's file can, since only root
+    can write a root-owned file. ``data``: the parsed job or record."""
+    uid = data.get("uid")
+    if st_uid == 0 and isinstance(uid, int) and not isinstance(uid, bool) and 0 <= uid < 2**31:
         return uid
-    return st.st_uid
+    return st_uid
 
 
 

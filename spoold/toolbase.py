@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import job as jobmod
 from . import spool as spoolmod
+from .records import owner_of
 from .spool import BadFile, Spool
 
 # A record is a job file plus the daemon's fields: read with the daemon's cap for records.
@@ -171,15 +172,6 @@ def read_owned(path: Path) -> tuple[dict | None, int | None]:
         return None, None
     data = finite(data)
     return data, owner_of(st_uid, data)
-
-
-def owner_of(st_uid: int, data: dict) -> int:
-    """Whose job a file is: its owner, or, in a file root owns (the daemon
-    rewrote it, or root wrote it), the ``uid`` field the daemon copied there."""
-    uid = data.get("uid")
-    if st_uid == 0 and isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
-        return uid
-    return st_uid
 
 
 def user_name(uid: int | None, fallback: object = "") -> str:

@@ -349,8 +349,6 @@ def test_users_may_not_requeue_another_users_job(bare, user_py):
 
 
 @MULTIUSER
-@pytest.mark.xfail(strict=False, reason="needs Spool.allocate_ids to take an id without the "
-                   "root-only state/next-id.lock in a shared spool, as gsub does")
 def test_users_may_requeue_their_own_jobs_in_a_shared_spool(bare, user_py):
     root, accounts = bare
     _alices_done_job(root, accounts)
