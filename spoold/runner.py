@@ -9,8 +9,9 @@ Invariants:
   whole life, writes ``s`` into it before it runs the job and the job's exit
   status (``$?``: 128+N for signal N) as its last act.
   Lock held = running; lock free + status = finished; lock free + ``s`` only
-  = vanished after starting; no file, or an empty one = never started (the
-  daemon died before the shepherd ran), so the job may go back to pending/.
+  = vanished after starting; an empty file, or none (and no job cgroup), =
+  never started (the daemon died before the shepherd ran), so the job may go
+  back to pending/. A job cgroup outweighs the run file: see ``status``.
   No pid is ever trusted on its own.
 - The gate: the shepherd's first act is to read one line from its stdout,
   which is then the read end of a pipe (dash names only fds 0-9, so the gate
