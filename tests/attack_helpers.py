@@ -249,18 +249,18 @@ def long_job(lab: Lab, name: str, go: Path) -> int:
     return j
 
 
-def bobs_copy(lab: Lab, taken: int) -> tuple[int, str]:
-    """Wait until bob's file pending/0010-<taken> has been handled; then the
-    (id, folder) of bob's only job."""
+def bobs_copy(lab: Lab, taken: int, states: tuple[str, ...]) -> tuple[int, str]:
+    """Wait until bob's file pending/0010-<taken> has been handled (renamed or
+    moved on) and bob's only job is in one of ``states``; its (id, folder)."""
     name = lab.sp.root / "pending" / f"0010-{taken:08d}.yaml"
 
     def handled():
         with contextlib.suppress(FileNotFoundError):
             if os.lstat(name).st_uid == lab.uid(BOB):
                 return None
-        mine = jobs_of(lab.sp, lab.uid(BOB))
-        return len(mine) == 1 and next(iter(mine.items()))
-    return wait_for(handled, 10, "bob's file to be handled")
+        mine = list(jobs_of(lab.sp, lab.uid(BOB)).items())
+        return len(mine) == 1 and mine[0][1] in states and mine[0]
+    return wait_for(handled, 10, f"bob's file to be handled (his jobs: {states})")
 
 
 def check_bobs_job(lb: Lab, m: int, state: str, content: str) -> None:
