@@ -1079,5 +1079,9 @@ def test_bash_exported_functions_and_options_do_not_interfere(spool):
     env = base_env(SHELLOPTS="errexit:nounset:braceexpand:hashall:interactive-comments")
     env["BASH_FUNC_mv%%"] = "() { echo hijacked; return 0; }"
     env["BASH_FUNC_printf%%"] = "() { echo hijacked; }"
+    env["BASH_FUNC_mktemp%%"] = "() { echo /nonexistent/hijacked; }"
+    env["BASH_FUNC_umask%%"] = "() { echo 0777; }"
     job_id, job = submit(spool, "-c", "a\tb", shell="bash", env=env)
     assert job["cmd"] == "a\tb" and job_id == 1
+    assert job["umask"] == "0022"
+    assert pending_file(spool, job_id).stat().st_mode & 0o777 == 0o600
