@@ -24,6 +24,7 @@ import time
 from collections import Counter
 
 from . import runner, slurm
+from .records import owner_of
 
 log = logging.getLogger("spoold")
 
@@ -58,7 +59,7 @@ class SlurmBridge:
                 if state is None or state in ("failed", "cancelled"):
                     end = "failed" if state is None else "cancelled"
                     why = f"dependency {a} {'does not exist' if state is None else state}"
-                    d.guard(req.id, d.end_pending, req.id, end, why)
+                    d.guard(req.id, d.jobs.end_pending, req.id, end, why)
                     ready = False
                     break
                 if state == "running":
@@ -78,7 +79,7 @@ class SlurmBridge:
 
     def submit(self, job_id: int, slurm_deps: list[str]) -> None:
         d = self.d
-        claimed = d.claim(job_id, {"executor": "slurm"})
+        claimed = d.jobs.claim(job_id, {"executor": "slurm"})
         if claimed is None:
             return
         path, job, rec, creds = claimed
@@ -88,7 +89,7 @@ class SlurmBridge:
         try:
             sid = slurm.submit(job, d.spool.root, log_path, slurm_deps, creds=creds)
         except slurm.SlurmError as e:
-            d.finish_claimed(job_id, path, "failed", f"sbatch refused the job: {e}")
+            d.jobs.finish_claimed(job_id, path, "failed", f"sbatch refused the job: {e}")
             return
         rec.update(slurm_id=sid, started_at=time.time())
         d.records.save(path, rec)
@@ -105,9 +106,9 @@ class SlurmBridge:
             run = by_sid[sid]
             if state in ("done", "failed", "cancelled"):
                 reason = None if state == "done" else f"SLURM: {why or state}"
-                d.guard(run.id, d.finish, run, code, (state, reason))
+                d.guard(run.id, d.jobs.finish, run, code, (state, reason))
             elif state == "unknown":
-                d.guard(run.id, d.finish, run, None,
+                d.guard(run.id, d.jobs.finish, run, None,
                         ("failed", "SLURM no longer knows the job (purged before spoold "
                                    "looked); exit code unknown"))
             elif state == "running" and not run.record.get("assigned_gpus") and run.record.get(
@@ -129,7 +130,8 @@ class SlurmBridge:
         d = self.d
         sid = rec.get("slurm_id")
         if sid is None and self.up:
-            found = slurm.find(job_id, d.spool.root, rec.get("user") or rec.get("uid", 0))
+            found = slurm.find(job_id, d.spool.root, runner.creds_for(
+                owner_of(os.lstat(path).st_uid, rec)).name)  # never a name the user wrote
             if found:
                 sid = rec["slurm_id"] = found[0]
                 d.records.save(path, rec)
@@ -137,6 +139,6 @@ class SlurmBridge:
         if sid is None:
             if not self.up:
                 return  # cannot tell yet whether SLURM has it: decide when it answers
-            d.requeue(job_id, rec, "claimed but never handed to SLURM")
+            d.jobs.requeue(job_id, rec, "claimed but never handed to SLURM")
             return
         d.runs[job_id] = d.Run(job_id, rec)

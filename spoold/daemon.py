@@ -27,48 +27,30 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import daemonlog, runner
-from . import job as jobmod
 from . import spool as spoolmod
+from .cgroup import Cgroups
 from .gpus import GpuReading, busy_reason, open_source
 from .hosts import Hosts
+from .lifecycle import Lifecycle, Run
 from .options import NETWORK_FS, Options, _version, filesystem_type, parse_args
-from .queue import PendingQueue, Slim
-from .records import RUN_FIELDS, Records, finite, outcome_of, owner_of, read_record
+from .queue import PendingQueue
+from .records import Records
 from .requests import Requests
 from .scheduler import (
     Gpu,
     Resources,
-    Running,
-    running_of,
     schedule,
 )
-from .spool import BadFile, Spool
+from .spool import Spool
 
 log = logging.getLogger("spoold")
 
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
 MAX_BACKOFF_S = 30.0  # longest wait between retries while the spool cannot be written
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMLINK)
-CLAIM_GRACE_S = 10.0  # a claimed record without a host is another daemon's, still being written
-
-
-
-
-@dataclass
-class Run:
-    """A running job of this host, as its record says."""
-
-    id: int
-    record: dict
-    pid: int | None = None
-    kill_at: float | None = None  # when to send KILL after TERM
-
-    def booking(self) -> Running:
-        return running_of(self.id, self.record)
 
 
 class Waker:
@@ -102,6 +84,7 @@ class Daemon:
         self.records = Records(self.spool, self.shared, opts.keep)
         self.requests = Requests(self)
         self.hosts = Hosts(self)
+        self.jobs = Lifecycle(self)
         self.readings: list[GpuReading] = []
         self.next_poll = 0.0
         self.next_rescan = 0.0
@@ -171,6 +154,13 @@ class Daemon:
             self.managed = found
         if self.source:
             log.info("GPUs: %s; managing %s", self.source.description, self.managed or "none")
+        if self.o.executor == "local":
+            self.jobs.cgroups = Cgroups.detect(self.spool.root, self.o.host)
+            if self.jobs.cgroups is not None:
+                log.info("jobs run in cgroups: %s", self.jobs.cgroups.description)
+            else:
+                log.info("no job cgroups (%s): a job's processes are found by its session and "
+                         "markers (docs/security.md)", Cgroups.why_not)
         avail = sorted(os.sched_getaffinity(0))
         self.cpu_ids = tuple(avail[: self.o.cpus] if self.o.cpus else avail)
         phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
@@ -190,18 +180,23 @@ class Daemon:
                         spoolmod.remove_entry(self.spool.tmp / e.name)
                         log.info("removed stale tmp/%s", e.name)
         for job_id in self.spool.list_ids("running"):
-            self.guard(job_id, self.recover_one, job_id)
+            self.guard(job_id, self.jobs.recover_one, job_id)
+        cg = self.jobs.cgroups
         for p in self.spool.run_dir(self.o.host).iterdir():
             stem = p.name.split(".")[0]
             if stem.isdigit() and int(stem) not in self.runs:
-                if runner.status(p)[0] == "running":
+                if runner.status(p, cgroups=cg, job_id=int(stem))[0] == "running":
                     # Another daemon declared this host lost and ended the job's
                     # record; the job itself survived: stop it, it runs on no record.
-                    n = runner.signal_job(self.spool.root, int(stem), None, signal.SIGKILL)
+                    n = runner.signal_job(self.spool.root, int(stem), None, signal.SIGKILL,
+                                          cgroups=cg)
                     log.warning("job %s: its record was ended while this host was lost; "
                                 "killed %d leftover process(es)", stem, n)
                 with contextlib.suppress(OSError):
                     p.unlink()
+        for job_id in (cg.job_ids() - set(self.runs)) if cg is not None else ():
+            cg.kill(job_id)  # a job (or hook) whose record has ended: nothing may stay
+            self.jobs.tidy.add(job_id)
         for orig in self.spool.failed.glob("*.orig"):
             stem = orig.name[:-5]
             if stem.isdigit() and not self.spool.record("failed", int(stem)).exists():
@@ -210,54 +205,6 @@ class Daemon:
                 self.records.save(self.spool.record("failed", int(stem)), rec, create=True)
         self.records.final_count = sum(len(self.spool.list_ids(d)) for d in spoolmod.FINAL_DIRS)
 
-    def recover_one(self, job_id: int) -> None:
-        path = self.spool.record("running", job_id)
-        try:
-            rec = read_record(path)
-        except (BadFile, jobmod.JobError, ValueError) as e:
-            rec = {"id": job_id}
-            log.error("running/%s is unreadable (%s)", path.name, e)
-        if rec.get("host") not in (None, self.o.host):
-            return  # another host's job (shared spool)
-        if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < CLAIM_GRACE_S:
-            return  # just claimed by a daemon (maybe on another host) that is writing it
-        if self.o.executor == "slurm":
-            self.bridge.recover(job_id, path, rec)
-            return
-        state, code = runner.status(self.run_path(job_id))
-        run = Run(job_id, rec, rec.get("pid"))
-        if state == "running":
-            log.info("job %d: adopted (its shepherd is alive)", job_id)
-            self.runs[job_id] = run
-            if rec.get("kill_reason"):
-                self.kill(run, rec["kill_reason"])
-        elif state == "exited":
-            self.runs[job_id] = run
-            self.finish(run, code)
-        elif state == "vanished":
-            self.runs[job_id] = run
-            self.finish(run, None)
-        else:  # claimed, never started: back in the queue, fields kept
-            runner.clear(self.run_path(job_id))
-            self.requeue(job_id, rec, "claimed but never started")
-
-    def requeue(self, job_id: int, rec: dict, why: str) -> None:
-        """running/<id>.yaml -> pending/ as a job that never ran: the one way a
-        claimed job goes back. The record stays root's (its ``uid`` was set at
-        the claim from the file's owner); if the pending name is taken, the
-        job keeps its record in running/ and is tried again on the next pass."""
-        path = self.spool.record("running", job_id)
-        for k in RUN_FIELDS:
-            rec.pop(k, None)
-        prio = rec.get("priority")
-        prio = prio if isinstance(prio, int) and 0 <= prio <= spoolmod.MAX_PRIORITY else \
-            spoolmod.DEFAULT_PRIORITY
-        self.records.save(path, rec)
-        name = spoolmod.pending_name(prio, job_id)
-        spoolmod.move_noreplace(path, self.spool.pending / name)
-        spoolmod.fsync_dir(self.spool.pending)
-        self.queue.touched.add(name)
-        log.warning("job %d: %s; requeued (back in pending/)", job_id, why)
 
     # ---- the loop ------------------------------------------------------------
     def run(self) -> None:
@@ -301,7 +248,7 @@ class Daemon:
         """While the spool cannot be written: KILL after the grace still happens."""
         for run in list(self.runs.values()):
             if run.kill_at and now >= run.kill_at:
-                self.guard(run.id, self.check_run, run, now)
+                self.guard(run.id, self.jobs.check_run, run, now)
 
     def timeout(self) -> float:
         now = time.time()
@@ -315,6 +262,8 @@ class Daemon:
         for run in self.runs.values():
             if run.kill_at:
                 t = min(t, run.kill_at)
+            if run.hook_until is not None:  # no event says when a hook ends: look often
+                t = min(t, now + 0.25, run.hook_until + self.o.hook_limit)
             b = run.booking()
             if b.ends_at and not run.record.get("kill_reason"):
                 t = min(t, b.ends_at)
@@ -323,8 +272,6 @@ class Daemon:
         if self.queue.unparsed:
             t = now  # still reading a long queue: keep going
         return t - now
-
-    pending_unsettled = False
 
     def watch(self):
         from watchdog.events import FileSystemEventHandler
@@ -394,8 +341,6 @@ class Daemon:
         obs.start()
         return obs
 
-    def run_path(self, job_id: int) -> Path:
-        return self.spool.run_lock(job_id, self.o.host)
 
     def guard(self, job_id: int, fn, *args) -> None:
         """Run one job's step and return its result; a failure there never
@@ -452,13 +397,15 @@ class Daemon:
             self.repair()
         self.requests.handle_all()
         for run in list(self.runs.values()):
-            self.guard(run.id, self.check_run, run, now)
+            self.guard(run.id, self.jobs.check_run, run, now)
+        if self.jobs.tidy:
+            self.guard(None, self.jobs.clean_cgroups)
         if full:
             # A record stranded by a failed write (disk full) is recovered like
             # one found at start.
             for job_id in self.spool.list_ids("running"):
                 if job_id not in self.runs:
-                    self.guard(job_id, self.recover_one, job_id)
+                    self.guard(job_id, self.jobs.recover_one, job_id)
         if self.draining:
             if not self.runs:
                 log.info("drained: no job running; exiting")
@@ -480,8 +427,6 @@ class Daemon:
         self.hosts.heartbeat()
 
 
-
-
     def gpu_views(self) -> list[GpuReading]:
         by_index = {r.index: r for r in self.readings}
         return [by_index.get(i, GpuReading(index=i, error="GPU not found"))
@@ -500,294 +445,24 @@ class Daemon:
     # ---- pending ---------------------------------------------------------------
 
 
-
-
-
-
-
     def schedule_pass(self, now: float, full: bool) -> None:
         bad = self.queue.refresh(now, full)
         deps = _DepStates(self)
         if self.o.executor == "slurm":
             for p, reason in bad:
-                self.guard(p.job_id, self.reject_file, p, reason)
+                self.guard(p.job_id, self.jobs.reject_file, p, reason)
             self.guard(None, self.bridge.pass_, self.queue.index, deps)
             return
         decision = schedule(self.queue.index, [r.booking() for r in self.runs.values()],
                             self.resources(), now, deps)
         for p, reason in bad:
-            self.guard(p.job_id, self.reject_file, p, reason)
+            self.guard(p.job_id, self.jobs.reject_file, p, reason)
         for job_id, reason in decision.reject.items():
-            self.guard(job_id, self.end_pending, job_id, "failed", reason)
+            self.guard(job_id, self.jobs.end_pending, job_id, "failed", reason)
         for job_id, reason in decision.cancel.items():
-            self.guard(job_id, self.end_pending, job_id, "cancelled", reason)
+            self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
         for s in decision.start:
-            self.guard(s.id, self.start, s)
-
-
-
-    def reject_file(self, p, reason: str, original: str | None = None) -> None:
-        """A pending entry that is not a valid job: keep its bytes, record why."""
-        src = self.spool.pending / p.name
-        try:
-            owner = os.lstat(src).st_uid
-            # as it is (link, fifo, folder), never over anything
-            spoolmod.move_noreplace(src, self.spool.rejected_copy(p.job_id))
-        except FileNotFoundError:
-            return
-        finally:
-            self.queue.leave(p)
-        rec = {"id": p.job_id, "uid": owner, "user": runner.creds_for(owner).name,
-               "original_name": spoolmod.printable_name(original or p.name),
-               "reason": f"rejected: {reason}", "ended_at": time.time()}
-        self.records.save(self.spool.record("failed", p.job_id), rec, create=True)
-        self.records.final_count += 1
-        log.warning("job %d (pending/%s) rejected: %s; original kept as failed/%d.orig",
-                    p.job_id, p.name, reason, p.job_id)
-
-
-    def end_pending(self, job_id: int, state: str, reason: str, p=None) -> None:
-        """pending -> failed/ or cancelled/, through running/ so that the final
-        record appears complete in one rename. A crash in between puts the job
-        back in pending/, where the same decision (or request) is made again."""
-        p = p or self.queue.pending_ids.get(job_id)
-        if p is None:
-            return
-        path = self.spool.record("running", job_id)
-        self.queue.leave(p)
-        try:
-            spoolmod.move_noreplace(self.spool.pending / p.name, path)
-        except FileNotFoundError:
-            return
-        self.finish_claimed(job_id, path, state, reason)
-        self.records.prune()
-
-    # ---- start -------------------------------------------------------------------
-    def claim(self, job_id: int, extra: dict):
-        """Take pending job ``job_id`` into running/ (one rename), read it again
-        there and record who owns it. Returns (path, job, record, creds) or None
-        when the job is gone, refused, or changed under us (then it is back)."""
-        p, cached = self.queue.by_id[job_id]
-        if self.duplicate(job_id):
-            target = self.queue.rename_with_new_id(p.name, p.priority)
-            if target:
-                log.warning("job %d: id already used in the spool; renamed to job %d", job_id,
-                            target.job_id)
-            return None
-        path = self.spool.record("running", job_id)
-        self.queue.leave(p)
-        with self.array_gate(cached) as room:
-            if not room:
-                self.queue.touched.add(p.name)  # another host runs its %N: decide again later
-                return None
-            try:
-                spoolmod.move_noreplace(self.spool.pending / p.name, path)  # the claim
-            except FileNotFoundError:
-                return None  # cancelled or re-prioritised meanwhile
-        spoolmod.fsync_dir(self.spool.running)
-        try:
-            fd_st = os.lstat(path)
-            job = jobmod.parse(spoolmod.read_untrusted(path))
-        except (BadFile, jobmod.JobError) as e:
-            self.finish_claimed(job_id, path, "failed", f"rejected: {e}")
-            return None
-        except spoolmod.StillOpen:
-            job = None  # its owner holds a lease on it: not ours to read yet
-        req = cached.req
-        if job is None or (job.gpus, job.gpu_mem, job.cpus, job.mem) != (
-                req.gpus, req.gpu_mem, req.cpus, req.mem):
-            # changed under us: back (no one can have taken the name: the id is ours)
-            spoolmod.move_noreplace(path, self.spool.pending / p.name)
-            self.queue.touched.add(p.name)
-            return None
-        uid = owner_of(fd_st.st_uid, job)
-        if not self.queue.owner_ok(uid):
-            self.finish_claimed(job_id, path, "failed", f"rejected: file owned by uid {uid}; "
-                                f"this spoold (uid {self.uid}) runs only its own files")
-            return None
-        rec = dict(job.data)
-        for k in (*RUN_FIELDS, "reason"):
-            rec.pop(k, None)
-        # Identity from the kernel: the uid we just checked, and its name.
-        rec.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, host=self.o.host,
-                   claimed_at=time.time(), **extra)
-        if not finite(rec.get("submitted_at")):
-            rec["submitted_at"] = fd_st.st_mtime
-        rec.setdefault("name", job.name)
-        if job.time_limit is None and self.o.default_time_limit:
-            rec["time_limit"] = job.time_limit = self.o.default_time_limit
-        self.records.save(path, rec)
-        job.id, job.priority = job_id, p.priority
-        return path, job, rec, runner.creds_for(uid) if self.uid == 0 else None
-
-    def start(self, s) -> None:
-        claimed = self.claim(s.id, {"assigned_gpus": list(s.gpus),
-                                    "assigned_cpus": list(s.cpus)})
-        if claimed is None:
-            return
-        path, job, rec, creds = claimed
-        log_path = self.spool.log_path(s.id)  # -o FILE is opened by the shepherd
-        started = time.time()
-        try:
-            pid = runner.launch(self.spool, self.run_path(s.id), job, s.gpus, s.cpus, creds,
-                                log_path)
-        except OSError as e:
-            self.finish_claimed(s.id, path, "failed", f"could not start: {e}")
-            return
-        rec.update(pid=pid, started_at=started)
-        self.records.save(path, rec, sync=False)
-        self.runs[s.id] = Run(s.id, rec, pid)
-        log.info("job %d started on GPU(s) %s (shepherd pid %d)", s.id, list(s.gpus) or "none",
-                 pid)
-
-    @contextlib.contextmanager
-    def array_gate(self, slim: Slim):
-        """For an element of a throttled array (``%N``): yields whether one more
-        may start, counted over every host's running/ under one lock, so two
-        hosts cannot both take the last slot. Arrays are keyed by owner: no one
-        can fill another user's throttle with a file naming its array_id."""
-        req = slim.req
-        if not (req.array_id and req.array_limit):
-            yield True
-            return
-        fd = os.open(self.spool.state / "arrays.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            n = 0
-            for job_id in self.spool.list_ids("running"):
-                path = self.spool.record("running", job_id)
-                with contextlib.suppress(OSError, BadFile, jobmod.JobError, ValueError):
-                    st = os.lstat(path)
-                    rec = read_record(path)
-                    n += (owner_of(st.st_uid, rec), rec.get("array_id")) == (slim.uid, req.array_id)
-            yield n < req.array_limit
-        finally:
-            os.close(fd)
-
-    def duplicate(self, job_id: int) -> bool:
-        return job_id in self.runs or any(
-            self.spool.record(d, job_id).exists() for d in ("running", *spoolmod.FINAL_DIRS))
-
-    def finish_claimed(self, job_id: int, path: Path, state: str, reason: str) -> None:
-        st = os.lstat(path)
-        try:
-            data = read_record(path)
-        except (BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
-            spoolmod.move_noreplace(path, self.spool.rejected_copy(job_id))
-            data = {"id": job_id}
-        uid = owner_of(st.st_uid, data)
-        data.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, ended_at=time.time(),
-                    reason=reason)
-        if path.exists():
-            self.records.save(path, data)
-            spoolmod.move_noreplace(path, self.spool.record(state, job_id))
-        else:
-            self.records.save(self.spool.record(state, job_id), data, create=True)
-        self.records.final_count += 1
-        (log.info if state == "cancelled" else log.warning)("job %d -> %s/: %s", job_id, state,
-                                                             reason)
-
-    # ---- running -------------------------------------------------------------------
-    def check_run(self, run: Run, now: float) -> None:
-        if self.o.executor == "slurm":
-            return  # the bridge polls SLURM for all its jobs at once (poll_gpus)
-        state, code = runner.status(self.run_path(run.id))
-        if state == "exited":
-            self.finish(run, code)
-            return
-        if state != "running":
-            self.finish(run, None)
-            return
-        if run.kill_at and now >= run.kill_at:
-            n = runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
-            log.info("job %d: grace over, KILL sent to %d process(es)", run.id, n)
-            run.kill_at = None
-        b = run.booking()
-        if b.ends_at and now >= b.ends_at and not run.record.get("kill_reason"):
-            self.kill(run, "time limit")
-
-    def kill(self, run: Run, reason: str) -> None:
-        if self.o.executor == "slurm":
-            self.bridge.kill(run, reason)
-            return
-        if not run.record.get("kill_reason"):
-            run.record["kill_reason"] = reason
-            self.records.save(self.spool.record("running", run.id), run.record)
-        n = runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGTERM)
-        run.kill_at = time.time() + self.o.kill_grace
-        log.info("job %d: %s: TERM sent to %d process(es), KILL in %gs", run.id, reason, n,
-                 self.o.kill_grace)
-
-    def finish(self, run: Run, code: int | None, outcome: tuple[str, str] | None = None) -> None:
-        """Record how a job ended and move it to its final folder. ``outcome``
-        (state, reason), when an executor knows better than the exit code."""
-        rec = run.record
-        ended = time.time()
-        if code is not None and self.o.executor == "local":  # status written as it ended
-            with contextlib.suppress(FileNotFoundError):
-                # mtime comes from the kernel's coarse clock: never before the start
-                ended = max(self.run_path(run.id).stat().st_mtime,
-                            rec.get("started_at") or 0)
-        state, reason = outcome_of(rec, code, outcome)
-        rec.update(ended_at=ended)
-        if code is not None:
-            rec["exit_code"] = code
-        if reason:
-            rec["reason"] = reason
-        path = self.spool.record("running", run.id)
-        self.records.save(path, rec)
-        try:
-            spoolmod.move_noreplace(path, self.spool.record(state, run.id))
-        except FileExistsError:
-            log.error("job %d: %s/%d.yaml exists already; record left in running/", run.id,
-                      state, run.id)
-            return
-        spoolmod.fsync_dir(self.spool.dir(state))
-        if self.o.executor == "local":
-            # Leftovers (daemonised children) would hold the GPUs the next job gets.
-            runner.signal_job(self.spool.root, run.id, run.pid, signal.SIGKILL)
-            runner.clear(self.run_path(run.id))
-        self.runs.pop(run.id, None)
-        self.records.final_count += 1
-        if rec.get("on_finish"):
-            self.guard(run.id, self.on_finish, rec, state)
-        log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
-                 f": {reason}" if reason else "")
-        self.records.prune()
-
-    def on_finish(self, rec: dict, state: str) -> None:
-        """--on-finish: fire and forget, as the job's user; output goes to its log."""
-        job = jobmod.validate({k: v for k, v in rec.items() if k != "argv"}
-                              | {"cmd": rec["on_finish"]})
-        extra = {"SPOOLD_EXIT_CODE": str(rec.get("exit_code", "")), "SPOOLD_STATE": state,
-                 "SPOOLD_REASON": rec.get("reason") or ""}
-        creds = runner.creds_for(rec.get("uid", self.uid)) if self.uid == 0 else None
-        log_path = self.spool.log_path(job.id)  # daemon-opened: never a user-chosen path
-        runner.spawn_hook(job, tuple(rec.get("assigned_gpus") or ()), creds, log_path,
-                          self.spool.root, extra)
-        log.info("job %d: on-finish command started", job.id)
-
-
-
-    # ---- requests --------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+            self.guard(s.id, self.jobs.start, s)
 
 
 class _DepStates:
@@ -807,10 +482,6 @@ class _DepStates:
         return default
 
 
-
-
-
-
 def _sd_notify(msg: str) -> None:
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
@@ -820,10 +491,6 @@ def _sd_notify(msg: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.connect(addr)
         s.sendall(msg.encode())
-
-
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

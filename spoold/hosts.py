@@ -117,7 +117,7 @@ class Hosts:
                           f"(--host-timeout {self.d.o.host_timeout:g}s)")
                 if rec.get("requeue"):
                     rec["reason"] = reason + "; requeued"
-                    self.d.requeue(job_id, rec, reason)
+                    self.d.jobs.requeue(job_id, rec, reason)
                 else:
                     rec.update(ended_at=time.time(), reason=reason)
                     self.d.records.save(path, rec)

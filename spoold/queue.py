@@ -77,8 +77,10 @@ class PendingQueue:
             self.closed &= live
             self.names, self.gone, self.index = names, set(), None
             # One name per id: the one seen before wins over a newcomer.
-            ids = self.pending_ids = {p.job_id: p for p in names
-                                      if p.has_id and p.name not in self.cache}
+            ids = self.pending_ids = {}
+            for p in names:
+                if p.has_id and p.name not in self.cache:
+                    ids.setdefault(p.job_id, p)  # first in queue order
             ids.update((p.job_id, p) for p in names if p.has_id and p.name in self.cache)
         bad = []
         if self.index is None or touched or unsettled:
@@ -196,27 +198,33 @@ class PendingQueue:
 
     def id_taken(self, p, st: os.stat_result) -> str | None:
         """Why the id in pending/<p.name> may not be used (None: it may). The one
-        id rule, applied to every name the daemon sees for the first time."""
+        id rule, applied to every (name, inode) the daemon sees the first time:
+        at most MAX_ID; in no other folder and not running; in a shared spool,
+        its ``state/ids`` marker is the file owner's (made for it if missing);
+        and no other pending name of the same owner has it (first seen wins).
+        Another user's file under the same id never costs the owner the id."""
         job_id = p.job_id
         if job_id > spoolmod.MAX_ID:
             return f"ids are at most {spoolmod.MAX_ID}"
-        other = self.pending_ids.get(job_id)
-        if other is not None and other.name != p.name:
-            return f"pending/{other.name} has that id"
         where = "running" if job_id in self.d.runs else self.spool.where(job_id)
         if where:
             return f"job {job_id} is in {where}/"
-        if not self.shared:
-            return None
-        if st.st_uid == 0:
-            return None  # root's, or one we put back: root is trusted
-        marker = self.spool.marker_owner(job_id)
-        if marker is None and self.spool.claim_marker(job_id, st.st_uid):
-            return None  # a hand-written id nobody had: now its owner's
-        marker = self.spool.marker_owner(job_id)
-        if marker not in (None, st.st_uid):
-            return f"id {job_id} was taken by uid {marker}"
+        if self.shared and st.st_uid != 0:  # root's files (ours too) need no marker
+            marker = self.spool.marker_owner(job_id)
+            if marker is None and not self.spool.claim_marker(job_id, st.st_uid):
+                marker = self.spool.marker_owner(job_id)  # someone was quicker
+            if marker not in (None, st.st_uid):
+                return f"id {job_id} was taken by uid {marker}"
+        other = self.pending_ids.get(job_id)
+        if other is not None and other.name != p.name and self._owner(other) == st.st_uid:
+            return f"pending/{other.name} has that id"
         return None
+
+    def _owner(self, p) -> int | None:
+        try:
+            return os.lstat(self.spool.pending / p.name).st_uid
+        except FileNotFoundError:
+            return None
 
     def renumber(self, p, why: str) -> None:
         """Give pending/<p.name> a fresh id: its own is someone else's."""
@@ -245,7 +253,7 @@ class PendingQueue:
             log.info("pending/%s: dropped without an id; now job %d (%s)", p.name, new_id,
                      target.name)
             if isinstance(job, str):
-                self.d.guard(new_id, self.d.reject_file, target, job, p.name)
+                self.d.guard(new_id, self.d.jobs.reject_file, target, job, p.name)
             else:
                 self.cache.pop(p.name, None)
 

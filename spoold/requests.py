@@ -97,7 +97,7 @@ class Requests:
         run = self.d.runs.get(job_id)
         if run is not None:
             if kind == "kill":
-                self.d.kill(run, "killed on request")
+                self.d.jobs.kill(run, "killed on request")
             else:
                 log.info("job %d is running: %s request ignored (gkill kills it)", job_id, kind)
             return
@@ -122,9 +122,9 @@ class Requests:
             return
         if kind in ("kill", "cancel"):
             if isinstance(job, str):
-                self.d.reject_file(p, job)
+                self.d.jobs.reject_file(p, job)
                 return
-            self.d.end_pending(job_id, "cancelled", f"{kind} requested before it started", p)
+            self.d.jobs.end_pending(job_id, "cancelled", f"{kind} requested before it started", p)
         else:
             self.set_hold(p, kind == "hold")
 

@@ -32,19 +32,16 @@ RUNUSER = _sbin("runuser")
 
 @pytest.fixture(scope="module")
 def users():
-    made = []
+    """Throwaway users, made once and left in place: test processes running in
+    parallel share them, and deleting them under another process broke it."""
     for name in USERS:
         try:
             pwd.getpwnam(name)
         except KeyError:
-            p = subprocess.run([_sbin("useradd"), "--user-group", "--create-home", "--shell",
-                                "/bin/sh", name], capture_output=True)
-            if p.returncode == 0:
-                made.append(name)
+            subprocess.run([_sbin("useradd"), "--user-group", "--create-home", "--shell",
+                            "/bin/sh", name], capture_output=True)
             pwd.getpwnam(name)  # made here, or by a parallel test worker meanwhile
-    yield {n: pwd.getpwnam(n) for n in USERS}
-    for name in made:
-        subprocess.run([_sbin("userdel"), "--remove", name], check=False, capture_output=True)
+    return {n: pwd.getpwnam(n) for n in USERS}
 
 
 @pytest.fixture
