@@ -9,7 +9,6 @@ process's CPU time). Nothing here changes what the daemon does."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
@@ -21,8 +20,8 @@ from typing import NamedTuple
 
 import pytest
 import yaml
-from conftest import BIN, HOST, Daemon, Spool, _kill_leftovers, fake_gpu_list, wait_for
-from test_multiuser import USERS, as_user, users  # noqa: F401 - users: a fixture
+from conftest import HOST, Daemon, Spool, _kill_leftovers, fake_gpu_list, wait_for
+from test_multiuser import USERS, as_user, shared_base, users  # noqa: F401 - users: a fixture
 
 ALICE, BOB = USERS
 FINAL = ("done", "failed", "cancelled")
@@ -49,15 +48,7 @@ def lab(users):  # noqa: F811 - the fixture imported above
     made: list[Lab] = []
 
     def make(*args: str, start: bool = True) -> Lab:
-        base = Path(tempfile.mkdtemp(prefix="spoold-attack-", dir="/tmp"))
-        os.chmod(base, 0o755)
-        shutil.copytree(BIN, base / "bin")
-        sp = Spool(base / "spool", base / "gpus.yaml")
-        sp.set_gpus(fake_gpu_list(4))
-        os.chmod(base / "gpus.yaml", 0o644)
-        for n in USERS:
-            (base / n).mkdir()
-            shutil.chown(base / n, n, n)
+        sp, base = shared_base("spoold-attack-")
         d = Daemon(sp, ["--poll", "0.2", "--kill-grace", "1", *args])
         d.logfile = base / "daemon.out"
         made.append(Lab(sp, base, d, users))
@@ -170,27 +161,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def fill(folder: Path, one_file: bool) -> list[Path]:
-    """Fill the filesystem of ``folder``: one big file (space), or empty files
-    until no inode is left. Returns what to remove to free it again."""
-    made = []
-    try:
-        if one_file:
-            made.append(folder / "big")
-            with open(made[0], "wb") as f:
-                while True:
-                    f.write(b"\0" * (1 << 20))
-                    f.flush()
-        while True:
-            made.append(folder / f"fill-{len(made)}")
-            made[-1].touch()
-    except OSError as e:
-        assert e.errno == errno.ENOSPC, e
-        if not one_file:
-            made.pop()
-    return made
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ are fake (``--fake-gpus``)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -42,6 +43,27 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition", interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def fill(folder: Path, one_file: bool) -> list[Path]:
+    """Fill the filesystem of ``folder``: one big file (space), or empty files
+    until no inode is left. Returns what to remove to free it again."""
+    made = []
+    try:
+        if one_file:
+            made.append(folder / "big")
+            with open(made[0], "wb") as f:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+        while True:
+            made.append(folder / f"fill-{len(made)}")
+            made[-1].touch()
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+        if not one_file:
+            made.pop()
+    return made
 
 
 def fake_gpu_list(n: int, over: dict[int, dict] | None = None) -> list[dict]:
@@ -210,3 +232,20 @@ def _kill_leftovers(root: Path) -> None:
                     os.kill(int(name), signal.SIGKILL)
         except OSError:
             continue
+    _remove_job_cgroups(root)
+
+
+def _remove_job_cgroups(root: Path) -> None:
+    """Kill and remove the job cgroups a root daemon made for this spool (one
+    folder per host that has a heartbeat, plus this machine's name)."""
+    if os.geteuid() != 0:
+        return
+    from spoold.cgroup import Cgroups
+
+    hosts = {HOST} | {p.stem for p in (root / "state" / "hosts").glob("*.yaml")}
+    for host in hosts:
+        cg = Cgroups.detect(root, host)
+        for job_id in cg.job_ids() if cg is not None else ():
+            cg.kill(job_id)
+            wait_for(lambda j=job_id: not cg.populated(j), 10, f"job {job_id}'s cgroup to empty")
+            cg.remove(job_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import HOST, REPO, fake_gpu_list, wait_for
+from conftest import HOST, REPO, fake_gpu_list, fill, wait_for
 from test_multiuser import RUNUSER, as_user
 
 pytest.register_assert_rewrite("attack_helpers")
@@ -33,7 +33,6 @@ from attack_helpers import (  # noqa: E402 - after the line above
     cpu_seconds,
     daemon_log,
     drop_as,
-    fill,
     final,
     gsub_ids,
     jobs_of,
@@ -121,6 +120,27 @@ def test_file_named_after_a_finished_job_gets_a_fresh_id(lab, content):
     assert m != f, f"bob's file was handled as job {f} itself ({state}/)"
     where = sorted(p.name for d in ("running", *FINAL) for p in (lb.sp.root / d).glob(f"{f}.*"))
     assert where == [f"{f}.yaml"] and (lb.sp.root / "done" / f"{f}.yaml").exists()
+
+
+@pytest.mark.parametrize("prio", ["0003", "0099"])
+def test_planted_name_never_takes_the_submitters_id(lab, prio):
+    """issue 11 B8: bob plants pending/<prio>-<N> while alice's gsub takes id N
+    (its marker) and delivers 0010-<N>; the daemon lists both at once, bob's
+    before or after hers in queue order. Alice's job keeps N; bob's file gets
+    a fresh id."""
+    lb = lab()
+    n = int((lb.sp.root / "state" / "next-id").read_text())
+    os.kill(lb.daemon.proc.pid, signal.SIGSTOP)  # both files in one listing
+    try:
+        drop_as(lb, BOB, {f"{prio}-{n:08d}.yaml": "cmd: 'true'\ngpus: 0\n"})
+        assert gsub_ids(lb, ALICE, "-n", "0", "--", "true") == [n]
+    finally:
+        os.kill(lb.daemon.proc.pid, signal.SIGCONT)
+    state, rec = final(lb.sp, n)
+    assert (state, rec.get("uid")) == ("done", lb.uid(ALICE))
+    bobs = wait_for(lambda: [j for j, d in jobs_of(lb.sp, lb.uid(BOB)).items() if d == "done"],
+                    what="bob's job under a fresh id")
+    assert bobs != [n]
 
 
 def test_huge_id_in_a_dropped_name_gets_a_small_fresh_id(lab):

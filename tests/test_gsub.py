@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import fill
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reliability import tiny_spool  # noqa: F401 - a fixture: a spool on a small tmpfs
@@ -761,23 +762,11 @@ def test_planted_entries_in_tmp_do_not_stop_a_submission(spool):
     assert sorted(os.listdir(spool / "tmp")) == ["1.yaml", "2-3.d"]
 
 
-def fill(mount: Path) -> Path:
-    filler = mount / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
-
-
 @pytest.mark.parametrize("shell", SHELLS)
 def test_disk_full_leaves_nothing_behind_and_says_so(tiny_spool, shell):  # noqa: F811
     spool = make_spool(tiny_spool / "spool")
     assert submit(spool, "true", shell=shell)[0] == 1  # the counter exists
-    filler = fill(tiny_spool)
+    filler = fill(tiny_spool, one_file=True)[0]
     for args in (["-c", "echo " + "x" * 3000], ["--array", "1-3", "true"]):
         p = run(spool, *args, shell=shell)
         assert os.listdir(spool / "tmp") == []

@@ -44,10 +44,10 @@ def users():
     return {n: pwd.getpwnam(n) for n in USERS}
 
 
-@pytest.fixture
-def shared(users):
-    """A spool every user can reach, the bin/ tools copied beside it, and a root daemon."""
-    base = Path(tempfile.mkdtemp(prefix="spoold-shared-", dir="/tmp"))
+def shared_base(prefix: str) -> tuple[Spool, Path]:
+    """A folder under /tmp every user can reach: the spool (not made yet), fake
+    GPUs, the bin/ tools and a home folder per throwaway user."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(base, 0o755)
     shutil.copytree(BIN, base / "bin")
     sp = Spool(base / "spool", base / "gpus.yaml")
@@ -56,6 +56,13 @@ def shared(users):
     for n in USERS:
         (base / n).mkdir()
         shutil.chown(base / n, n, n)
+    return sp, base
+
+
+@pytest.fixture
+def shared(users):
+    """A spool every user can reach, the bin/ tools copied beside it, and a root daemon."""
+    sp, base = shared_base("spoold-shared-")
     d = Daemon(sp, ["--poll", "0.2", "--kill-grace", "1"])
     try:
         d.start()

@@ -213,7 +213,7 @@ def tiny_spool(tmp_path):
 
 
 def test_disk_full_is_reported_retried_and_loses_nothing(tiny_spool, tmp_path):
-    from conftest import Daemon, Spool, fake_gpu_list
+    from conftest import Daemon, Spool, fake_gpu_list, fill
 
     from spoold.spool import Spool as RealSpool
 
@@ -224,14 +224,7 @@ def test_disk_full_is_reported_retried_and_loses_nothing(tiny_spool, tmp_path):
     try:
         sp.gpus_seen({0})
         j = sp.gsub("-n", "1", "-c", "echo ran")
-        filler = tiny_spool / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill(tiny_spool, one_file=True)[0]
         sp.set_gpus(fake_gpu_list(1))  # the GPU frees up while the disk is full
         wait_for(lambda: "disk full" in d.output(), 30, "the daemon to say the disk is full")
         assert d.alive() and sp.where(j) in ("pending", "running")
