@@ -247,5 +247,5 @@ def _remove_job_cgroups(root: Path) -> None:
         cg = Cgroups.detect(root, host)
         for job_id in cg.job_ids() if cg is not None else ():
             cg.kill(job_id)
-            wait_for(lambda j=job_id: not cg.populated(j), 10, f"job {job_id}'s cgroup to empty")
+            wait_for(lambda c=cg, j=job_id: not c.populated(j), 10, f"job {job_id}'s cgroup")
             cg.remove(job_id)
