@@ -5,6 +5,7 @@ elsewhere they are skipped with a visible reason. CI runs as root."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -172,7 +173,10 @@ def test_planted_links_never_make_the_daemon_read_or_write_for_a_user(shared):
     assert not (sp.root / "requests" / "kill-1").exists()
 
 
-def test_user_mode_daemon_refuses_files_it_does_not_own(users, tmp_path):
+@contextlib.contextmanager
+def alice_daemon():
+    """A user-mode daemon run by spoold-alice on her own spool: no cgroups
+    (not root), so jobs are tracked by session and markers."""
     base = Path(tempfile.mkdtemp(prefix="spoold-private-", dir="/tmp"))
     os.chmod(base, 0o755)
     alice = "spoold-alice"
@@ -188,19 +192,54 @@ def test_user_mode_daemon_refuses_files_it_does_not_own(users, tmp_path):
     os.chmod(gpus, 0o644)
     root = base / "spool"
     repo = str(Path(__file__).resolve().parent.parent)
+    out = open(base / "daemon.out", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([RUNUSER, "-u", alice, "--", sys.executable, "-m", "spoold.daemon",
-                             "--spool", str(root), "--fake-gpus", str(gpus), "--poll", "0.2"],
-                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--spool", str(root), "--fake-gpus", str(gpus), "--poll", "0.2",
+                             "--kill-grace", "1"],
+                            cwd=repo, stdout=out, stderr=subprocess.STDOUT,
                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo, "HOME": "/tmp"})
     try:
         wait_for(lambda: list((root / "state" / "hosts").glob("*.yaml")), 20, "user daemon")
+        yield root, base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        out.close()
+        _kill_leftovers(root)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_user_mode_daemon_refuses_files_it_does_not_own(users, tmp_path):
+    with alice_daemon() as (root, _):
         assert os.stat(root).st_mode & 0o777 == 0o700
         (root / "tmp" / "x.yaml").write_text("argv: ['true']\ngpus: 0\n")  # root's file
         os.rename(root / "tmp" / "x.yaml", root / "pending" / "0010-foreign.yaml")
         rec = wait_for(lambda: next((yaml.safe_load(p.read_text())
                                      for p in (root / "failed").glob("*.yaml")), None))
         assert "owned by uid 0" in rec["reason"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_non_root_daemon_kills_a_jobs_setsid_child_without_cgroups(users):
+    """issue 11: without cgroup access the daemon keeps session and marker
+    tracking; gkill still reaches a child that called setsid."""
+    with alice_daemon() as (root, base):
+        assert "no job cgroups" in (base / "daemon.out").read_text()
+        pid_file = base / "child"
+        p = as_user("spoold-alice", "env", f"SPOOLD_SPOOL={root}", "dash", str(BIN / "gsub"),
+                    "-n", "0", "-c",
+                    f"setsid sh -c 'echo $$ > {pid_file}; exec sleep 1000' & sleep 1000")
+        job = int(p.stdout)
+        child = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                             what="the setsid child"))
+        as_user("spoold-alice", "env", f"SPOOLD_SPOOL={root}", "dash", str(BIN / "gkill"),
+                str(job))
+        wait_for(lambda: (root / "cancelled" / f"{job}.yaml").exists(), 20, "the kill")
+        wait_for(lambda: _gone(child), 10, "the setsid child to die")
