@@ -20,125 +20,127 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections import Counter
 
 from . import runner, slurm
+from .executor import Ended, LaunchError, spawn_hook
 from .records import owner_of
+from .scheduler import Decision, gate_only
 
 log = logging.getLogger("spoold")
 
 
-class SlurmBridge:
-    def __init__(self, daemon):
-        self.d = daemon
+class _SlurmDeps:
+    """The states the gate sees: a dependency SLURM already has counts as met
+    (sbatch gets ``afterok`` on it); one not handed to SLURM yet waits."""
+
+    def __init__(self, deps, runs: dict):
+        self.deps, self.runs = deps, runs
+
+    def get(self, job_id: int, default=None):
+        state = self.deps.get(job_id, default)
+        if state == "running":
+            run = self.runs.get(job_id)
+            return "done" if run is not None and run.record.get("slurm_id") else "pending"
+        return state
+
+
+class SlurmExecutor:
+    """Every job goes to sbatch; SLURM places it. See the module docstring."""
+
+    def __init__(self, lc):
+        self.lc = lc  # the lifecycle: spool, options, records, runs
         self.up = slurm.available()
+        self.next_query = 0.0
+        self.description = "slurm (sbatch, scontrol, scancel)"
         if not self.up:
             log.warning("SLURM does not answer (sbatch/scontrol ping): jobs wait in pending/")
 
-    def pass_(self, queue, deps) -> None:
-        """Hand every job that may go to SLURM now, in queue order."""
-        d = self.d
-        if not self.up or d.spool.paused_flag.exists():
-            return
-        arrays: Counter = Counter()  # (owner, array_id): an array is one user's
-        for run in d.runs.values():
-            b = run.booking()
-            if b.array_id:
-                arrays[b.owner, b.array_id] += 1
-        for req in list(queue):
-            if req.held or (req.pin_host and req.pin_host != d.o.host):
-                continue
-            if req.array_limit and arrays[req.owner, req.array_id] >= req.array_limit:
-                continue
-            if req.array_id:
-                arrays[req.owner, req.array_id] += 1
-            slurm_deps, ready = [], True
-            for a in req.after:
-                state = deps.get(a)
-                if state is None or state in ("failed", "cancelled"):
-                    end = "failed" if state is None else "cancelled"
-                    why = f"dependency {a} {'does not exist' if state is None else state}"
-                    d.guard(req.id, d.jobs.end_pending, req.id, end, why)
-                    ready = False
-                    break
-                if state == "running":
-                    sid = self._slurm_id(a)
-                    if sid is None:
-                        ready = False
-                    else:
-                        slurm_deps.append(sid)
-                elif state != "done":
-                    ready = False  # not handed to SLURM yet
-            if ready:
-                d.guard(req.id, self.submit, req.id, slurm_deps)
+    def decide(self, queue, running, res, now: float, deps) -> Decision:
+        if not self.up:
+            return Decision()  # everything waits until SLURM answers
+        return gate_only(queue, running, res.host, _SlurmDeps(deps, self.lc.d.runs),
+                         res.paused)
 
-    def _slurm_id(self, job_id: int) -> str | None:
-        run = self.d.runs.get(job_id)
-        return run.record.get("slurm_id") if run is not None else None
+    def claim_fields(self, start) -> dict:
+        return {"executor": "slurm"}
 
-    def submit(self, job_id: int, slurm_deps: list[str]) -> None:
-        d = self.d
-        claimed = d.jobs.claim(job_id, {"executor": "slurm"})
-        if claimed is None:
-            return
-        path, job, rec, creds = claimed
-        log_path = d.spool.log_path(job_id) if not job.get("log") else job.get("log")
+    def launch(self, run_id: int, job, rec: dict, creds, start) -> dict:
+        sp = self.lc.spool
+        log_path = job.get("log") or sp.log_path(run_id)
         if not job.get("log"):
-            os.close(runner.open_log(d.spool.log_path(job_id), creds))
+            os.close(runner.open_log(sp.log_path(run_id), creds))
+        runs = self.lc.d.runs
+        deps = [runs[a].record["slurm_id"] for a in job.after
+                if a in runs and runs[a].record.get("slurm_id")]
         try:
-            sid = slurm.submit(job, d.spool.root, log_path, slurm_deps, creds=creds)
+            sid = slurm.submit(job, sp.root, log_path, deps, creds=creds)
         except slurm.SlurmError as e:
-            d.jobs.finish_claimed(job_id, path, "failed", f"sbatch refused the job: {e}")
-            return
-        rec.update(slurm_id=sid, started_at=time.time())
-        d.records.save(path, rec)
-        d.runs[job_id] = d.Run(job_id, rec)
-        log.info("job %d handed to SLURM as job %s", job_id, sid)
+            raise LaunchError(f"sbatch refused the job: {e}") from None
+        log.info("job %d handed to SLURM as job %s", run_id, sid)
+        return {"slurm_id": sid}
 
-    def poll(self) -> None:
-        d = self.d
+    def poll(self, runs: dict, now: float) -> list[Ended]:
+        if now < self.next_query:
+            return []
+        self.next_query = now + self.lc.o.poll
         self.up = slurm.available()
-        by_sid = {r.record["slurm_id"]: r for r in d.runs.values() if r.record.get("slurm_id")}
+        by_sid = {r.record["slurm_id"]: r for r in runs.values() if r.record.get("slurm_id")}
         if not self.up or not by_sid:
-            return
+            return []
+        ended = []
         for sid, (state, code, why) in slurm.query(list(by_sid)).items():
             run = by_sid[sid]
             if state in ("done", "failed", "cancelled"):
-                reason = None if state == "done" else f"SLURM: {why or state}"
-                d.guard(run.id, d.jobs.finish, run, code, (state, reason))
+                ended.append(Ended(run, code, (state, None if state == "done"
+                                                else f"SLURM: {why or state}")))
             elif state == "unknown":
-                d.guard(run.id, d.jobs.finish, run, None,
-                        ("failed", "SLURM no longer knows the job (purged before spoold "
-                                   "looked); exit code unknown"))
-            elif state == "running" and not run.record.get("assigned_gpus") and run.record.get(
-                    "gpus"):
+                ended.append(Ended(run, None, ("failed", "SLURM no longer knows the job (purged "
+                                                         "before spoold looked); exit code "
+                                                         "unknown")))
+            elif state == "running" and not run.record.get("assigned_gpus") and \
+                    run.record.get("gpus"):
                 gpus = slurm.allocated_gpus(sid)
                 if gpus is not None:
                     run.record["assigned_gpus"] = gpus
-                    d.records.save(d.spool.record("running", run.id), run.record, sync=False)
+                    self.lc.records.save(self.lc.spool.record("running", run.id), run.record,
+                                         sync=False)
+        return ended
 
-    def kill(self, run, reason: str) -> None:
-        if not run.record.get("kill_reason"):
-            run.record["kill_reason"] = reason
-            self.d.records.save(self.d.spool.record("running", run.id), run.record)
+    def wake_at(self, runs: dict, now: float) -> float:
+        return self.next_query if runs else float("inf")
+
+    def kill(self, run) -> None:
         if run.record.get("slurm_id"):
             slurm.cancel(run.record["slurm_id"])
-            log.info("job %d: %s: scancel %s", run.id, reason, run.record["slurm_id"])
+            log.info("job %d: %s: scancel %s", run.id, run.record.get("kill_reason"),
+                     run.record["slurm_id"])
 
-    def recover(self, job_id: int, path, rec: dict) -> None:
-        d = self.d
+    def recover(self, job_id: int, rec: dict) -> tuple:
+        sp = self.lc.spool
+        path = sp.record("running", job_id)
         sid = rec.get("slurm_id")
         if sid is None and self.up:
-            found = slurm.find(job_id, d.spool.root, runner.creds_for(
+            found = slurm.find(job_id, sp.root, runner.creds_for(
                 owner_of(os.lstat(path).st_uid, rec)).name)  # never a name the user wrote
             if found:
                 sid = rec["slurm_id"] = found[0]
-                d.records.save(path, rec)
+                self.lc.records.save(path, rec)
                 log.info("job %d: found as SLURM job %s after a restart", job_id, sid)
         if sid is None:
-            if not self.up:
-                return  # cannot tell yet whether SLURM has it: decide when it answers
-            d.jobs.requeue(job_id, rec, "claimed but never handed to SLURM")
-            return
-        d.runs[job_id] = d.Run(job_id, rec)
+            # cannot tell yet whether SLURM has it: decide when it answers
+            return ("requeue", "claimed but never handed to SLURM") if self.up else ("later",)
+        return ("adopt",)
+
+    def recover_strays(self, known: set[int]) -> None:
+        pass  # SLURM owns the processes
+
+    def hook_running(self, run, code: int | None) -> bool:
+        if run.record.get("on_finish"):  # fire and forget, here, as the job's user
+            self.lc.d.guard(run.id, spawn_hook, self.lc, run, code, None)
+        return False
+
+    def end_time(self, run, code: int | None) -> float | None:
+        return None
+
+    def release(self, run) -> None:
+        pass

@@ -31,18 +31,18 @@ from pathlib import Path
 
 from . import daemonlog, runner
 from . import spool as spoolmod
-from .cgroup import Cgroups
+from .bridge import SlurmExecutor
+from .executor import LocalExecutor
 from .gpus import GpuReading, busy_reason, open_source
 from .hosts import Hosts
 from .lifecycle import Lifecycle, Run
 from .options import NETWORK_FS, Options, _version, filesystem_type, parse_args
-from .queue import PendingQueue
+from .pending import PendingQueue
 from .records import Records
 from .requests import Requests
 from .scheduler import (
     Gpu,
     Resources,
-    schedule,
 )
 from .spool import Spool
 
@@ -70,8 +70,10 @@ class Waker:
                 pass
 
 
+EXECUTORS = {"local": LocalExecutor, "slurm": SlurmExecutor}
+
+
 class Daemon:
-    Run = Run  # for the executors
 
     def __init__(self, opts: Options):
         self.o = opts
@@ -85,6 +87,7 @@ class Daemon:
         self.requests = Requests(self)
         self.hosts = Hosts(self)
         self.jobs = Lifecycle(self)
+        self.executor = None  # set in setup_resources: the plug-in --executor names
         self.readings: list[GpuReading] = []
         self.next_poll = 0.0
         self.next_rescan = 0.0
@@ -137,10 +140,6 @@ class Daemon:
             delay = min(MAX_BACKOFF_S, delay * 2)
 
     def setup_resources(self) -> None:
-        if self.o.executor == "slurm":
-            from .bridge import SlurmBridge
-
-            self.bridge = SlurmBridge(self)
         self.source = open_source(self.o.fake_gpus)
         self.readings = self.source.read() if self.source else []
         found = [r.index for r in self.readings]
@@ -154,13 +153,8 @@ class Daemon:
             self.managed = found
         if self.source:
             log.info("GPUs: %s; managing %s", self.source.description, self.managed or "none")
-        if self.o.executor == "local":
-            self.jobs.cgroups = Cgroups.detect(self.spool.root, self.o.host)
-            if self.jobs.cgroups is not None:
-                log.info("jobs run in cgroups: %s", self.jobs.cgroups.description)
-            else:
-                log.info("no job cgroups (%s): a job's processes are found by its session and "
-                         "markers (docs/security.md)", Cgroups.why_not)
+        self.executor = self.jobs.executor = EXECUTORS[self.o.executor](self.jobs)
+        log.info("executor: %s", self.executor.description)
         avail = sorted(os.sched_getaffinity(0))
         self.cpu_ids = tuple(avail[: self.o.cpus] if self.o.cpus else avail)
         phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
@@ -181,22 +175,7 @@ class Daemon:
                         log.info("removed stale tmp/%s", e.name)
         for job_id in self.spool.list_ids("running"):
             self.guard(job_id, self.jobs.recover_one, job_id)
-        cg = self.jobs.cgroups
-        for p in self.spool.run_dir(self.o.host).iterdir():
-            stem = p.name.split(".")[0]
-            if stem.isdigit() and int(stem) not in self.runs:
-                if runner.status(p, cgroups=cg, job_id=int(stem))[0] == "running":
-                    # Another daemon declared this host lost and ended the job's
-                    # record; the job itself survived: stop it, it runs on no record.
-                    n = runner.signal_job(self.spool.root, int(stem), None, signal.SIGKILL,
-                                          cgroups=cg)
-                    log.warning("job %s: its record was ended while this host was lost; "
-                                "killed %d leftover process(es)", stem, n)
-                with contextlib.suppress(OSError):
-                    p.unlink()
-        for job_id in (cg.job_ids() - set(self.runs)) if cg is not None else ():
-            cg.kill(job_id)  # a job (or hook) whose record has ended: nothing may stay
-            self.jobs.tidy.add(job_id)
+        self.executor.recover_strays(set(self.runs))
         for orig in self.spool.failed.glob("*.orig"):
             stem = orig.name[:-5]
             if stem.isdigit() and not self.spool.record("failed", int(stem)).exists():
@@ -246,9 +225,8 @@ class Daemon:
 
     def supervise(self, now: float) -> None:
         """While the spool cannot be written: KILL after the grace still happens."""
-        for run in list(self.runs.values()):
-            if run.kill_at and now >= run.kill_at:
-                self.guard(run.id, self.jobs.check_run, run, now)
+        if any(run.kill_at and now >= run.kill_at for run in self.runs.values()):
+            self.guard(None, self.jobs.poll, now)
 
     def timeout(self) -> float:
         now = time.time()
@@ -258,15 +236,7 @@ class Daemon:
                 if run.kill_at:
                     t = min(t, run.kill_at)
             return t - now
-        t = min(self.next_poll, self.next_rescan)
-        for run in self.runs.values():
-            if run.kill_at:
-                t = min(t, run.kill_at)
-            if run.hook_until is not None:  # no event says when a hook ends: look often
-                t = min(t, now + 0.25, run.hook_until + self.o.hook_limit)
-            b = run.booking()
-            if b.ends_at and not run.record.get("kill_reason"):
-                t = min(t, b.ends_at)
+        t = min(self.next_poll, self.next_rescan, self.executor.wake_at(self.runs, now))
         if self.queue.unsettled:
             t = min(t, now + 0.5)
         if self.queue.unparsed:
@@ -293,13 +263,7 @@ class Daemon:
                     p = Path(os.fsdecode(path))
                     wake = wake or p.parent in news
                     if p.parent == daemon.spool.pending:
-                        if kind in ("moved", "deleted") and p.name in daemon.queue.gone:
-                            continue  # our own move out of pending/: nothing new to read
-                        daemon.queue.touched.add(p.name)
-                        if kind == "closed":
-                            daemon.queue.closed.add(p.name)
-                        elif kind in ("modified", "created", "moved_to"):
-                            daemon.queue.closed.discard(p.name)
+                        daemon.queue.events.put((p.name, kind))
                 if wake:
                     daemon.waker.wake()
 
@@ -396,10 +360,7 @@ class Daemon:
         if full:
             self.repair()
         self.requests.handle_all()
-        for run in list(self.runs.values()):
-            self.guard(run.id, self.jobs.check_run, run, now)
-        if self.jobs.tidy:
-            self.guard(None, self.jobs.clean_cgroups)
+        self.guard(None, self.jobs.poll, now)
         if full:
             # A record stranded by a failed write (disk full) is recovered like
             # one found at start.
@@ -417,8 +378,6 @@ class Daemon:
 
     # ---- GPUs ----------------------------------------------------------------
     def poll_gpus(self) -> None:
-        if self.o.executor == "slurm":
-            self.guard(None, self.bridge.poll)
         try:
             self.readings = self.source.read() if self.source else []
         except Exception as e:  # a broken driver must not stop the queue
@@ -447,14 +406,9 @@ class Daemon:
 
     def schedule_pass(self, now: float, full: bool) -> None:
         bad = self.queue.refresh(now, full)
-        deps = _DepStates(self)
-        if self.o.executor == "slurm":
-            for p, reason in bad:
-                self.guard(p.job_id, self.jobs.reject_file, p, reason)
-            self.guard(None, self.bridge.pass_, self.queue.index, deps)
-            return
-        decision = schedule(self.queue.index, [r.booking() for r in self.runs.values()],
-                            self.resources(), now, deps)
+        decision = self.executor.decide(self.queue.index, [r.booking() for r in
+                                                           self.runs.values()],
+                                        self.resources(), now, _DepStates(self))
         for p, reason in bad:
             self.guard(p.job_id, self.jobs.reject_file, p, reason)
         for job_id, reason in decision.reject.items():

@@ -1,9 +1,9 @@
 """A job's life once the scheduler picks it: claim, start, watch, kill, end.
 
-Owns: the moves of one job between pending/, running/ and the final folders,
-its processes (through ``runner`` and, where the daemon can make them, job
-cgroups), time limits and kills, the on-finish hook, and putting a claimed
-job back (``requeue``).
+Owns: the moves of one job between pending/, running/ and the final folders
+(claim, reject, cancel, requeue, finish), kill reasons and outcomes. Where
+and how a job runs is its executor's (``executor.Executor``: this machine,
+or SLURM); this module is the only code that moves job files.
 
 Invariants:
 - Every move is one rename that never replaces anything (RENAME_NOREPLACE);
@@ -11,12 +11,10 @@ Invariants:
 - Who a job runs as is decided at the claim from the file's owner
   (``records.owner_of``) and written into the root-owned record; nothing
   the job file says changes it.
-- Which processes are the job is its cgroup's membership where there is
-  one; otherwise the shepherd's session (only while the shepherd provably
-  holds the run file) and the job's markers in processes of its own uid.
-  No pid is trusted after downtime.
-- A job's GPUs stay booked until its on-finish hook has ended, or been
-  killed after ``--hook-limit``; the hook runs in the job's cgroup.
+- A job put back in pending/ sheds what its run added (``RUN_FIELDS``) and
+  keeps its id; no other code puts a job back.
+- An ended job is recorded only once its executor says its on-finish hook
+  no longer holds it.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +30,8 @@ from pathlib import Path
 from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
-from .queue import Slim
+from .executor import LaunchError
+from .pending import Slim
 from .records import RUN_FIELDS, finite, outcome_of, owner_of, read_record
 from .scheduler import Running, running_of
 from .spool import BadFile
@@ -41,7 +39,6 @@ from .spool import BadFile
 log = logging.getLogger("spoold")
 
 CLAIM_GRACE_S = 10.0  # a claimed record without a host is another daemon's, still being written
-HOOK_FIELDS = ("cwd", "env", "umask", "shell", "name", "array_index")  # what a hook keeps
 
 
 @dataclass
@@ -69,15 +66,9 @@ class Lifecycle:
         self.o = d.o
         self.records = d.records
         self.queue = d.queue
-        self.cgroups = None  # runner.Cgroups, set by the daemon when it can make them
-        self.tidy: set[int] = set()  # job cgroups to remove once their last process is gone
+        self.executor = None  # executor.Executor: set by the daemon before the first pass
 
-    def run_path(self, job_id: int) -> Path:
-        return self.spool.run_lock(job_id, self.o.host)
 
-    def cgroup_of(self, job_id: int):
-        cg = self.cgroups
-        return cg if cg is not None and cg.exists(job_id) else None
 
     # ---- pending -> final ---------------------------------------------------------
     def reject_file(self, p, reason: str, original: str | None = None) -> None:
@@ -210,25 +201,6 @@ class Lifecycle:
         job.id, job.priority = job_id, p.priority
         return path, job, rec, runner.creds_for(uid) if self.d.uid == 0 else None
 
-    def start(self, s) -> None:
-        claimed = self.claim(s.id, {"assigned_gpus": list(s.gpus),
-                                    "assigned_cpus": list(s.cpus)})
-        if claimed is None:
-            return
-        path, job, rec, creds = claimed
-        log_path = self.spool.log_path(s.id)  # -o FILE is opened by the shepherd
-        started = time.time()
-        try:
-            pid = runner.launch(self.spool, self.run_path(s.id), job, s.gpus, s.cpus, creds,
-                                log_path, cgroups=self.cgroups)
-        except OSError as e:
-            self.finish_claimed(s.id, path, "failed", f"could not start: {e}")
-            return
-        rec.update(pid=pid, started_at=started)
-        self.records.save(path, rec, sync=False)
-        self.d.runs[s.id] = Run(s.id, rec, pid)
-        log.info("job %d started on GPU(s) %s (shepherd pid %d)", s.id, list(s.gpus) or "none",
-                 pid)
 
     @contextlib.contextmanager
     def array_gate(self, slim: Slim):
@@ -260,6 +232,31 @@ class Lifecycle:
         return job_id in self.d.runs or self.spool.where(job_id) is not None
 
     # ---- running ---------------------------------------------------------------------
+
+
+
+
+
+    # ---- ending ------------------------------------------------------------------------
+
+    def start(self, s) -> None:
+        claimed = self.claim(s.id, self.executor.claim_fields(s))
+        if claimed is None:
+            return
+        path, job, rec, creds = claimed
+        started = time.time()
+        try:
+            fields = self.executor.launch(s.id, job, rec, creds, s)
+        except LaunchError as e:
+            self.finish_claimed(s.id, path, "failed", str(e))
+            return
+        rec.update(fields, started_at=started)
+        self.records.save(path, rec, sync=False)
+        self.d.runs[s.id] = Run(s.id, rec, fields.get("pid"))
+        log.info("job %d started on GPU(s) %s (%s)", s.id, list(s.gpus) or "none",
+                 ", ".join(f"{k} {v}" for k, v in fields.items()))
+
+    # ---- running ---------------------------------------------------------------------
     def recover_one(self, job_id: int) -> None:
         """Adopt, end or requeue the job of running/<id>.yaml after a restart."""
         path = self.spool.record("running", job_id)
@@ -272,132 +269,44 @@ class Lifecycle:
             return  # another host's job (shared spool)
         if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < CLAIM_GRACE_S:
             return  # just claimed by a daemon (maybe on another host) that is writing it
-        if self.o.executor == "slurm":
-            self.d.bridge.recover(job_id, path, rec)
+        verdict = self.executor.recover(job_id, rec)
+        if verdict[0] == "requeue":
+            self.requeue(job_id, rec, verdict[1])
             return
-        state, code = runner.status(self.run_path(job_id), cgroups=self.cgroups,
-                                    job_id=job_id)
-        run = Run(job_id, rec, rec.get("pid"))
-        if state == "running":
+        if verdict[0] == "later":
+            return  # the executor cannot tell yet (SLURM does not answer)
+        run = self.d.runs[job_id] = Run(job_id, rec, rec.get("pid"))
+        if verdict[0] == "ended":
+            self.settle(run, verdict[1])
+        else:
             log.info("job %d: adopted (it is still running)", job_id)
-            self.d.runs[job_id] = run
             if rec.get("kill_reason"):
                 self.kill(run, rec["kill_reason"])
-        elif state in ("exited", "vanished"):
-            self.d.runs[job_id] = run
-            self.settle(run, code)
-        else:  # claimed, never started: back in the queue, fields kept
-            if self.cgroups is not None:
-                self.cgroups.remove(job_id)  # first: a crash after it still reads "unstarted"
-            runner.clear(self.run_path(job_id))
-            self.requeue(job_id, rec, "claimed but never started")
 
-    def check_run(self, run: Run, now: float) -> None:
-        if self.o.executor == "slurm":
-            return  # the bridge polls SLURM for all its jobs at once (poll_gpus)
-        state, code = runner.status(self.run_path(run.id), cgroups=self.cgroups, job_id=run.id)
-        if state in ("unstarted", "vanished") and not os.path.lexists(self.run_path(run.id)):
-            # Its run file was removed under us (the job had started: it is in runs).
-            if run.pid is not None and runner.running_child(run.pid):
-                return  # the shepherd is our child and alive: the job runs on
-            self.finish(run, None, ("failed", "exit code unknown: its run file "
-                                              f"state/run/{self.o.host}/{run.id}.lock was "
-                                              "removed while it ran"))
-            return
-        if state != "running":
-            self.settle(run, code)
-            return
-        if run.kill_at and now >= run.kill_at:
-            n = self.signal(run, signal.SIGKILL)
-            log.info("job %d: grace over, KILL sent to %d process(es)", run.id, n)
-            run.kill_at = None
-        b = run.booking()
-        if b.ends_at and now >= b.ends_at and not run.record.get("kill_reason"):
-            self.kill(run, "time limit")
-
-    def signal(self, run: Run, sig: int) -> int:
-        return runner.signal_job(self.spool.root, run.id, run.pid, sig, cgroups=self.cgroups,
-                                 uid=run.record.get("uid"))
+    def poll(self, now: float) -> None:
+        """Record the runs the executor says have ended."""
+        for ev in self.executor.poll(self.d.runs, now):
+            self.d.guard(ev.run.id, self.settle, ev.run, ev.code, ev.outcome)
 
     def kill(self, run: Run, reason: str) -> None:
-        if self.o.executor == "slurm":
-            self.d.bridge.kill(run, reason)
-            return
-        if run.hook_until is not None:  # the job has ended; its hook is what runs
-            self.stop_leftovers(run)
-            log.info("job %d: %s: its on-finish command was killed", run.id, reason)
-            return
-        if not run.record.get("kill_reason"):
+        if run.hook_until is None and not run.record.get("kill_reason"):
             run.record["kill_reason"] = reason
             self.records.save(self.spool.record("running", run.id), run.record)
-        n = self.signal(run, signal.SIGTERM)
-        run.kill_at = time.time() + self.o.kill_grace
-        log.info("job %d: %s: TERM sent to %d process(es), KILL in %gs", run.id, reason, n,
-                 self.o.kill_grace)
-
-    def stop_leftovers(self, run: Run) -> None:
-        """KILL whatever of the job is left (daemonised children, a hook)."""
-        cg = self.cgroup_of(run.id)
-        if cg is not None:
-            cg.kill(run.id)
-            self.tidy.add(run.id)
-        else:
-            self.signal(run, signal.SIGKILL)
+        self.executor.kill(run)
 
     # ---- ending ------------------------------------------------------------------------
-    def settle(self, run: Run, code: int | None) -> None:
-        """The job's processes have ended (exit ``code``, None: unknown): run its
-        on-finish hook first, with its GPUs still booked, then record it."""
-        if not self.hook_running(run, code):
-            self.finish(run, code)
-
-    def hook_running(self, run: Run, code: int | None) -> bool:
-        rec = run.record
-        if not rec.get("on_finish") or self.o.executor != "local":
-            return False
-        if run.hook_until is None:
-            self.stop_leftovers(run)  # the job's own leftovers do not outlive it
-            rec["hook_started_at"] = time.time()  # before the spawn: never started twice
-            self.records.save(self.spool.record("running", run.id), rec, sync=False)
-            self.d.guard(run.id, self.start_hook, run, code)
-            return True
-        if time.time() >= run.hook_until + self.o.hook_limit:
-            log.warning("job %d: on-finish command still running after %gs (--hook-limit); "
-                        "killed", run.id, self.o.hook_limit)
-            return False
-        cg = self.cgroup_of(run.id)
-        if cg is not None:
-            return cg.populated(run.id)
-        return run.hook_pid is not None and runner.running_child(run.hook_pid)
-
-    def start_hook(self, run: Run, code: int | None, cgroups="job") -> None:
-        """--on-finish, as the job's user, with its GPUs; output goes to its log."""
-        rec = run.record
-        state, reason = outcome_of(rec, code)
-        job = jobmod.validate({k: rec[k] for k in HOOK_FIELDS if k in rec}
-                              | {"cmd": rec["on_finish"], "id": run.id})
-        extra = {"SPOOLD_EXIT_CODE": "" if code is None else str(code), "SPOOLD_STATE": state,
-                 "SPOOLD_REASON": reason or ""}
-        uid = rec.get("uid", self.d.uid)
-        creds = runner.creds_for(uid) if self.d.uid == 0 else None
-        log_path = self.spool.log_path(run.id)  # daemon-opened: never a user-chosen path
-        run.hook_pid = runner.spawn_hook(job, tuple(rec.get("assigned_gpus") or ()), creds,
-                                         log_path, self.spool.root, extra,
-                                         cgroups=self.cgroups if cgroups == "job" else None)
-        log.info("job %d: on-finish command started", run.id)
+    def settle(self, run: Run, code: int | None, outcome=None) -> None:
+        """The job's processes have ended (exit ``code``, None: unknown): its
+        on-finish hook runs first, the executor's way, then it is recorded."""
+        if not self.executor.hook_running(run, code):
+            self.finish(run, code, outcome)
 
     def finish(self, run: Run, code: int | None, outcome: tuple[str, str] | None = None) -> None:
         """Record how a job ended and move it to its final folder. ``outcome``
         (state, reason), when an executor knows better than the exit code."""
         rec = run.record
-        ended = time.time()
-        if code is not None and self.o.executor == "local":  # status written as it ended
-            with contextlib.suppress(FileNotFoundError):
-                # mtime comes from the kernel's coarse clock: never before the start
-                ended = max(self.run_path(run.id).stat().st_mtime,
-                            rec.get("started_at") or 0)
         state, reason = outcome_of(rec, code, outcome)
-        rec.update(ended_at=ended)
+        rec.update(ended_at=self.executor.end_time(run, code) or time.time())
         if code is not None:
             rec["exit_code"] = code
         if reason:
@@ -411,25 +320,9 @@ class Lifecycle:
                       state, run.id)
             return
         spoolmod.fsync_dir(self.spool.dir(state))
-        if self.o.executor == "local":
-            # Leftovers (daemonised children) would hold the GPUs the next job gets.
-            self.stop_leftovers(run)
-            runner.clear(self.run_path(run.id))
-        elif rec.get("on_finish"):  # SLURM: fire and forget, here, as the job's user
-            self.d.guard(run.id, self.start_hook, run, code, None)
+        self.executor.release(run)
         self.d.runs.pop(run.id, None)
         self.records.final_count += 1
         log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
                  f": {reason}" if reason else "")
         self.records.prune()
-
-    def clean_cgroups(self) -> None:
-        """Remove emptied job cgroups (a kill does not wait for its processes)."""
-        cg = self.cgroups
-        for job_id in list(self.tidy):
-            if job_id in self.d.runs:
-                continue
-            if not cg.exists(job_id):
-                self.tidy.discard(job_id)
-            elif not cg.populated(job_id):
-                cg.remove(job_id)

@@ -24,6 +24,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
+from queue import Empty, SimpleQueue
 
 from . import job as jobmod
 from . import runner
@@ -50,6 +51,9 @@ class PendingQueue:
         self.names: list | None = None  # pending/ as last listed, in queue order
         self.gone: set[str] = set()  # names we moved out of pending/ since
         self.touched: set[str] = set()  # names events reported since the last pass
+        # The watcher thread only puts (name, kind) here; the loop drains it,
+        # so no event is lost between two threads sharing a set.
+        self.events: SimpleQueue = SimpleQueue()
         self.index: ShapeQueue | None = None  # the queue, grouped by shape
         self.by_id: dict[int, tuple] = {}  # id -> (PendingName, Slim) of the index
         self.pending_ids: dict[int, spoolmod.PendingName] = {}
@@ -59,9 +63,25 @@ class PendingQueue:
         self.unsettled = False  # a file is still being written: look again soon
         self.hint = 0
 
+    def drain(self) -> None:
+        """Take in what the watcher saw in pending/ (loop thread only)."""
+        while True:
+            try:
+                name, kind = self.events.get_nowait()
+            except Empty:
+                return
+            if kind in ("moved", "deleted") and name in self.gone:
+                continue  # our own move out of pending/: nothing new to read
+            self.touched.add(name)
+            if kind == "closed":
+                self.closed.add(name)
+            elif kind in ("modified", "created", "moved_to"):
+                self.closed.discard(name)
+
     def refresh(self, now: float, full: bool) -> list:
         """Bring the mirror up to date; return [(PendingName, reason)] of files
         that are not valid jobs (the daemon rejects them)."""
+        self.drain()
         unsettled, self.unsettled = self.unsettled, False
         touched, self.touched = self.touched, set()
         if full or touched or self.names is None:

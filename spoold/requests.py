@@ -25,7 +25,7 @@ import time
 
 from . import job as jobmod
 from . import spool as spoolmod
-from .queue import SETTLE_S, Slim, Taken
+from .pending import SETTLE_S, Slim, Taken
 from .records import read_record
 from .spool import BadFile
 

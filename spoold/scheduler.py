@@ -272,36 +272,21 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
     resv: _Resv | None = None
     failed_shapes: set[tuple] = set()
     n_gpus = len(res.gpus)
+    def capacity(req: Request) -> tuple[str, str] | None:
+        why = _refusal(req, res, n_gpus)
+        if not why:
+            return None
+        fits = [p.host for p in res.peers if not _refusal(req, p, len(p.gpus))]
+        if fits:
+            return "wait", f"too big for {res.host}; left for {', '.join(fits)}"
+        return "reject", why
+
     for n, req in enumerate(queue):
         if n >= max_scan:
             break
-        if req.pin_host and res.host and req.pin_host != res.host:
-            d.wait[req.id] = f"pinned to host {req.pin_host}"
-            continue
-        why = _refusal(req, res, n_gpus)
-        if why:
-            fits = [p.host for p in res.peers if not _refusal(req, p, len(p.gpus))]
-            if fits:
-                d.wait[req.id] = f"too big for {res.host}; left for {', '.join(fits)}"
-            else:
-                d.reject[req.id] = why
-            continue
-        if req.held:
-            d.wait[req.id] = "held (grelease to let it run)"
-            continue
-        dep_wait, dep_end = _dependencies(req, deps)
-        if dep_end:
-            (d.cancel if dep_end[0] == "cancel" else d.reject)[req.id] = dep_end[1]
-            continue
-        if dep_wait:
-            d.wait[req.id] = dep_wait
-            continue
-        if res.paused:
-            d.wait[req.id] = "queue paused (gresume to continue)"
-            continue
-        if req.array_id and req.array_limit and \
-                st.arrays[req.owner, req.array_id] >= req.array_limit:
-            d.wait[req.id] = f"array {req.array_id}: {req.array_limit} already running"
+        verdict = gate(req, res.host, deps, res.paused, st.arrays, capacity)
+        if verdict:
+            _note(d, req.id, verdict)
             continue
         if req.shape in failed_shapes:
             d.wait[req.id] = _behind(resv)
@@ -337,6 +322,56 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
         if skip_shape:
             skip_shape(req.shape)
         d.wait[req.id] = _behind(resv)
+    return d
+
+
+def gate(req: Request, host: str | None, deps: Mapping[int, str], paused: bool,
+         arrays: Mapping[tuple[int, int], int], capacity=None) -> tuple[str, str] | None:
+    """Whether ``req`` may be placed at all now: None (ready), or (what, why)
+    with what in 'wait', 'reject' (to failed/) or 'cancel' (to cancelled/).
+    Everything but resources: the host it is pinned to, ``capacity`` (the
+    caller's "could it ever fit here"), holds, dependencies, a paused queue
+    and array throttles (``arrays``: running elements per (owner, array_id)).
+    The SLURM bridge uses only this; ``schedule`` adds placement."""
+    if req.pin_host and host and req.pin_host != host:
+        return "wait", f"pinned to host {req.pin_host}"
+    verdict = capacity(req) if capacity else None
+    if verdict:
+        return verdict
+    if req.held:
+        return "wait", "held (grelease to let it run)"
+    dep_wait, dep_end = _dependencies(req, deps)
+    if dep_end:
+        return dep_end
+    if dep_wait:
+        return "wait", dep_wait
+    if paused:
+        return "wait", "queue paused (gresume to continue)"
+    if req.array_id and req.array_limit and arrays.get((req.owner, req.array_id),
+                                                       0) >= req.array_limit:
+        return "wait", f"array {req.array_id}: {req.array_limit} already running"
+    return None
+
+
+def _note(d: Decision, job_id: int, verdict: tuple[str, str]) -> None:
+    what, why = verdict
+    {"wait": d.wait, "reject": d.reject, "cancel": d.cancel}[what][job_id] = why
+
+
+def gate_only(queue: Iterable[Request], running: Iterable[Running], host: str | None,
+              deps: Mapping[int, str], paused: bool) -> Decision:
+    """The decision where someone else places jobs (SLURM): every job the gate
+    lets through starts, with no GPUs or CPUs chosen here."""
+    arrays = Counter((r.owner, r.array_id) for r in running if r.array_id)
+    d = Decision()
+    for req in queue:
+        verdict = gate(req, host, deps, paused, arrays)
+        if verdict:
+            _note(d, req.id, verdict)
+            continue
+        d.start.append(Start(req.id, (), ()))
+        if req.array_id:
+            arrays[req.owner, req.array_id] += 1
     return d
 
 
