@@ -85,48 +85,56 @@ class Requests:
         return job.uid if isinstance(job, Slim) else os.lstat(self.d.spool.pending / p.name).st_uid
 
     def apply_request(self, kind: str, job_id: int | None) -> str | None:
-        if kind == "pause":
-            self.d.spool.paused_flag.touch()
-            log.info("queue paused; running jobs continue")
-            return
-        if kind == "resume":
-            with contextlib.suppress(FileNotFoundError):
-                self.d.spool.paused_flag.unlink()
-            log.info("queue resumed")
-            return
+        """Act on a request whose sender may ask it (checked once, above)."""
+        if job_id is None:
+            QUEUE[kind](self)
+            return None
         run = self.d.runs.get(job_id)
         if run is not None:
-            if kind == "kill":
-                self.d.jobs.kill(run, "killed on request")
-            else:
+            act = RUNNING.get(kind)
+            if act is None:
                 log.info("job %d is running: %s request ignored (gkill kills it)", job_id, kind)
-            return
+            else:
+                act(self, run)
+            return None
         p = self.d.queue.find_pending(job_id)
         if p is None:
-            where = next((d for d in ("running", *spoolmod.FINAL_DIRS)
-                          if self.d.spool.record(d, job_id).exists()), None)
-            if where == "running":
-                try:
-                    host = read_record(self.d.spool.record("running", job_id)).get("host")
-                except (OSError, BadFile, jobmod.JobError, ValueError):
-                    host = None
-                if host not in (None, self.d.o.host):
-                    return "elsewhere"
+            where = self.d.spool.where(job_id)
+            if where == "running" and self.host_of(job_id) not in (None, self.d.o.host):
+                return "elsewhere"
             log.info("%s request for job %d ignored: %s", kind, job_id,
                      f"it is in {where}/" if where else "no such job")
-            return
+            return None
         job = self.d.queue.load_pending(p.name, time.time() + SETTLE_S)
         if isinstance(job, Taken):
             log.info("%s request for job %d ignored: pending/%s is not that job (%s)", kind,
                      job_id, p.name, job.why)
-            return
-        if kind in ("kill", "cancel"):
-            if isinstance(job, str):
-                self.d.jobs.reject_file(p, job)
-                return
-            self.d.jobs.end_pending(job_id, "cancelled", f"{kind} requested before it started", p)
+        elif isinstance(job, str) and kind in ("kill", "cancel"):
+            self.d.jobs.reject_file(p, job)  # not a valid job: refused now, with its reason
         else:
-            self.set_hold(p, kind == "hold")
+            PENDING[kind](self, p)
+        return None
+
+    def host_of(self, job_id: int) -> str | None:
+        try:
+            return read_record(self.d.spool.record("running", job_id)).get("host")
+        except (OSError, BadFile, jobmod.JobError, ValueError):
+            return None
+
+    def pause(self) -> None:
+        self.d.spool.paused_flag.touch()
+        log.info("queue paused; running jobs continue")
+
+    def resume(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.d.spool.paused_flag.unlink()
+        log.info("queue resumed")
+
+    def kill(self, run) -> None:
+        self.d.jobs.kill(run, "killed on request")
+
+    def cancel(self, p, kind: str) -> None:
+        self.d.jobs.end_pending(p.job_id, "cancelled", f"{kind} requested before it started", p)
 
     def set_hold(self, p, hold: bool) -> None:
         """Rewrite the pending file with ``hold:`` changed. The new file keeps
@@ -144,3 +152,10 @@ class Requests:
                                   group=st.st_gid if owner is not None else None)
         self.d.queue.touched.add(p.name)
         log.info("job %d %s", p.job_id, "held" if hold else "released")
+
+
+# What each request does: to the queue, to a running job, to a pending one.
+QUEUE = {"pause": Requests.pause, "resume": Requests.resume}
+RUNNING = {"kill": Requests.kill}
+PENDING = {"kill": lambda r, p: r.cancel(p, "kill"), "cancel": lambda r, p: r.cancel(p, "cancel"),
+           "hold": lambda r, p: r.set_hold(p, True), "release": lambda r, p: r.set_hold(p, False)}
