@@ -1,0 +1,77 @@
+"""Idle cost: the daemon's CPU, wake-ups and memory when nothing happens.
+
+How: spoold with 8 fake GPUs polled every second (`--poll 1`) and an empty
+queue; after 2 s of start-up, CPU (utime+stime of all threads) and voluntary
+context switches (wake-ups) from /proc over a window, and VmRSS/VmHWM. Then
+the usual state of a GPU box, one long job (`sleep 3600`) running and nothing
+else, over a second window. tsp's server, with and without a running job, is
+measured over the same windows.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness import POLL, CpuMeter, Ctx, call, log, proc_mem_mb, wait_for
+from instance import Spoold
+from peers import Tsp
+from report import dig, row
+
+NAME = "idle"
+
+
+def run(ctx: Ctx) -> dict:
+    log(f"idle CPU: {ctx.cfg['idle_s']:g}s, 8 fake GPUs, --poll {POLL:g}")
+    sp = Spoold(ctx, "idle", 8)
+    sp.start()
+    ts = None
+    try:
+        if ctx.tools["tsp"]:
+            ts = Tsp(ctx.tools["tsp"], ctx.path("idle-tsp"))
+            ts.start()
+        tsp_pid = ts.server_pid() if ts else None
+        time.sleep(2.0)  # past start-up
+        meters = {"spoold": CpuMeter(sp.pid), "tsp": CpuMeter(tsp_pid)}
+        time.sleep(ctx.cfg["idle_s"])
+        sp.check_alive()
+        out = {name: m.read() for name, m in meters.items()}
+        for name, pid in (("spoold", sp.pid), ("tsp", tsp_pid)):
+            mem = proc_mem_mb(pid) if pid else {}
+            out[name].update(rss_mb=mem.get("VmRSS"), hwm_mb=mem.get("VmHWM"))
+
+        log(f"CPU with one long job running: {ctx.cfg['busy_s']:g}s")
+        jid = sp.submit(["sleep", "3600"], gpus=1)
+        wait_for(lambda: sp.check_alive() and sp.started(jid), 30, 0.01, "the sleep job")
+        if ts:
+            call(ts.submit_cmd(["sleep", "3600"]), ts.env, ts.dir)
+        time.sleep(1.0)
+        for m in meters.values():
+            m.start()
+        time.sleep(ctx.cfg["busy_s"])
+        sp.check_alive()
+        for name, m in meters.items():
+            busy = m.read()
+            if busy:
+                out[name].update(one_job_cpu_pct=busy["cpu_pct"],
+                                 one_job_wakeups_per_s=busy["wakeups_per_s"])
+        return out
+    finally:
+        sp.stop()
+        if ts:
+            ts.stop()
+
+
+def rows(r: dict, ctx: Ctx) -> list[dict]:
+    def below_half(v, _q):
+        return v < 0.5
+
+    return [
+        row("idle CPU, 8 GPUs polled at 1 s", "%", dig(r, "spoold", "cpu_pct"),
+            dig(r, "tsp", "cpu_pct"), target="< 0.5 %", check=below_half, ratio=False),
+        row("  idle wake-ups", "/s", dig(r, "spoold", "wakeups_per_s"), ratio=False),
+        row("CPU while one long job runs (extra)", "%", dig(r, "spoold", "one_job_cpu_pct"),
+            dig(r, "tsp", "one_job_cpu_pct"), target="< 0.5 %", check=below_half, ratio=False,
+            note="not in the brief's list; same bar as idle"),
+        row("  wake-ups while one job runs", "/s", dig(r, "spoold", "one_job_wakeups_per_s"),
+            ratio=False),
+    ]

@@ -1,0 +1,252 @@
+"""A long queue: spoold starting with N jobs pending (100k; 10k in quick mode).
+
+How: N one-GPU jobs are written straight into pending/ and state/next-id set,
+with all 4 fake GPUs at 100 % utilisation, so nothing can start. Measured:
+- gsub's latency with that queue (it counts pending/ for --max-pending);
+- start-up: until the first GPU snapshot is written, and until the daemon
+  answers a request. A malformed request file is removed at the start of a
+  tick; the second of two such probes (dropped one after the other) goes only
+  once a whole tick, first scheduling pass included, has ended;
+- memory after start, time until quiet (< 20 % of a core for 1 s, since a
+  daemon may read a long queue in slices), CPU while nothing changes;
+- "GPU freed by others": a fake GPU reads idle again (the file rewritten), so
+  job k+1 takes it: wall time, and time from the poll that saw it (the `time`
+  of the first snapshot showing the GPU idle) until the claim;
+- "our job ends": jobs 1-6 record their start and wait on a fifo; closing one
+  ends the job, and the next job in the queue takes its GPU;
+- how long one start keeps the daemon deaf: two probe ticks, asked 0.6 s
+  after the last claim.
+Each claim sample is taken 3 times (medians shown), each after the daemon
+answered two probes in a row, so that it meets a daemon that is not mid-pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+
+from harness import (
+    POLL,
+    CpuMeter,
+    Ctx,
+    log,
+    median_of,
+    proc_cpu_s,
+    proc_mem_mb,
+    read_stamp,
+    summary_ms,
+    timed,
+    wait_for,
+)
+from instance import Spoold, write_pending
+from report import dig, row
+
+NAME = "scale"
+N_SPECIAL = 6  # jobs 1..6 record their start and wait on a fifo
+SAMPLES = 3
+
+
+def wait_quiet(pid: int, limit: float, level: float = 0.2, span: int = 4) -> float | None:
+    """Wait until the process used under `level` of a core in each of `span` windows of
+    0.25 s in a row; return how long that took (None: not within `limit` seconds)."""
+    t0 = time.perf_counter()
+    win, c_prev, w_prev = [], proc_cpu_s(pid), t0
+    while time.perf_counter() - t0 < limit:
+        time.sleep(0.25)
+        c, w = proc_cpu_s(pid), time.perf_counter()
+        win.append((c - c_prev) / (w - w_prev))
+        c_prev, w_prev = c, w
+        if len(win) >= span and max(win[-span:]) < level:
+            return max(0.0, w - t0 - 0.25 * span)
+    return None
+
+
+class Probe:
+    """Malformed request files: the daemon removes one at the start of each tick."""
+
+    def __init__(self, sp: Spoold):
+        self.sp = sp
+        self.n = 0
+
+    def ticks(self, limit: float = 60.0, n: int = 2) -> list[float]:
+        """Drop n probes, each once the previous is gone; return the seconds until each
+        went. The last goes only after a whole tick (and any long pass in it) ended."""
+        t0 = time.perf_counter()
+        out = []
+        for _ in range(n):
+            self.n += 1
+            probe = self.sp.spool / "requests" / f"bench-probe-{self.n}"
+            probe.write_text("")
+            wait_for(lambda p=probe: self.sp.check_alive() and not p.exists(),
+                     max(0.0, limit - (time.perf_counter() - t0)), 0.001, "a daemon tick")
+            out.append(time.perf_counter() - t0)
+        return out
+
+
+def close_fifo(fifo, timeout: float = 5.0) -> None:
+    """Open a fifo for writing and close it at once: its reader sees EOF."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError as e:  # ENXIO: the reader has not opened it yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no reader on {fifo}: {e}") from None
+            time.sleep(0.001)
+
+
+def start_up(ctx: Ctx, sp: Spoold, probe: Probe, n: int, out: dict) -> None:
+    ready_max = 60.0 if ctx.quick else 300.0
+    t0 = sp.start(["--max-pending", str(2 * n + 100)], wait=False)
+    _, t_snap = wait_for(lambda: sp.check_alive() and sp.snapshot(), ready_max, 0.002,
+                         "the first GPU snapshot")
+    ticks = probe.ticks(ready_max)
+    out["snapshot_file"] = str(sp.snapshot().relative_to(sp.spool))
+    out["start_gpus_yaml_s"] = t_snap - t0
+    out["start_probe1_s"] = t_snap - t0 + ticks[0]
+    out["start_responsive_s"] = t_snap - t0 + ticks[-1]
+    time.sleep(0.5)
+    out["after_start_mem_mb"] = proc_mem_mb(sp.pid)
+    settle_max = ctx.cfg["settle_max_s"]
+    q = wait_quiet(sp.pid, max(1.0, settle_max - (time.time() - t0)))
+    out["settled_s"] = time.time() - 1.0 - t0 if q is not None else None
+    out["settle_max_s"] = settle_max
+    out["settled_mem_mb"] = proc_mem_mb(sp.pid)
+    meter = CpuMeter(sp.pid)  # with the queue full and every GPU busy
+    time.sleep(ctx.cfg["scale_idle_s"])
+    idle = meter.read()
+    out["idle_cpu_pct"], out["idle_wakeups_per_s"] = idle["cpu_pct"], idle["wakeups_per_s"]
+
+
+def first_idle_poll(sp: Spoold, gpu: int, seen: dict) -> None:
+    """Note in seen["poll"] the `time` of the first snapshot that shows `gpu` idle
+    (the snapshot is rewritten by rename at every poll: a new inode is a new one)."""
+    if seen.get("poll") is not None:
+        return
+    snap = sp.snapshot()
+    with contextlib.suppress(OSError, TypeError, KeyError, StopIteration, ValueError):
+        ino = snap.stat().st_ino
+        if ino != seen.get("ino"):
+            seen["ino"] = ino
+            data = sp.read_yaml(snap)
+            if next(g for g in data["gpus"] if g["index"] == gpu).get("busy") is None:
+                seen["poll"] = float(data["time"])
+
+
+def claim_sample(sp: Spoold, probe: Probe, rnd, job: int, mark, release, gpu=None) -> dict:
+    """Let any pass end, call release() at a random moment, time until `job` is claimed
+    (in running/) and until it runs; with `gpu`, also from the poll that saw it idle."""
+    time.sleep(0.6)
+    quiet = probe.ticks()[-1]
+    time.sleep(rnd.uniform(0.1, 1.0))  # any phase of the poll timer
+    seen = {"ino": sp.snapshot().stat().st_ino}
+    t = time.time()
+    release()
+
+    def claimed():
+        sp.check_alive()
+        if gpu is not None:
+            first_idle_poll(sp, gpu, seen)
+        return sp.is_running(job)
+
+    _, t_claim = wait_for(claimed, 60, 0.0005, f"job {job} in running/")
+    stamp, _ = wait_for(lambda: read_stamp(mark), 30, 0.001, f"job {job} start")
+    s = {"quiet_wait_ms": quiet * 1000, "claim_ms": (t_claim - t) * 1000,
+         "job_start_ms": (stamp - t) * 1000, "t_claim": t_claim}
+    if gpu is not None and seen.get("poll"):
+        s["wait_for_poll_ms"] = (seen["poll"] - t) * 1000
+        s["poll_to_claim_ms"] = (t_claim - seen["poll"]) * 1000
+    return s
+
+
+def run(ctx: Ctx) -> dict:
+    n = ctx.cfg["scale_n"]
+    log(f"scale: {n} pending jobs, all 4 fake GPUs busy")
+    sp = Spoold(ctx, "scale", 4, busy=True)
+    fifos = [ctx.path(f"scale-fifo{i}") for i in range(1, N_SPECIAL + 1)]
+    marks = [ctx.path(f"scale-t{i}") for i in range(1, N_SPECIAL + 1)]
+    for f in fifos:
+        os.mkfifo(f)
+    out: dict = {"n": n}
+    g0 = time.perf_counter()
+    write_pending(sp.spool, n, {
+        i: f'argv: ["sh", "-c", "date +%s.%N > {m}; exec cat {f}"]\ngpus: 1\n'.encode()
+        for i, (f, m) in enumerate(zip(fifos, marks, strict=True), 1)})
+    out["generate_s"] = time.perf_counter() - g0
+    (sp.spool / "state" / "max-pending").write_text(f"{2 * n + 100}\n")
+    out["gsub_with_queue"] = summary_ms(
+        [timed(sp.submit_cmd(["true"], gpus=1), sp.env, sp.root) for _ in range(5)])
+    rnd = random.Random(11)
+    probe = Probe(sp)
+    try:
+        log("scale: starting spoold")
+        start_up(ctx, sp, probe, n, out)
+        busy = [True] * sp.n_gpus
+
+        def free(k):
+            busy[k] = False
+            sp.set_gpus(busy)
+
+        # 1) another user's load goes away: GPU k reads idle at the next poll; job k+1
+        # takes it. 2) our own job k+1 ends (EOF on its fifo): job k+4 takes its GPU.
+        ext = [claim_sample(sp, probe, rnd, k + 1, marks[k], lambda k=k: free(k), gpu=k)
+               for k in range(SAMPLES)]
+        own = [claim_sample(sp, probe, rnd, k + 4, marks[k + 3],
+                            lambda k=k: close_fifo(fifos[k])) for k in range(SAMPLES)]
+        for k in range(SAMPLES):
+            own[k]["ended_state"] = wait_for(lambda j=k + 1: sp.finished(str(j)), 30, 0.001,
+                                             f"job {k + 1} recorded")[0]
+        out["freed_external_samples"], out["own_job_end_samples"] = ext, own
+        out["freed_external"] = {k: median_of(ext, k) for k in (
+            "quiet_wait_ms", "claim_ms", "job_start_ms", "wait_for_poll_ms", "poll_to_claim_ms")}
+        out["own_job_end"] = {k: median_of(own, k) for k in ("claim_ms", "job_start_ms")}
+        # How long one start keeps the daemon deaf: two ticks, asked 0.6 s after the
+        # last claim (the 0.6 s let inotify events of the claim arrive).
+        time.sleep(max(0.0, own[-1]["t_claim"] + 0.6 - time.time()))
+        out["busy_after_start_s"] = probe.ticks()[-1]
+        out["end_mem_mb"] = proc_mem_mb(sp.pid)
+    finally:
+        for f in fifos:
+            with contextlib.suppress(OSError, TimeoutError):
+                close_fifo(f, 0.05)
+        sp.stop()
+    return out
+
+
+def rows(r: dict, ctx: Ctx) -> list[dict]:
+    n = r.get("n")
+    if not n:
+        return []
+    k = f"{n // 1000}k" if n >= 1000 else str(n)
+
+    def below(limit):
+        return lambda v, _q: v < limit
+
+    settled = r.get("settled_s")
+    return [row(f"{k} pending: {m}", u, v, ratio=False, **kw) for m, u, v, kw in [
+        ("start until GPU snapshot written", "s", r.get("start_gpus_yaml_s"),
+         dict(target="< 2 s", check=below(2))),
+        ("start until it answers a request", "s", r.get("start_responsive_s"),
+         dict(target="< 2 s", check=below(2), note="first scheduling pass done")),
+        ("RSS after start", "MB", dig(r, "after_start_mem_mb", "VmRSS"),
+         dict(target="< 150 MB", check=below(150))),
+        ("start until quiet (< 20 % CPU)", "s",
+         settled if settled is not None else f"> {r.get('settle_max_s'):g}",
+         dict(note="rows below are measured from here on")),
+        ("peak RSS", "MB", dig(r, "end_mem_mb", "VmHWM"),
+         dict(target="< 150 MB", check=below(150))),
+        ("CPU while nothing changes", "%", r.get("idle_cpu_pct"), {}),
+        ("GPU freed by others -> claimed (wall)", "ms", dig(r, "freed_external", "claim_ms"),
+         dict(note=f"includes waiting for the next poll (<= {POLL:g} s)")),
+        ("  ... from the poll that saw it", "ms", dig(r, "freed_external", "poll_to_claim_ms"),
+         dict(target="< 50 ms", check=below(50))),
+        ("own job ends -> next claimed", "ms", dig(r, "own_job_end", "claim_ms"),
+         dict(target="< 50 ms", check=below(50), note="event-driven, no poll involved")),
+        ("own job ends -> next job runs", "ms", dig(r, "own_job_end", "job_start_ms"), {}),
+        ("2 ticks, asked 0.6 s after a start", "s", r.get("busy_after_start_s"),
+         dict(note="how long a start keeps it deaf")),
+    ]] + [row(f"gsub with {k} pending", "ms", dig(r, "gsub_with_queue", "median_ms"),
+              ratio=False, note="gsub counts pending/ for --max-pending")]
