@@ -4,6 +4,7 @@ not is a test failure, not a drift found by a user."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -67,6 +68,24 @@ def test_docs_cite_only_files_the_repository_has():
         for path in re.findall(r"`((?:docs|contrib|bench|spoold|bin|tests)/[\w./-]+)`", text):
             assert (REPO / path.rstrip("/")).exists() or "<" in path or "*" in path, (
                 f"{doc.name} names {path}, which the repository does not have")
+        for ref in re.findall(r"`(spoold(?:\.\w+)+)`", text):  # spoold.job.MAX_ID
+            assert _resolves(ref), f"{doc.name} names {ref}, which the code does not have"
+
+
+def _resolves(ref: str) -> bool:
+    """Whether ``spoold.module[.attr...]`` names something the code has."""
+    parts = ref.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
 
 
 def test_every_daemon_option_is_documented():
@@ -193,7 +212,8 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
                                            env=looking).stdout.split()]
         bad = spool.gsub("-n", "0", "--", "false")
         out = tmp_path / "out.txt"
-        to_file = spool.gsub("-n", "0", "-o", str(out), "--", "echo", "to a file")
+        to_file = spool.gsub("-n", "0", "-o", str(out), "--on-finish", "echo hook", "--",
+                             "echo", "to a file")
         held = spool.gsub("-n", "0", "--hold", "--", "true")
         victim = spool.gsub("-n", "0", "--", "sleep", "60")
         running = spool.gsub("-n", "0", "--", "sleep", "60")
@@ -228,7 +248,7 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
     spool.drop("later.yaml", "argv: [\"true\"]\n")
 
     assert out.read_text() == "to a file\n"
-    assert "to a file" not in sp.log_path(to_file).read_text()
+    assert sp.log_path(to_file).read_text() == "hook\n"  # the output went to -o FILE
     assert {spool.where(held), spool.where(queued), spool.where(running)} == {"pending",
                                                                               "running"}
     files, folders = described()
