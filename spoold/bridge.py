@@ -58,7 +58,7 @@ class SlurmExecutor:
     def decide(self, queue, running, res, now: float, deps) -> Decision:
         if not self.up:
             return Decision()  # everything waits until SLURM answers
-        return gate_only(queue, running, res.host, _SlurmDeps(deps, self.lc.d.runs),
+        return gate_only(queue, running, res.host, _SlurmDeps(deps, self.lc.runs),
                          res.paused)
 
     def claim_fields(self, start) -> dict:
@@ -69,7 +69,7 @@ class SlurmExecutor:
         log_path = job.get("log") or sp.log_path(run_id)
         if not job.get("log"):
             os.close(runner.open_log(sp.log_path(run_id), creds))
-        runs = self.lc.d.runs
+        runs = self.lc.runs
         deps = [runs[a].record["slurm_id"] for a in job.after
                 if a in runs and runs[a].record.get("slurm_id")]
         try:
@@ -136,7 +136,7 @@ class SlurmExecutor:
 
     def hook_running(self, run, code: int | None) -> bool:
         if run.record.get("on_finish"):  # fire and forget, here, as the job's user
-            self.lc.d.guard(run.id, spawn_hook, self.lc, run, code, None)
+            self.lc.guard(run.id, spawn_hook, self.lc, run, code, None)
         return False
 
     def end_time(self, run, code: int | None) -> float | None:

@@ -82,7 +82,7 @@ def spawn_hook(lc, run, code: int | None, cgroups: Cgroups | None) -> int:
                           | {"cmd": rec["on_finish"], "id": run.id})
     extra = {"SPOOLD_EXIT_CODE": "" if code is None else str(code), "SPOOLD_STATE": state,
              "SPOOLD_REASON": reason or ""}
-    creds = runner.creds_for(rec.get("uid", lc.d.uid)) if lc.d.uid == 0 else None
+    creds = runner.creds_for(rec.get("uid", lc.uid)) if lc.uid == 0 else None
     pid = runner.spawn_hook(job, tuple(rec.get("assigned_gpus") or ()), creds,
                             lc.spool.log_path(run.id), lc.spool.root, extra, cgroups=cgroups)
     log.info("job %d: on-finish command started", run.id)
@@ -215,7 +215,7 @@ class LocalExecutor:
             self.stop_leftovers(run)  # the job's own leftovers do not outlive it
             rec["hook_started_at"] = time.time()  # before the spawn: never started twice
             self.lc.records.save(self.spool.record("running", run.id), rec, sync=False)
-            run.hook_pid = self.lc.d.guard(run.id, spawn_hook, self.lc, run, code, self.cgroups)
+            run.hook_pid = self.lc.guard(run.id, spawn_hook, self.lc, run, code, self.cgroups)
             return True
         if time.time() >= run.hook_until + self.o.hook_limit:
             log.warning("job %d: on-finish command still running after %gs (--hook-limit); "

@@ -61,7 +61,9 @@ class Run:
 
 class Lifecycle:
     def __init__(self, d):
-        self.d = d  # the daemon: runs, guard, bridge
+        self.runs: dict[int, Run] = d.runs  # this host's running jobs (the daemon's dict)
+        self.guard = d.guard  # fences one job's step: a failure never stops the loop
+        self.uid = d.uid  # the daemon's own uid (0: a shared spool)
         self.spool = d.spool
         self.o = d.o
         self.records = d.records
@@ -184,7 +186,7 @@ class Lifecycle:
         uid = owner_of(fd_st.st_uid, job)
         if not self.queue.owner_ok(uid):
             self.finish_claimed(job_id, path, "failed", f"rejected: file owned by uid {uid}; "
-                                f"this spoold (uid {self.d.uid}) runs only its own files")
+                                f"this spoold (uid {self.uid}) runs only its own files")
             return None
         rec = dict(job.data)
         for k in (*RUN_FIELDS, "reason"):
@@ -199,7 +201,7 @@ class Lifecycle:
             rec["time_limit"] = job.time_limit = self.o.default_time_limit
         self.records.save(path, rec)
         job.id, job.priority = job_id, p.priority
-        return path, job, rec, runner.creds_for(uid) if self.d.uid == 0 else None
+        return path, job, rec, runner.creds_for(uid) if self.uid == 0 else None
 
 
     @contextlib.contextmanager
@@ -229,7 +231,7 @@ class Lifecycle:
             os.close(fd)
 
     def duplicate(self, job_id: int) -> bool:
-        return job_id in self.d.runs or self.spool.where(job_id) is not None
+        return job_id in self.runs or self.spool.where(job_id) is not None
 
     # ---- running ---------------------------------------------------------------------
 
@@ -252,7 +254,7 @@ class Lifecycle:
             return
         rec.update(fields, started_at=started)
         self.records.save(path, rec, sync=False)
-        self.d.runs[s.id] = Run(s.id, rec, fields.get("pid"))
+        self.runs[s.id] = Run(s.id, rec, fields.get("pid"))
         log.info("job %d started on GPU(s) %s (%s)", s.id, list(s.gpus) or "none",
                  ", ".join(f"{k} {v}" for k, v in fields.items()))
 
@@ -275,7 +277,7 @@ class Lifecycle:
             return
         if verdict[0] == "later":
             return  # the executor cannot tell yet (SLURM does not answer)
-        run = self.d.runs[job_id] = Run(job_id, rec, rec.get("pid"))
+        run = self.runs[job_id] = Run(job_id, rec, rec.get("pid"))
         if verdict[0] == "ended":
             self.settle(run, verdict[1])
         else:
@@ -285,8 +287,8 @@ class Lifecycle:
 
     def poll(self, now: float) -> None:
         """Record the runs the executor says have ended."""
-        for ev in self.executor.poll(self.d.runs, now):
-            self.d.guard(ev.run.id, self.settle, ev.run, ev.code, ev.outcome)
+        for ev in self.executor.poll(self.runs, now):
+            self.guard(ev.run.id, self.settle, ev.run, ev.code, ev.outcome)
 
     def kill(self, run: Run, reason: str) -> None:
         if run.hook_until is None and not run.record.get("kill_reason"):
@@ -321,7 +323,7 @@ class Lifecycle:
             return
         spoolmod.fsync_dir(self.spool.dir(state))
         self.executor.release(run)
-        self.d.runs.pop(run.id, None)
+        self.runs.pop(run.id, None)
         self.records.final_count += 1
         log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
                  f": {reason}" if reason else "")
