@@ -191,21 +191,19 @@ def proc_ctxsw(pid: int) -> int:
 
 
 class CpuMeter:
-    """CPU use and wake-ups of one process over a window: start(), then read()."""
+    """CPU use and wake-ups of one process over a window: (re)start(), then read()."""
 
-    def __init__(self, pid: int | None):
+    def __init__(self, pid: int):
         self.pid = pid
         self.start()
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
-        self.c0 = proc_cpu_s(self.pid) if self.pid else 0.0
-        self.w0 = proc_ctxsw(self.pid) if self.pid else 0
+        self.c0 = proc_cpu_s(self.pid)
+        self.w0 = proc_ctxsw(self.pid)
 
     def read(self) -> dict:
         dt = time.perf_counter() - self.t0
-        if not self.pid:
-            return {}
         cpu = proc_cpu_s(self.pid) - self.c0
         return {"seconds": dt, "cpu_s": cpu, "cpu_pct": 100 * cpu / dt,
                 "wakeups_per_s": (proc_ctxsw(self.pid) - self.w0) / dt}

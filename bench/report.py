@@ -36,13 +36,30 @@ def dig(d, *path):
 
 def row(metric: str, unit: str, sp, tsp=None, nq=None, target: str = "", check=None,
         ratio: bool = True, note: str = "") -> dict:
-    """One table row. check(value, ratio) -> bool decides PASS/MISS against `target`."""
+    """One table row. check(value, ratio) decides PASS/MISS against `target`; it
+    answers None (shown n/a) when it cannot tell, e.g. without tsp for a ratio."""
     r = sp / tsp if (ratio and isinstance(sp, float | int) and tsp) else None
     verdict = ""
     if check is not None:
-        verdict = "n/a" if sp is None else ("PASS" if check(sp, r) else "MISS")
+        ok = None if sp is None else check(sp, r)
+        verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
     return {"metric": metric, "unit": unit, "spoold": sp, "tsp": tsp, "nq": nq, "ratio": r,
             "target": target, "result": verdict, "note": note}
+
+
+def ratio_at_most(limit: float):
+    """A check: spoold/tsp <= limit (n/a without tsp)."""
+    return lambda _v, q: None if q is None else q <= limit
+
+
+def ratio_at_least(limit: float):
+    """A check: spoold/tsp >= limit (n/a without tsp)."""
+    return lambda _v, q: None if q is None else q >= limit
+
+
+def below(limit: float):
+    """A check: spoold's value < limit."""
+    return lambda v, _q: v < limit
 
 
 def per_peer(r: dict, *path) -> dict:

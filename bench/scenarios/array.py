@@ -22,12 +22,12 @@ def run(ctx: Ctx) -> dict:
     n = ctx.cfg["array_n"]
     log(f"array throughput: {n} trivial jobs from one gsub --array, {SLOTS} slots")
 
-    def submit(sp: Spoold) -> None:
+    def submit_all(sp: Spoold) -> None:
         ids = sp.submit(["true"], 1, ("--array", f"1-{n}")).split()
         if len(ids) != n:
             raise RuntimeError(f"gsub --array 1-{n} printed {len(ids)} ids")
 
-    return {"spoold": spoold_batch(ctx, "array", n, submit)}
+    return {"spoold": spoold_batch(ctx, "array", n, submit_all)}
 
 
 def rows(r: dict, ctx: Ctx) -> list[dict]:

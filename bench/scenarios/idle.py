@@ -15,7 +15,7 @@ import time
 from harness import POLL, CpuMeter, Ctx, call, log, proc_mem_mb, wait_for
 from instance import Spoold
 from peers import Tsp
-from report import dig, row
+from report import below, dig, row
 
 NAME = "idle"
 
@@ -29,14 +29,15 @@ def run(ctx: Ctx) -> dict:
         if ctx.tools["tsp"]:
             ts = Tsp(ctx.tools["tsp"], ctx.path("idle-tsp"))
             ts.start()
-        tsp_pid = ts.server_pid() if ts else None
+        pids = {"spoold": sp.pid, "tsp": ts.server_pid() if ts else None}
+        pids = {name: pid for name, pid in pids.items() if pid}
         time.sleep(2.0)  # past start-up
-        meters = {"spoold": CpuMeter(sp.pid), "tsp": CpuMeter(tsp_pid)}
+        meters = {name: CpuMeter(pid) for name, pid in pids.items()}
         time.sleep(ctx.cfg["idle_s"])
         sp.check_alive()
         out = {name: m.read() for name, m in meters.items()}
-        for name, pid in (("spoold", sp.pid), ("tsp", tsp_pid)):
-            mem = proc_mem_mb(pid) if pid else {}
+        for name, pid in pids.items():
+            mem = proc_mem_mb(pid)
             out[name].update(rss_mb=mem.get("VmRSS"), hwm_mb=mem.get("VmHWM"))
 
         log(f"CPU with one long job running: {ctx.cfg['busy_s']:g}s")
@@ -51,9 +52,8 @@ def run(ctx: Ctx) -> dict:
         sp.check_alive()
         for name, m in meters.items():
             busy = m.read()
-            if busy:
-                out[name].update(one_job_cpu_pct=busy["cpu_pct"],
-                                 one_job_wakeups_per_s=busy["wakeups_per_s"])
+            out[name].update(one_job_cpu_pct=busy["cpu_pct"],
+                             one_job_wakeups_per_s=busy["wakeups_per_s"])
         return out
     finally:
         sp.stop()
@@ -62,15 +62,12 @@ def run(ctx: Ctx) -> dict:
 
 
 def rows(r: dict, ctx: Ctx) -> list[dict]:
-    def below_half(v, _q):
-        return v < 0.5
-
     return [
         row("idle CPU, 8 GPUs polled at 1 s", "%", dig(r, "spoold", "cpu_pct"),
-            dig(r, "tsp", "cpu_pct"), target="< 0.5 %", check=below_half, ratio=False),
+            dig(r, "tsp", "cpu_pct"), target="< 0.5 %", check=below(0.5), ratio=False),
         row("  idle wake-ups", "/s", dig(r, "spoold", "wakeups_per_s"), ratio=False),
         row("CPU while one long job runs (extra)", "%", dig(r, "spoold", "one_job_cpu_pct"),
-            dig(r, "tsp", "one_job_cpu_pct"), target="< 0.5 %", check=below_half, ratio=False,
+            dig(r, "tsp", "one_job_cpu_pct"), target="< 0.5 %", check=below(0.5), ratio=False,
             note="not in the brief's list; same bar as idle"),
         row("  wake-ups while one job runs", "/s", dig(r, "spoold", "one_job_wakeups_per_s"),
             ratio=False),

@@ -41,7 +41,7 @@ from harness import (
     wait_for,
 )
 from instance import Spoold, write_pending
-from report import dig, row
+from report import below, dig, row
 
 NAME = "scale"
 N_SPECIAL = 6  # jobs 1..6 record their start and wait on a fifo
@@ -222,31 +222,34 @@ def rows(r: dict, ctx: Ctx) -> list[dict]:
         return []
     k = f"{n // 1000}k" if n >= 1000 else str(n)
 
-    def below(limit):
-        return lambda v, _q: v < limit
+    def line(metric, unit, v, limit=None, note=""):
+        """A row of this scenario; `limit`: the target is v < limit."""
+        if limit is None:
+            return row(f"{k} pending: {metric}", unit, v, ratio=False, note=note)
+        return row(f"{k} pending: {metric}", unit, v, ratio=False, note=note,
+                   target=f"< {limit} {unit}", check=below(limit))
 
     settled = r.get("settled_s")
-    return [row(f"{k} pending: {m}", u, v, ratio=False, **kw) for m, u, v, kw in [
-        ("start until GPU snapshot written", "s", r.get("start_gpus_yaml_s"),
-         dict(target="< 2 s", check=below(2))),
-        ("start until it answers a request", "s", r.get("start_responsive_s"),
-         dict(target="< 2 s", check=below(2), note="first scheduling pass done")),
-        ("RSS after start", "MB", dig(r, "after_start_mem_mb", "VmRSS"),
-         dict(target="< 150 MB", check=below(150))),
-        ("start until quiet (< 20 % CPU)", "s",
-         settled if settled is not None else f"> {r.get('settle_max_s'):g}",
-         dict(note="rows below are measured from here on")),
-        ("peak RSS", "MB", dig(r, "end_mem_mb", "VmHWM"),
-         dict(target="< 150 MB", check=below(150))),
-        ("CPU while nothing changes", "%", r.get("idle_cpu_pct"), {}),
-        ("GPU freed by others -> claimed (wall)", "ms", dig(r, "freed_external", "claim_ms"),
-         dict(note=f"includes waiting for the next poll (<= {POLL:g} s)")),
-        ("  ... from the poll that saw it", "ms", dig(r, "freed_external", "poll_to_claim_ms"),
-         dict(target="< 50 ms", check=below(50))),
-        ("own job ends -> next claimed", "ms", dig(r, "own_job_end", "claim_ms"),
-         dict(target="< 50 ms", check=below(50), note="event-driven, no poll involved")),
-        ("own job ends -> next job runs", "ms", dig(r, "own_job_end", "job_start_ms"), {}),
-        ("2 ticks, asked 0.6 s after a start", "s", r.get("busy_after_start_s"),
-         dict(note="how long a start keeps it deaf")),
-    ]] + [row(f"gsub with {k} pending", "ms", dig(r, "gsub_with_queue", "median_ms"),
-              ratio=False, note="gsub counts pending/ for --max-pending")]
+    return [
+        line("start until GPU snapshot written", "s", r.get("start_gpus_yaml_s"), 2),
+        line("start until it answers a request", "s", r.get("start_responsive_s"), 2,
+             "first scheduling pass done"),
+        line("RSS after start", "MB", dig(r, "after_start_mem_mb", "VmRSS"), 150),
+        line("start until quiet (< 20 % CPU)", "s",
+             settled if settled is not None else f"> {r.get('settle_max_s'):g}",
+             note="rows below are measured from here on"),
+        line("peak RSS", "MB", dig(r, "end_mem_mb", "VmHWM"), 150),
+        line("CPU while nothing changes", "%", r.get("idle_cpu_pct")),
+        line("GPU freed by others -> claimed (wall)", "ms",
+             dig(r, "freed_external", "claim_ms"),
+             note=f"includes waiting for the next poll (<= {POLL:g} s)"),
+        line("  ... from the poll that saw it", "ms",
+             dig(r, "freed_external", "poll_to_claim_ms"), 50),
+        line("own job ends -> next claimed", "ms", dig(r, "own_job_end", "claim_ms"), 50,
+             "event-driven, no poll involved"),
+        line("own job ends -> next job runs", "ms", dig(r, "own_job_end", "job_start_ms")),
+        line("2 ticks, asked 0.6 s after a start", "s", r.get("busy_after_start_s"),
+             note="how long a start keeps it deaf"),
+        row(f"gsub with {k} pending", "ms", dig(r, "gsub_with_queue", "median_ms"),
+            ratio=False, note="gsub counts pending/ for --max-pending"),
+    ]

@@ -16,7 +16,7 @@ import time
 from harness import Ctx, log, read_stamp, stamp_job, summary_ms, wait_for
 from instance import Spoold
 from peers import Nq, Tsp
-from report import per_peer, row
+from report import per_peer, ratio_at_most, row
 
 NAME = "start"
 
@@ -67,6 +67,6 @@ def run(ctx: Ctx) -> dict:
 def rows(r: dict, ctx: Ctx) -> list[dict]:
     return [
         row("submit->start, median", "ms", **per_peer(r, "median_ms"), target="<= 1.5x tsp",
-            check=lambda v, q: q is not None and q <= 1.5),
+            check=ratio_at_most(1.5)),
         row("submit->start, p90", "ms", **per_peer(r, "p90_ms")),
     ]

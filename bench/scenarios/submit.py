@@ -19,7 +19,7 @@ import time
 from harness import Ctx, base_env, log, summary_ms, timed
 from instance import Spoold
 from peers import Nq, Tsp
-from report import dig, per_peer, row
+from report import dig, per_peer, ratio_at_most, row
 
 NAME = "submit"
 ROUNDS = 2
@@ -96,7 +96,7 @@ def rows(r: dict, ctx: Ctx) -> list[dict]:
     floor = dig(r, "floor", "median_ms")
     return [
         row("submit latency, median", "ms", **per_peer(r, "median_ms"), target="<= 1.3x tsp",
-            check=lambda v, q: q is not None and q <= 1.3),
+            check=ratio_at_most(1.3)),
         row("submit latency, p90", "ms", **per_peer(r, "p90_ms")),
         row("floor: fork+exec /bin/true", "ms", floor, floor, floor, ratio=False,
             note="same for every tool"),

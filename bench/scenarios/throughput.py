@@ -18,33 +18,39 @@ import time
 from harness import Ctx, call, log, proc_cpu_s, proc_mem_mb, thread_cpu_s, wait_for
 from instance import Spoold
 from peers import Nq, Tsp
-from report import dig, per_peer, row
+from report import below, dig, per_peer, ratio_at_least, row
 
 NAME = "throughput"
 SLOTS = 4
 
 
-def spoold_batch(ctx: Ctx, tag: str, n: int, submit) -> dict:
-    """Start a daemon with SLOTS GPUs, call submit(sp) (which submits n jobs), wait
-    until all n are recorded; return timings, the daemon's CPU per job and its memory."""
+def timed_batch(n: int, submit_all, wait_all) -> dict:
+    """Time submit_all() (which submits n jobs) and then wait_all() (until all ended)."""
+    t0 = time.perf_counter()
+    submit_all()
+    t_sub = time.perf_counter() - t0
+    wait_all()
+    t_all = time.perf_counter() - t0
+    return {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all}
+
+
+def spoold_batch(ctx: Ctx, tag: str, n: int, submit_all) -> dict:
+    """A daemon with SLOTS GPUs: timed_batch of submit_all(sp) until all n jobs are
+    recorded, with the daemon's CPU per job and its memory."""
     sp = Spoold(ctx, tag, SLOTS)
     sp.start()
     try:
         time.sleep(1.0)  # past start-up
         cpu0, th0 = proc_cpu_s(sp.pid), thread_cpu_s(sp.pid)
-        t0 = time.perf_counter()
-        submit(sp)
-        t_sub = time.perf_counter() - t0
-        wait_for(lambda: sp.check_alive() and sp.ended() >= n, 600, 0.01, f"{n} spoold jobs")
-        t_all = time.perf_counter() - t0
+        out = timed_batch(n, lambda: submit_all(sp), lambda: wait_for(
+            lambda: sp.check_alive() and sp.ended() >= n, 600, 0.01, f"{n} spoold jobs"))
         mem = proc_mem_mb(sp.pid)
         cpu, th = proc_cpu_s(sp.pid) - cpu0, thread_cpu_s(sp.pid)
-        return {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
-                "failed": sp.count("failed", "cancelled"),
-                "daemon_hwm_mb": mem.get("VmHWM"), "daemon_rss_mb": mem.get("VmRSS"),
-                "daemon_cpu_s": cpu, "daemon_cpu_ms_per_job": cpu / n * 1000,
-                "main_thread_cpu_ms_per_job": (th[0] - th0[0]) / n * 1000,
-                "other_threads_cpu_ms_per_job": (th[1] - th0[1]) / n * 1000}
+        return out | {"failed": sp.count("failed", "cancelled"),
+                      "daemon_hwm_mb": mem.get("VmHWM"), "daemon_rss_mb": mem.get("VmRSS"),
+                      "daemon_cpu_s": cpu, "daemon_cpu_ms_per_job": cpu / n * 1000,
+                      "main_thread_cpu_ms_per_job": (th[0] - th0[0]) / n * 1000,
+                      "other_threads_cpu_ms_per_job": (th[1] - th0[1]) / n * 1000}
     finally:
         sp.stop()
 
@@ -61,33 +67,35 @@ def cpu_rows(r: dict | None, tsp_ms: float | None = None) -> list[dict]:
 def run_tsp(ctx: Ctx, n: int) -> dict:
     ts = Tsp(ctx.tools["tsp"], ctx.path("tput-tsp"), slots=SLOTS)
     ts.start()
-    try:
-        t0 = time.perf_counter()
+    ids = []
+
+    def submit_all():
         for _ in range(n):
-            last = call(ts.submit_cmd(["true"]), ts.env, ts.dir).stdout.decode().strip()
-        t_sub = time.perf_counter() - t0
-        ts.wait_id(last, timeout=600)
+            ids.append(call(ts.submit_cmd(["true"]), ts.env, ts.dir).stdout.decode().strip())
+
+    def wait_all():
+        ts.wait_id(ids[-1], timeout=600)  # blocks in tsp: no polling while jobs run
         wait_for(lambda: ts.finished() >= n, 600, 0.01, "tsp jobs")
-        t_all = time.perf_counter() - t0
+
+    try:
+        out = timed_batch(n, submit_all, wait_all)
         pid = ts.server_pid()
         mem = proc_mem_mb(pid) if pid else {}
-        return {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
-                "server_hwm_mb": mem.get("VmHWM"), "server_rss_mb": mem.get("VmRSS"),
-                "server_cpu_s": proc_cpu_s(pid) if pid else None}
+        return out | {"server_hwm_mb": mem.get("VmHWM"), "server_rss_mb": mem.get("VmRSS"),
+                      "server_cpu_s": proc_cpu_s(pid) if pid else None}
     finally:
         ts.stop()
 
 
 def run_nq(ctx: Ctx, n: int) -> dict:
     nq = Nq(ctx.tools["nq"], ctx.path("tput-nq"))
-    t0 = time.perf_counter()
-    for _ in range(n):
-        call(nq.submit_cmd(["true"]), nq.env, nq.dir)
-    t_sub = time.perf_counter() - t0
-    nq.wait_all(600)
-    t_all = time.perf_counter() - t0
-    return {"n": n, "submit_s": t_sub, "total_s": t_all, "jobs_per_s": n / t_all,
-            "note": "nq runs one job at a time (strictly serial queue)"}
+
+    def submit_all():
+        for _ in range(n):
+            call(nq.submit_cmd(["true"]), nq.env, nq.dir)
+
+    return timed_batch(n, submit_all, lambda: nq.wait_all(600)) | {
+        "note": "nq runs one job at a time (strictly serial queue)"}
 
 
 def run(ctx: Ctx) -> dict:
@@ -99,11 +107,11 @@ def run(ctx: Ctx) -> dict:
     if ctx.tools["nq"]:
         out["nq"] = run_nq(ctx, n)
 
-    def submit(sp: Spoold) -> None:
+    def submit_all(sp: Spoold) -> None:
         for _ in range(n):
             sp.submit(["true"], gpus=1)
 
-    out["spoold"] = spoold_batch(ctx, "tput", n, submit)
+    out["spoold"] = spoold_batch(ctx, "tput", n, submit_all)
     return out
 
 
@@ -112,10 +120,10 @@ def rows(r: dict, ctx: Ctx) -> list[dict]:
     tsp_cpu = dig(r, "tsp", "server_cpu_s")
     return [
         row(f"throughput, {n or 'N'} jobs, {SLOTS} slots", "jobs/s", **per_peer(r, "jobs_per_s"),
-            target=">= 0.8x tsp", check=lambda v, q: q is not None and q >= 0.8,
+            target=">= 0.8x tsp", check=ratio_at_least(0.8),
             note="nq: 1 job at a time"),
         row("  of which submitting", "s", **per_peer(r, "submit_s")),
         *cpu_rows(r.get("spoold"), tsp_cpu * 1000 / n if n and tsp_cpu is not None else None),
         row("peak RSS of the daemon (throughput run)", "MB", dig(r, "spoold", "daemon_hwm_mb"),
-            dig(r, "tsp", "server_hwm_mb"), target="< 40 MB", check=lambda v, q: v < 40),
+            dig(r, "tsp", "server_hwm_mb"), target="< 40 MB", check=below(40)),
     ]
