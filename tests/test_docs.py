@@ -230,7 +230,7 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
         renamed = re.compile(r"pending/mine\.yaml: dropped without an id; now job (\d+)")
         mine = int(wait_for(lambda: renamed.search(sp.daemon_log.read_text()),
                             what="the dropped file's id").group(1))
-        assert (spool.where(mine), spool.wait_state(mine)["name"]) == ("done", "dropped")
+        assert spool.wait_state(mine)["name"] == "dropped" and spool.where(mine) == "done"
         spool.wait_state(running, "running")
         spool.run("gpause")
         wait_for(lambda: sp.paused_flag.exists() and not any(sp.requests.iterdir()),
