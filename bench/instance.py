@@ -23,7 +23,17 @@ import time
 from pathlib import Path
 
 import yaml
-from harness import POLL, Ctx, base_env, call, kill_by_environ, log, stop_process, wait_for
+from harness import (
+    POLL,
+    Ctx,
+    base_env,
+    call,
+    kill_by_environ,
+    log,
+    read_stamp,
+    stop_process,
+    wait_for,
+)
 
 YLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 HOST = "bench"
@@ -213,3 +223,33 @@ class Spoold:
             if (self.spool / d / f"{job_id}.yaml").exists():
                 return d
         return None
+
+    def where(self, job_id: int | str) -> str | None:
+        """The folder the job is in (pending/ names carry the priority too)."""
+        if any(self.spool.glob(f"pending/*-{int(job_id):08d}.yaml")):
+            return "pending"
+        return "running" if self.is_running(job_id) else self.finished(str(job_id))
+
+    def describe(self, job_id: int | str) -> str:
+        """Where a job is, why it ended, and the daemon's last words: for errors."""
+        state = self.where(job_id)
+        rec = self.read_yaml(self.spool / str(state) / f"{job_id}.yaml") if state else None
+        reason = rec.get("reason") if isinstance(rec, dict) else None
+        return (f"job {job_id} is in {state or 'no folder'}/"
+                + (f" ({reason})" if reason else "")
+                + f"; daemon log tail:\n{self.log_tail(1500)}")
+
+    def wait_stamp(self, job_id: str, mark: Path, timeout: float = 30) -> float:
+        """Wait for the stamp a job writes when it starts (harness.stamp_job); fail
+        at once, with the reason, if the daemon dies or the job ends without it."""
+        def stamp():
+            self.check_alive()
+            t = read_stamp(mark)
+            if t is None and self.finished(job_id) and read_stamp(mark) is None:
+                raise RuntimeError(f"ended without starting: {self.describe(job_id)}")
+            return t
+
+        try:
+            return wait_for(stamp, timeout, what=f"spoold job {job_id} to start")[0]
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}: {self.describe(job_id)}") from None

@@ -35,7 +35,6 @@ from harness import (
     median_of,
     proc_cpu_s,
     proc_mem_mb,
-    read_stamp,
     summary_ms,
     timed,
     wait_for,
@@ -152,8 +151,11 @@ def claim_sample(sp: Spoold, probe: Probe, rnd, job: int, mark, release, gpu=Non
             first_idle_poll(sp, gpu, seen)
         return sp.is_running(job)
 
-    _, t_claim = wait_for(claimed, 60, 0.0005, f"job {job} in running/")
-    stamp, _ = wait_for(lambda: read_stamp(mark), 30, 0.001, f"job {job} start")
+    try:
+        _, t_claim = wait_for(claimed, 60, 0.0005, f"job {job} in running/")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}: {sp.describe(job)}") from None
+    stamp = sp.wait_stamp(str(job), mark)
     s = {"quiet_wait_ms": quiet * 1000, "claim_ms": (t_claim - t) * 1000,
          "job_start_ms": (stamp - t) * 1000, "t_claim": t_claim}
     if gpu is not None and seen.get("poll"):

@@ -21,8 +21,9 @@ from report import per_peer, ratio_at_most, row
 NAME = "start"
 
 
-def measure(ctx: Ctx, name: str, env: dict, submit, after) -> dict:
-    """submit(argv) -> command; after(stdout of the submit) waits for that job's end."""
+def measure(ctx: Ctx, name: str, env: dict, submit, after, wait_stamp=None) -> dict:
+    """submit(argv) -> command; after(stdout of the submit) waits for that job's end;
+    wait_stamp(stdout, mark) waits for the job's stamp (default: poll the file)."""
     rnd = random.Random(7)
     lat = []
     for i in range(ctx.cfg["start_n"] + 1):  # the first is a warm-up
@@ -32,7 +33,10 @@ def measure(ctx: Ctx, name: str, env: dict, submit, after) -> dict:
                            capture_output=True, timeout=30, cwd=ctx.tmp)
         if r.returncode != 0:
             raise RuntimeError(f"{name} submit failed: {r.stderr.decode()[-300:]}")
-        stamp, _ = wait_for(lambda m=mark: read_stamp(m), 30, what=f"{name} job start")
+        if wait_stamp:
+            stamp = wait_stamp(r.stdout.decode().strip(), mark)
+        else:
+            stamp, _ = wait_for(lambda m=mark: read_stamp(m), 30, what=f"{name} job start")
         after(r.stdout.decode().strip())
         if i:
             lat.append(stamp - t0)
@@ -48,7 +52,8 @@ def run(ctx: Ctx) -> dict:
     try:
         out["spoold"] = measure(
             ctx, "spoold", sp.env, lambda argv: sp.submit_cmd(argv, gpus=1),
-            lambda jid: wait_for(lambda: sp.finished(jid), 30, 0.002, "spoold job end"))
+            lambda jid: wait_for(lambda: sp.finished(jid), 30, 0.002, "spoold job end"),
+            sp.wait_stamp)
     finally:
         sp.stop()
     if ctx.tools["tsp"]:
