@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 
+from . import job as jobmod
 from . import spool as spoolmod
 from .gstat import snapshot
 from .spool import Spool
@@ -55,7 +55,8 @@ def history(sp: Spool, states: tuple[str, ...], user: str | None = None,
             rows.append({"id": job_id, "state": d,
                          "exit_code": code if isinstance(code, int) else None,
                          "name": str(rec.get("name") or ""), "user": name,
-                         "gpus": rec.get("gpus", 1), "assigned_gpus": rec.get("assigned_gpus"),
+                         "gpus": rec.get("gpus", jobmod.DEFAULT_GPUS),
+                         "assigned_gpus": rec.get("assigned_gpus"),
                          "host": rec.get("host"), "submitted_at": num(rec.get("submitted_at")),
                          "started_at": started, "ended_at": ended,
                          "elapsed": ended - started if started and ended else None,
@@ -77,30 +78,36 @@ def render_ghist(rows: list[dict], width: int = 100) -> str:
 
 
 def clean(sp: Spool, rows: list[dict], older_than: float | None) -> int:
-    """Remove the records (and logs) of ``rows`` that ended before the cutoff."""
+    """Remove the finished jobs of ``rows`` that ended before the cutoff
+    (``Spool.delete_finished``: kept original and log, then the record)."""
     cutoff = time.time() - (older_than or 0)
     gone = 0
     for r in rows:
         if (r["ended_at"] or 0) > cutoff:
             continue
-        for p in (sp.record(r["state"], r["id"]), sp.log_path(r["id"]),
-                  sp.rejected_copy(r["id"])):
-            try:
-                os.unlink(p)
-            except (FileNotFoundError, IsADirectoryError):
-                pass
-            except PermissionError:
-                return fail("ghist", f"cannot remove {esc(p)}: permission denied (records of "
-                            f"a shared spool are root's; ask root); removed {gone} record(s)")
+        try:
+            sp.delete_finished(r["state"], r["id"])
+        except PermissionError as e:
+            return fail("ghist", f"cannot remove {esc(e.filename)}: permission denied (records "
+                        f"of a shared spool are root's; ask root); removed {gone} record(s)")
         gone += 1
     print(f"removed {gone} finished record(s)", file=sys.stderr)
     return 0
 
 
+def time_span(text: str) -> int:
+    """A --since or --older-than length of time: gsub's -t forms, but not
+    'infinite' (no time ago is infinitely long)."""
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise ValueError(f"not a length of time: {text!r}")
+    return seconds
+
+
 def _since(text: str) -> float:
     """'2h' (ago) or an ISO date/time."""
     with contextlib.suppress(ValueError):
-        return time.time() - parse_duration(text)
+        return time.time() - time_span(text)
     from datetime import datetime
 
     try:
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="machine-readable (docs/json.md)")
     ap.add_argument("--clean", action="store_true",
                     help="delete finished records (and their logs) instead of listing them")
-    ap.add_argument("--older-than", type=parse_duration, default=None, metavar="DURATION",
+    ap.add_argument("--older-than", type=time_span, default=None, metavar="DURATION",
                     help="with --clean: only records that ended more than this long ago")
     ap.add_argument("--timeline", nargs="?", const=6.0, type=float, metavar="HOURS",
                     help="draw which job held which GPU over the last HOURS (6)")

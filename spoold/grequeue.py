@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = sp.write_tmp(jobmod.dump(data), f"requeue-{new}", mode=0o600,
                            owner=owner if root else None,
                            group=pwd.getpwuid(owner).pw_gid if root else None)
-        prio = data.get("priority", spoolmod.DEFAULT_PRIORITY)
+        prio = data.get("priority", jobmod.DEFAULT_PRIORITY)
         try:
             spoolmod.move_noreplace(tmp, sp.pending / spoolmod.pending_name(prio, new))
         except BaseException:

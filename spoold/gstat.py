@@ -24,7 +24,8 @@ import time
 
 from . import job as jobmod
 from . import spool as spoolmod
-from .scheduler import Gpu, Resources, request_of, running_of, schedule
+from .hosts import resources_of
+from .scheduler import request_of, running_of, schedule
 from .spool import BadFile, Spool
 from .toolbase import (
     Color,
@@ -131,10 +132,11 @@ def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
     started = num(rec.get("started_at"))
     return {
         "id": job_id, "name": str(rec.get("name") or ""), "user": user_name(uid, rec.get("user")),
-        "gpus": rec.get("gpus", 1), "assigned_gpus": _ints(rec.get("assigned_gpus")),
+        "gpus": rec.get("gpus", jobmod.DEFAULT_GPUS),
+        "assigned_gpus": _ints(rec.get("assigned_gpus")),
         "gpu_mem": rec.get("gpu_mem"), "cpus": rec.get("cpus") or 0,
         "assigned_cpus": _ints(rec.get("assigned_cpus")), "mem": rec.get("mem") or 0,
-        "priority": rec.get("priority", spoolmod.DEFAULT_PRIORITY), "host": rec.get("host"),
+        "priority": rec.get("priority", jobmod.DEFAULT_PRIORITY), "host": rec.get("host"),
         "pid": rec.get("pid"), "started_at": started, "elapsed": _elapsed(started, now),
         "time_limit": num(rec.get("time_limit")), "command": command_text(rec),
         "killing": rec.get("kill_reason"), "private": False,
@@ -209,24 +211,12 @@ def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, ru
 
     class Deps:
         def get(self, job_id, default=None):
-            if job_id in states:
-                return states[job_id]
-            for d in spoolmod.FINAL_DIRS:
-                if sp.record(d, job_id).exists():
-                    return d
-            return default
+            return states.get(job_id) or sp.where(job_id) or default
 
     reasons: dict[int, str] = {}
     paused = sp.paused_flag.exists()
     for h in live or [{"host": None, "beat": {}}]:
-        beat = h["beat"]
-        res = Resources(
-            gpus=tuple(Gpu(g["index"], g.get("busy"), g.get("memory_total"),
-                           g.get("memory_used"), failed=bool(g.get("error")))
-                       for g in beat.get("gpus") or [] if isinstance(g, dict) and "index" in g),
-            cpus=tuple(range(beat.get("cpus") or os.cpu_count() or 1)),
-            mem=beat.get("mem") or 0, limit=beat.get("limit") or 8, host=h["host"],
-            paused=paused)
+        res = resources_of(h["beat"], h["host"], paused)
         d = schedule(requests, [b for host, b in bookings if host == h["host"]], res, now,
                      Deps())
         prefix = f"{h['host']}: " if len(live) > 1 else ""

@@ -2,7 +2,8 @@
 
 Owns: ``state/hosts/<host>.yaml`` (the heartbeat: GPU readings, limits and
 the running jobs, public to every user) and ``<host>.lock`` (flock held by
-the host's daemon), and what happens to a lost host's running jobs.
+the host's daemon), what a heartbeat offers (``resources_of``, read the same
+way by the daemon and by gstat), and what happens to a lost host's running jobs.
 
 Invariants:
 - A host is lost only when its heartbeat is stale *and* its lock is free.
@@ -31,6 +32,31 @@ log = logging.getLogger("spoold")
 # What a booking means in practice (shown by gstat; docs/scheduling.md).
 ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)",
             "mem": "booked only (not enforced)", "time_limit": "TERM, then KILL after the grace"}
+
+
+def _count(value) -> int | None:
+    """A whole number >= 0 from a heartbeat field, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def resources_of(beat: dict, host: str | None = None, paused: bool = False) -> Resources:
+    """What a host offers, as its heartbeat says: the one reading of a
+    heartbeat, for the daemon (other hosts' capacity) and for gstat (why a job
+    waits). Pure. GPUs keep the busy reason the daemon published; a GPU whose
+    reading failed or has no memory total is failed, as the daemon treats it.
+    A field that is missing or not a whole number offers nothing; an unset
+    GPU limit is the daemon's default, min(8, GPUs)."""
+    listed = beat.get("gpus")
+    gpus = tuple(
+        Gpu(g["index"], str(g["busy"]) if g.get("busy") else None, _count(g.get("memory_total")),
+            _count(g.get("memory_used")),
+            failed=bool(g.get("error")) or _count(g.get("memory_total")) is None)
+        for g in (listed if isinstance(listed, list) else [])
+        if isinstance(g, dict) and _count(g.get("index")) is not None)
+    return Resources(gpus=gpus, cpus=tuple(range(_count(beat.get("cpus")) or 0)),
+                     mem=_count(beat.get("mem")) or 0,
+                     limit=_count(beat.get("limit")) or min(8, len(gpus)), host=host,
+                     paused=paused)
 
 
 class Hosts:
@@ -91,11 +117,7 @@ class Hosts:
             if age > self.d.o.host_timeout:
                 self.d.guard(None, self.take_over, host, age)
                 continue
-            gpus = tuple(Gpu(g.get("index", i), None, g.get("memory_total"))
-                         for i, g in enumerate(beat.get("gpus") or []))
-            peers.append(Resources(gpus=gpus, cpus=tuple(range(int(beat.get("cpus") or 0))),
-                                   mem=int(beat.get("mem") or 0),
-                                   limit=int(beat.get("limit") or 0), host=host))
+            peers.append(resources_of(beat, host))
         self.d.peers = tuple(peers)
 
     def take_over(self, host: str, age: float) -> None:

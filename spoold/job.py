@@ -1,7 +1,8 @@
 """The job record: parse untrusted bytes, validate, serialise.
 
-Owns: the set of known fields, their types and ranges (``MAX_ID``, the largest
-job id, is defined here), and the YAML dialect (libyaml's safe loader and
+Owns: the set of known fields, their types, ranges and defaults (``MAX_ID``,
+``DEFAULT_GPUS``, ``DEFAULT_PRIORITY`` and ``MAX_PRIORITY`` are defined here
+and nowhere else in Python), and the YAML dialect (libyaml's safe loader and
 dumper). Knows nothing about folders.
 
 Invariants:
@@ -35,6 +36,12 @@ MAX_HEAD_SCAN = 1 << 20
 # Ids are at most 8 digits, the width of the id in pending/ names
 # (PPPP-IIIIIIII.yaml); gsub refuses to hand out a larger one.
 MAX_ID = 99_999_999
+# What a job gets when its file does not say (gsub writes the same default:
+# tests/test_conformance.py checks), and the priority range: 4 digits, the
+# width of the priority in pending/ names.
+DEFAULT_GPUS = 1
+DEFAULT_PRIORITY = 10
+MAX_PRIORITY = 9999
 # A umask as the shell prints it ('0022') or as SLURM_UMASK has it ('022').
 _UMASK_RE = re.compile(r"0?[0-7]{3}")
 
@@ -69,9 +76,9 @@ class Job:
     id: int = 0
     argv: list[str] | None = None
     cmd: str | None = None
-    gpus: int = 1
+    gpus: int = DEFAULT_GPUS
     gpu_mem: int = 0
-    priority: int = 10
+    priority: int = DEFAULT_PRIORITY
     cpus: int = 0
     mem: int = 0
     time_limit: float | None = None
@@ -152,11 +159,11 @@ def validate(data: dict[str, Any]) -> Job:
     for key, lo in (("array_id", 1), ("array_index", 0), ("array_limit", 1),
                     ("requeued_from", 1)):
         _int_in(data, key, 0, lo, MAX_ID)
-    job.gpus = _int_in(data, "gpus", 1, 0, MAX_GPUS)
+    job.gpus = _int_in(data, "gpus", DEFAULT_GPUS, 0, MAX_GPUS)
     job.gpu_mem = _int_in(data, "gpu_mem", 0, 0, 1 << 40)
     if job.gpu_mem and job.gpus != 1:
         raise JobError("`gpu_mem` asks for a slice of one GPU: `gpus` must be 1 with it")
-    job.priority = _int_in(data, "priority", 10, 0, 9999)
+    job.priority = _int_in(data, "priority", DEFAULT_PRIORITY, 0, MAX_PRIORITY)
     job.cpus = _int_in(data, "cpus", 0, 0, 1 << 20)
     job.mem = _int_in(data, "mem", 0, 0, 1 << 40)
     tl = data.get("time_limit")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import spool as spoolmod
-from .util import parse_size_mib
+from .util import parse_duration, parse_size_mib
 
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs", "ceph",
               "glusterfs", "fuse.glusterfs", "beegfs", "9p", "afs", "ocfs2"}
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap = argparse.ArgumentParser(
         prog="spoold", description="Run GPU jobs from a spool directory (foreground daemon).",
         epilog="Example: spoold --gpus 0 1 --max-load 0.2 &   then   gsub -n 1 python train.py")
-    ap.add_argument("--spool", type=Path, default=None,
+    ap.add_argument("--spool", type=spoolmod.spool_path, default=None, metavar="DIR",
                     help="spool directory (default: $SPOOLD_SPOOL, else ~/.local/share/spoold)")
     ap.add_argument("--gpus", nargs="+", default=None,
                     help="GPU indices to manage, e.g. --gpus 0 1 or --gpus 0,1 (default: all)")
@@ -118,12 +118,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
             gpus = sorted({int(x) for g in a.gpus for x in g.split(",") if x})
         except ValueError:
             ap.error(f"--gpus takes GPU indices, got {' '.join(a.gpus)!r}")
-    from .util import parse_duration
-
     try:
         mem = parse_size_mib(a.mem) if a.mem else None
-        dtl = parse_duration(a.default_time_limit) if a.default_time_limit else None
-    except ValueError as e:
+        # gsub's -t forms ("infinite": no default limit)
+        dtl = parse_duration(a.default_time_limit) if a.default_time_limit is not None else None
+        spool = a.spool or spoolmod.default_spool()
+    except ValueError as e:  # (spool.NotASpool is one)
         ap.error(str(e))
     try:
         spoolmod.check_host(a.host)
@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s spoold[%(process)d] %(levelname)s %(message)s")
-    return Options(spool=(a.spool or spoolmod.default_spool()).absolute(), gpus=gpus,
+    return Options(spool=spool, gpus=gpus,
                    max_pending=a.max_pending, max_pending_per_user=a.max_pending_per_user,
                    hook_limit=a.hook_limit, keep=a.keep, limit=a.limit, max_load=a.max_load,
                    max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,

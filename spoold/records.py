@@ -120,11 +120,7 @@ class Records:
         for entries in by_uid.values():
             entries.sort()
             for _, job_id, d in entries[: max(0, len(entries) - self.keep)]:
-                # the record last: a crash in between leaves a record, never a
-                # kept original that recovery would turn back into one
-                for p in (self.spool.rejected_copy(job_id), self.spool.log_path(job_id),
-                          self.spool.record(d, job_id)):
-                    spoolmod.remove_entry(p)
+                self.spool.delete_finished(d, job_id)  # (the record last)
                 self.uids.pop((d, job_id), None)
                 total -= 1
         self.final_count = total

@@ -1,8 +1,11 @@
 """The spool on disk: the only module that knows folder and file names.
 
 Owns: the layout (``tmp/ pending/ running/ done/ failed/ cancelled/ requests/
-logs/ state/``), the name patterns, id allocation, safe reads of untrusted
-files and every rename that changes a job's state.
+logs/ state/``), the name patterns, which spool to use without --spool
+(``default_spool``), id allocation, which folder a job is in (``where``),
+deleting a finished job (``delete_finished``), safe reads of untrusted files
+and every rename that changes a job's state. The sh tools in ``bin/`` apply
+the same rules (tests/test_conformance.py runs both on the same spools).
 
 Invariants:
 - A job's state is the folder its file is in; every state change is one
@@ -21,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import errno
@@ -33,14 +37,13 @@ import stat
 from pathlib import Path
 from typing import NamedTuple
 
-from .job import MAX_ID
+from .job import DEFAULT_PRIORITY, MAX_ID, MAX_PRIORITY  # noqa: F401 - used via spool. too
+from .util import id_in_name, parse_counter
 
 MAX_JOB_BYTES = 1 << 20
 # A record is the job file plus what the daemon adds; it is read back with this
 # cap, so a job file just under MAX_JOB_BYTES still has a readable record.
 MAX_RECORD_BYTES = 4 * MAX_JOB_BYTES
-DEFAULT_PRIORITY = 10
-MAX_PRIORITY = 9999
 # Ids are at most MAX_ID (8 digits, the width of pending names; defined with
 # the other field ranges in job.py): a file naming a larger id gets a fresh one,
 # so no one can push the counter out of range.
@@ -51,30 +54,41 @@ ALL_DIRS = ("tmp", *JOB_DIRS, "requests", "logs", "state", "state/run", "state/i
             "state/hosts")
 SHARED_DIRS = ("tmp", "pending", "requests", "state/ids")
 
-_PENDING_RE = re.compile(r"^(\d{1,4})-0*(\d+)\.yaml$")
-_FOREIGN_PRIO_RE = re.compile(r"^(\d{1,4})-.*\.yaml$")
-_RECORD_RE = re.compile(r"^0*(\d+)\.yaml$")
-_REQUEST_RE = re.compile(r"^([a-z]+)-0*(\d+)$")
+_PENDING_RE = re.compile(r"([0-9]{1,4})-0*([0-9]+)\.yaml")
+_FOREIGN_PRIO_RE = re.compile(r"([0-9]{1,4})-.*\.yaml", re.DOTALL)
+_RECORD_RE = re.compile(r"0*([0-9]+)\.yaml")
+_REQUEST_RE = re.compile(r"([a-z]+)-0*([0-9]+)")
+# (fullmatch and [0-9]: "$" takes a final newline, and \d other scripts' digits)
 REQUEST_KINDS = ("kill", "cancel", "hold", "release")
 QUEUE_REQUESTS = ("pause", "resume")
-
-
-_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 def check_host(name: str) -> str:
     """Host names become file names: letters, digits, '.', '_', '-' only."""
-    if not _HOST_RE.match(name):
+    if not _HOST_RE.fullmatch(name):
         raise ValueError(f"not a usable host name: {name!r} (letters, digits, . _ -)")
     return name
 
 
 def default_spool() -> Path:
-    """The spool every tool uses without --spool: $SPOOLD_SPOOL, else per user."""
+    """The spool without --spool, for every tool and the daemon, as in gsub and
+    gkill: $SPOOLD_SPOOL if not empty, else $HOME/.local/share/spoold (from the
+    current folder if relative); NotASpool if both are empty or unset."""
     env = os.environ.get("SPOOLD_SPOOL")
     if env:
         return Path(env).absolute()
-    return Path.home() / ".local" / "share" / "spoold"
+    home = os.environ.get("HOME")
+    if not home:
+        raise NotASpool("no spool: HOME is not set (pass --spool DIR or set SPOOLD_SPOOL)")
+    return (Path(home) / ".local" / "share" / "spoold").absolute()
+
+
+def spool_path(text: str) -> Path:
+    """A --spool argument (argparse type); '' is refused, as by gsub and gkill."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty folder name")
+    return Path(text).absolute()
 
 
 def pending_name(priority: int, job_id: int) -> str:
@@ -86,7 +100,7 @@ def record_name(job_id: int) -> str:
 
 
 def parse_record_name(name: str) -> int | None:
-    m = _RECORD_RE.match(name)
+    m = _RECORD_RE.fullmatch(name)
     return int(m.group(1)) if m and int(m.group(1)) > 0 else None
 
 
@@ -109,10 +123,10 @@ def parse_pending_name(name: str) -> PendingName | None:
     if (len(name) == 18 and name.isascii() and name[4] == "-" and name[:4].isdigit()
             and name[5:13].isdigit() and name[5:13] != "00000000"):
         return PendingName(int(name[:4]), int(name[5:13]), name)  # the usual case, no regex
-    m = _PENDING_RE.match(name)
+    m = _PENDING_RE.fullmatch(name)
     if m and int(m.group(2)) > 0 and name == pending_name(int(m.group(1)), int(m.group(2))):
         return PendingName(int(m.group(1)), int(m.group(2)), name)
-    m = _FOREIGN_PRIO_RE.match(name)
+    m = _FOREIGN_PRIO_RE.fullmatch(name)
     prio = int(m.group(1)) if m else DEFAULT_PRIORITY
     return PendingName(prio, 0, name)
 
@@ -127,14 +141,14 @@ def parse_request_name(name: str) -> tuple[str, int | None] | None:
     """('kill', 7) for kill-7; ('pause', None) for queue-wide requests; None if malformed."""
     if name in QUEUE_REQUESTS:
         return name, None
-    m = _REQUEST_RE.match(name)
+    m = _REQUEST_RE.fullmatch(name)
     if not m or m.group(1) not in REQUEST_KINDS or int(m.group(2)) == 0:
         return None
     return m.group(1), int(m.group(2))
 
 
-class NotASpool(Exception):
-    """The named folder is something else; nothing there is changed."""
+class NotASpool(ValueError):
+    """No spool named, or the named folder is something else; nothing is changed."""
 
 
 class BadFile(Exception):
@@ -156,7 +170,8 @@ def _open_for_writing(fd: int) -> bool | None:
     """True if any process has the file open for writing, None if we cannot tell.
 
     A read lease is refused exactly while a writer holds the file open, which
-    is the close-after-write test DESIGN asks for, without relying on events."""
+    is the close-after-write test docs/spool-format.md describes, without
+    relying on events."""
     try:
         fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
     except OSError as e:
@@ -170,10 +185,7 @@ def read_untrusted(path: Path, cap: int = MAX_JOB_BYTES, check_closed: bool = Fa
 
     With ``check_closed``: StillOpen if a writer has it open, LeaseUnsupported
     if that cannot be known here (the caller falls back to a settle time)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise
+    st = os.lstat(path)
     kind = _kind(st.st_mode)
     if kind != "regular file":
         raise BadFile(f"{kind} in the spool: not a job file (never opened or followed)")
@@ -199,10 +211,7 @@ def read_untrusted(path: Path, cap: int = MAX_JOB_BYTES, check_closed: bool = Fa
             if writing is None:
                 raise LeaseUnsupported(str(path))
         chunks, total = [], 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
+        while chunk := os.read(fd, 65536):
             total += len(chunk)
             if total > cap:
                 raise BadFile(f"file grew over the {cap}-byte cap while being read: refused")
@@ -212,18 +221,12 @@ def read_untrusted(path: Path, cap: int = MAX_JOB_BYTES, check_closed: bool = Fa
         os.close(fd)
 
 
+_KINDS = {stat.S_IFREG: "regular file", stat.S_IFLNK: "symbolic link", stat.S_IFDIR: "directory",
+          stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
+
+
 def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "regular file"
-    if stat.S_ISLNK(mode):
-        return "symbolic link"
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    if stat.S_ISSOCK(mode):
-        return "socket"
-    return "device or special file"
+    return _KINDS.get(stat.S_IFMT(mode), "device or special file")
 
 
 def fsync_dir(path: Path) -> None:
@@ -304,8 +307,7 @@ class Spool:
                             "empty folder")
         os.chmod(self.root, 0o755 if shared else 0o700)
         self.ensure(shared)
-        counter = self.state / "next-id"
-        if not counter.exists():
+        if not (self.state / "next-id").exists():
             self.allocate_ids(0)
 
     def missing(self) -> list[str]:
@@ -374,9 +376,7 @@ class Spool:
     def _scan(self, folder: Path, parse) -> list:
         """``parse`` applied to every name in ``folder``, Nones dropped, sorted."""
         with os.scandir(folder) as it:
-            out = [x for x in map(parse, (e.name for e in it)) if x is not None]
-        out.sort()
-        return out
+            return sorted(x for x in map(parse, (e.name for e in it)) if x is not None)
 
     def list_pending(self) -> list[PendingName]:
         """pending/ in queue order."""
@@ -440,6 +440,19 @@ class Spool:
     def shared(self) -> bool:
         return bool(os.stat(self.pending).st_mode & stat.S_ISVTX)
 
+    def read_counter(self) -> int | None:
+        """``state/next-id`` if it holds 1..MAX_ID+1, else None (missing, not a
+        regular file, garbage from a crash mid-write). As gsub's _ghint reads
+        it: [ -f ] (a link is followed), the first line, blanks around it
+        dropped, ASCII digits only."""
+        try:  # (O_NONBLOCK: a fifo is seen, not waited on)
+            fd = os.open(self.state / "next-id", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+                return parse_counter(f.readline()) if regular else None
+        except OSError:
+            return None
+
     @contextlib.contextmanager
     def _counter(self):
         """The id counter under its flock: yields (current value or None, setter)."""
@@ -448,12 +461,7 @@ class Spool:
                      | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                text = counter.read_text().strip()
-            except FileNotFoundError:
-                text = ""
-            value = int(text) if text.isdigit() and 0 < int(text) <= MAX_ID + 1 else None
-            yield value, lambda n: counter.write_text(f"{n}\n")
+            yield self.read_counter(), lambda n: counter.write_text(f"{n}\n")
         finally:
             os.close(fd)
 
@@ -462,17 +470,15 @@ class Spool:
         A user (not root) in a shared spool cannot open the counter's lock: like
         gsub, they read the counter as a hint and take markers."""
         if count and os.geteuid() != 0 and self.shared():
-            try:
-                text = (self.state / "next-id").read_text().strip()
-            except OSError:
-                text = ""
-            hint = int(text) if text.isdigit() and 0 < int(text) <= MAX_ID else 1
-            return self._take_markers(hint, count)
+            hint = self.read_counter()
+            return self._take_markers(hint or self.max_id_seen() + 1, count)
         with self._counter() as (first, store):
             if first is None:  # missing, or garbage from a crash mid-write: recover
                 first = self.max_id_seen() + 1
             if count and self.shared():
                 first = self._take_markers(first, count)
+            elif count:
+                _check_ids_left(first, count, self.state)
             store(first + count)
             return first
 
@@ -480,8 +486,7 @@ class Spool:
         """First id of ``count`` consecutive ids whose markers we could create."""
         ids = self.root / "state" / "ids"
         while True:
-            if start + count - 1 > MAX_ID:
-                raise OSError(errno.ENOSPC, f"no job ids left (at most {MAX_ID})", str(ids))
+            _check_ids_left(start, count, ids)
             made = []
             for i in range(start, start + count):
                 try:
@@ -501,30 +506,42 @@ class Spool:
                 store(seen + 1)
 
     def max_id_seen(self) -> int:
-        """The largest id any file names (ids over MAX_ID are never used)."""
+        """The largest id (``id_in_name``) in a name in pending/, running/, the
+        final folders, tmp/, logs/, state/ids/ and folders of tmp/ (gsub's
+        staged arrays; links not entered), as gsub's _grecover finds it."""
         best = 0
-        for p in self.list_pending():
-            if p.job_id <= MAX_ID:
-                best = max(best, p.job_id)
-        for d in ("tmp", "running", *FINAL_DIRS, "logs", "state/ids"):
-            with contextlib.suppress(FileNotFoundError), os.scandir(self.root / d) as it:
-                for e in it:
-                    m = re.match(r"^0*(\d{1,9})(\.|$)", e.name)
-                    if m and int(m.group(1)) <= MAX_ID:
-                        best = max(best, int(m.group(1)))
+        for d in (*JOB_DIRS, "tmp", "logs", "state/ids"):
+            for e in _entries(self.root / d):
+                best = max(best, id_in_name(e.name) or 0)
+                if d == "tmp" and e.is_dir(follow_symlinks=False):
+                    best = max([best, *(id_in_name(f.name) or 0 for f in _entries(e.path))])
         return best
 
     # ---- where a job is ------------------------------------------------------
-    def where(self, job_id: int) -> str | None:
-        """The folder other than pending/ that holds job ``job_id``'s record (or
-        the kept original of a rejected file), else None. The one place that
-        answers "is this id used already" for the daemon and the tools."""
+    def find(self, job_id: int) -> tuple[str, Path | None] | None:
+        """(folder, record) of job ``job_id`` outside pending/: any entry named
+        ``ID.yaml`` or ``IIIIIIII.yaml`` in running/ or a final folder, else
+        ("failed", None) for the kept original of a refused file. The one answer
+        to "where is job N" and "is this id used" (gsub --wait asks the same)."""
         for d in ("running", *FINAL_DIRS):
-            if os.path.lexists(self.record(d, job_id)):
-                return d
-        if os.path.lexists(self.rejected_copy(job_id)):
-            return "failed"
-        return None
+            for name in dict.fromkeys((record_name(job_id), f"{job_id:08d}.yaml")):
+                if os.path.lexists(path := self.root / d / name):
+                    return d, path
+        return ("failed", None) if os.path.lexists(self.rejected_copy(job_id)) else None
+
+    def where(self, job_id: int) -> str | None:
+        """The folder ``find`` names, else None."""
+        return (self.find(job_id) or (None,))[0]
+
+    def delete_finished(self, state: str, job_id: int) -> None:
+        """Remove a finished job (--keep, ghist --clean): kept original and log
+        first, the record last (a crash in between never leaves an original
+        that recovery would make a record of again); links are not followed."""
+        if state not in FINAL_DIRS:
+            raise ValueError(f"job {job_id} is in {state}/, not finished")
+        for p in (self.rejected_copy(job_id), self.log_path(job_id),
+                  self.root / state / f"{job_id:08d}.yaml", self.record(state, job_id)):
+            remove_entry(p)
 
     def marker_owner(self, job_id: int) -> int | None:
         """uid that created ``state/ids/<id>`` (shared spools), None if there is none."""
@@ -545,6 +562,22 @@ class Spool:
         finally:
             os.close(fd)
         return True
+
+
+def _check_ids_left(first: int, count: int, where: Path) -> None:
+    """ENOSPC, nothing written, when ids first.. first+count-1 pass MAX_ID."""
+    if first + count - 1 > MAX_ID:
+        raise OSError(errno.ENOSPC, f"no job id left: ids are at most {MAX_ID}; the next free "
+                      f"one is {first}", str(where))
+
+
+def _entries(folder: Path | str) -> list[os.DirEntry]:
+    """The entries of ``folder`` but dot names; none if it cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if not e.name.startswith(".")]
+    except OSError:
+        return []
 
 
 def remove_entry(path: Path) -> None:

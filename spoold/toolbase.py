@@ -138,7 +138,7 @@ def fail(prog: str, message: str, code: int = 1) -> int:
 
 
 def spool_arg(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--spool", type=Path, default=None,
+    ap.add_argument("--spool", type=spoolmod.spool_path, default=None, metavar="DIR",
                     help="spool directory (default: $SPOOLD_SPOOL, else ~/.local/share/spoold)")
 
 
@@ -148,7 +148,12 @@ def user_arg(ap: argparse.ArgumentParser) -> None:
 
 
 def open_spool(path: Path | None, prog: str) -> Spool:
-    sp = Spool(path or spoolmod.default_spool())
+    """The spool named by --spool, else ``spool.default_spool``; exits with
+    one line when there is none there."""
+    try:
+        sp = Spool(path or spoolmod.default_spool())
+    except spoolmod.NotASpool as e:
+        sys.exit(f"{prog}: {e}")
     if not sp.exists():
         sys.exit(f"{prog}: no spool at {esc(sp.root)} (start spoold once, or pass --spool / "
                  "set SPOOLD_SPOOL)")
@@ -205,10 +210,11 @@ def _shell_quote(s: str) -> str:
 
 
 def find_job(sp: Spool, job_id: int) -> tuple[str, Path] | None:
-    for d in ("running", *spoolmod.FINAL_DIRS):
-        p = sp.record(d, job_id)
-        if p.exists():
-            return d, p
+    """(folder, record path) of job ``job_id``: ``Spool.find``, else pending/
+    (a refused file's kept original is never read as its record)."""
+    found = sp.find(job_id)
+    if found is not None:
+        return found[0], found[1] or sp.record(found[0], job_id)
     for p in sp.list_pending():
         if p.job_id == job_id:
             return "pending", sp.pending / p.name

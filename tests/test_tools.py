@@ -4,12 +4,22 @@ requeue, hooks, output files, history cleaning and the gstat/ghist views."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+import yaml
+from conftest import fake_gpu_list, wait_for
 
+from spoold import job as jobmod
+from spoold import spool as spoolmod
 from spoold import tools
+from spoold.hosts import resources_of
+from spoold.records import Records
+from spoold.scheduler import Resources
 
 
 def test_after_runs_only_after_success_and_failed_dependency_cancels(spool, daemon, tmp_path):
@@ -120,6 +130,74 @@ def test_keep_prunes_oldest_and_ghist_clean(spool, daemon_factory):
     assert len(list((spool.root / "done").glob("*.yaml"))) == 3
     spool.run("ghist", "--clean")
     assert not list((spool.root / "done").glob("*.yaml"))
+
+
+def _finished_job_with_links(sp, job_id: int, outside: Path) -> list[Path]:
+    """A finished job whose log is a link to ``outside`` and whose kept original
+    is a folder: what pruning and ghist --clean must remove without following."""
+    now = time.time() - 7200
+    sp.record("done", job_id).write_bytes(jobmod.dump(
+        {"id": job_id, "argv": ["true"], "started_at": now, "ended_at": now, "exit_code": 0}))
+    os.utime(sp.record("done", job_id), (now, now))
+    sp.log_path(job_id).symlink_to(outside)
+    sp.rejected_copy(job_id).mkdir()
+    (sp.rejected_copy(job_id) / "inner").symlink_to(outside)
+    return [sp.record("done", job_id), sp.log_path(job_id), sp.rejected_copy(job_id)]
+
+
+def test_delete_finished_is_the_one_way_finished_jobs_go(tmp_path, monkeypatch):
+    """Spool.delete_finished removes the kept original and the log before the
+    record and never follows a link; --keep pruning (Records.prune) and ghist
+    --clean both go through it."""
+    outside = tmp_path / "precious"
+    outside.write_text("keep me")
+    sp = spoolmod.Spool(tmp_path / "spool")
+    sp.create()
+    removed = []
+    real = spoolmod.remove_entry
+    monkeypatch.setattr(spoolmod, "remove_entry", lambda p: (removed.append(p), real(p)))
+    paths = _finished_job_with_links(sp, 5, outside)
+    sp.delete_finished("done", 5)
+    assert removed[0] == sp.rejected_copy(5) and removed[1] == sp.log_path(5)
+    assert removed[-1] == sp.record("done", 5)
+    assert not any(os.path.lexists(p) for p in paths)
+
+    removed.clear()
+    for j in (6, 7, 8):
+        _finished_job_with_links(sp, j, outside)
+    records = Records(sp, shared=False, keep=1)
+    records.final_count = 3
+    records.prune()
+    assert sp.list_ids("done") == [8] and {6, 7} <= {int(p.name.split(".")[0]) for p in removed}
+    p = subprocess.run([sys.executable, "-c", "import sys; from spoold.tools import ghist_main;"
+                        " sys.exit(ghist_main())", "--spool", str(sp.root), "--clean"],
+                       capture_output=True)
+    assert p.returncode == 0 and b"removed 1 finished record(s)" in p.stderr
+    assert os.listdir(sp.done) == [] and os.listdir(sp.logs) == []
+    assert os.listdir(sp.failed) == [] and outside.read_text() == "keep me"
+    with pytest.raises(ValueError):
+        sp.delete_finished("running", 8)
+
+
+def test_resources_of_reads_the_daemons_own_heartbeat(spool, daemon):
+    """hosts.resources_of, which the daemon uses for other hosts and gstat for
+    every host, reads what the daemon published: its GPUs with their busy
+    reasons, its CPUs, memory and per-job limit; garbage offers nothing."""
+    spool.set_gpus(fake_gpu_list(4, {1: {"utilization": 90}, 2: {"memory_total": None}}))
+    spool.gpus_seen({1, 2})
+    beat = yaml.safe_load(next((spool.root / "state" / "hosts").glob("*.yaml")).read_text())
+    res = resources_of(beat, beat["host"], paused=True)
+    assert [g.index for g in res.gpus] == [0, 1, 2, 3]
+    assert [bool(g.busy) for g in res.gpus] == [False, True, True, False]
+    assert [g.failed for g in res.gpus] == [False, False, True, False]
+    assert (len(res.cpus), res.mem, res.limit, res.host, res.paused) == (
+        beat["cpus"], beat["mem"], beat["limit"], beat["host"], True)
+    junk = resources_of({"gpus": [{"index": True}, {"index": "0"}, "x", {"index": 2,
+                                                                         "memory_total": -5}],
+                         "cpus": "many", "mem": 1.5, "limit": None})
+    assert (len(junk.gpus), junk.gpus[0].failed, junk.cpus, junk.mem, junk.limit) == (
+        1, True, (), 0, 1)
+    assert resources_of({"gpus": "none"}) == Resources(limit=0)
 
 
 def test_ghist_filters(spool, daemon):
