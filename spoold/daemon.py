@@ -27,6 +27,8 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import daemonlog, runner
@@ -38,6 +40,7 @@ from .hosts import Hosts
 from .lifecycle import Lifecycle, Run
 from .options import NETWORK_FS, Options, _version, filesystem_type, parse_args
 from .pending import PendingQueue
+from .policy import Shares
 from .records import Records
 from .requests import Requests
 from .scheduler import (
@@ -82,6 +85,7 @@ class Daemon:
         self.uid = os.geteuid()
         self.shared = self.uid == 0  # root: one spool for every user
         self.runs: dict[int, Run] = {}
+        self.shares = Shares(self.spool, opts, self.shared)
         self.queue = PendingQueue(self)
         self.records = Records(self.spool, self.shared, opts.keep)
         self.requests = Requests(self)
@@ -359,6 +363,7 @@ class Daemon:
         full = now >= self.next_rescan
         if full:
             self.repair()
+            self.shares.reload()
         self.requests.handle_all()
         self.guard(None, self.jobs.poll, now)
         if full:
@@ -399,9 +404,31 @@ class Daemon:
                             or r.memory_total is None))
         return Resources(gpus=tuple(gpus), cpus=self.cpu_ids, mem=self.mem, limit=self.limit,
                          host=self.o.host, paused=self.spool.paused_flag.exists(),
-                         peers=self.peers)
+                         peers=self.peers, limits=_Limits(self.shares))
 
-    # ---- pending ---------------------------------------------------------------
+    def share_table(self) -> list[dict]:
+        """Each user's share, for gstat (the heartbeat is public): decayed
+        GPU-hours, GPUs held, the rank fair share gives them (1 = next in
+        line), their caps and whether they are an admin. Shared spools only."""
+        if not self.shared:
+            return []
+        usage = getattr(self.queue, "usage", None) or {}
+        held = Counter()
+        for run in self.runs.values():
+            held[run.record.get("uid")] += len(run.record.get("assigned_gpus") or ())
+        waiting = {entry[1].uid for entry in self.queue.by_id.values()}
+        users = sorted({u for u in (*usage, *held, *waiting) if isinstance(u, int)},
+                       key=lambda u: (usage.get(u, 0.0), u))
+        table = []
+        for rank, u in enumerate(users, 1):
+            cap = self.shares.limit_for(u)
+            table.append({"uid": u, "user": runner.creds_for(u).name, "gpus": held[u],
+                          "usage_gpu_h": round(usage.get(u, 0.0) / 3600, 3),
+                          "rank": rank if self.o.fairshare_halflife > 0 else None,
+                          "max_gpus": cap.gpus if cap else None,
+                          "max_cpus": cap.cpus if cap else None,
+                          "admin": self.shares.is_admin(u)})
+        return table
 
 
     def schedule_pass(self, now: float, full: bool) -> None:
@@ -417,6 +444,27 @@ class Daemon:
             self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
         for s in decision.start:
             self.guard(s.id, self.jobs.start, s)
+
+
+class _Limits(Mapping):
+    """Per-user caps, looked up only for the owners the scheduler asks about."""
+
+    def __init__(self, shares: Shares):
+        self.shares, self.cache = shares, {}
+
+    def __getitem__(self, uid: int):
+        if uid not in self.cache:
+            self.cache[uid] = self.shares.limit_for(uid)
+        return self.cache[uid]
+
+    def get(self, uid, default=None):
+        return self[uid]
+
+    def __iter__(self):
+        return iter(self.cache)
+
+    def __len__(self) -> int:
+        return 1  # truthy: the scheduler checks caps
 
 
 class _DepStates:

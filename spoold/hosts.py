@@ -86,12 +86,14 @@ class Hosts:
                  "time_limit": r.record.get("time_limit")} for r in self.d.runs.values()]
         now = time.time()
         # Rewritten when something changed, else often enough to stay alive.
-        if (snap, jobs) == self._last_beat[1] and now - self._last_beat[0] < min(
+        shares = self.d.share_table()
+        if (snap, jobs, shares) == self._last_beat[1] and now - self._last_beat[0] < min(
                 5.0, self.d.o.host_timeout / 4):
             return
-        self._last_beat = (now, (snap, jobs))
+        self._last_beat = (now, (snap, jobs, shares))
         data = jobmod.dump({"host": self.d.o.host, "time": now, "pid": os.getpid(),
-                            "gpus": snap, "jobs": jobs, "max_load": self.d.o.max_load,
+                            "gpus": snap, "jobs": jobs, "shares": shares,
+                            "max_load": self.d.o.max_load,
                             "max_memory": self.d.o.max_memory, "cpus": len(self.d.cpu_ids),
                             "mem": self.d.mem, "limit": self.d.limit,
                             "host_timeout": self.d.o.host_timeout, "draining": self.d.draining,

@@ -150,7 +150,7 @@ class Lifecycle:
         """Take pending job ``job_id`` into running/ (one rename), read it again
         there and record who owns it. Returns (path, job, record, creds) or None
         when the job is gone, refused, or changed under us (then it is back)."""
-        p, cached = self.queue.by_id[job_id]
+        p, cached, _ = self.queue.by_id[job_id]
         if self.duplicate(job_id):
             target = self.queue.rename_with_new_id(p.name, p.priority)
             if target:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class Options:
     host_timeout: float = 60.0
     executor: str = "local"  # or "slurm": the daemon becomes a bridge to sbatch
     polling: bool | None = None  # None: decide from the filesystem type
+    fairshare_halflife: float = 7 * 86400.0  # 0: fair share off
+    max_gpus_per_user: int | None = None
+    max_cpus_per_user: int | None = None
+    policy: Path | None = None  # None: SPOOL/policy.yaml
 
 
 def _version() -> str:
@@ -80,6 +85,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--max-pending", type=int, default=10000, help="queue length cap (10000)")
     ap.add_argument("--max-pending-per-user", type=int, default=None, metavar="N",
                     help="pending jobs one user may have (half of --max-pending)")
+    ap.add_argument("--fairshare-halflife", default="7d", metavar="DURATION",
+                    help="shared spool: between jobs of one priority the user with the least "
+                         "GPU use, decayed with this half-life, goes first; 0 turns it off "
+                         "(7d)")
+    ap.add_argument("--max-gpus-per-user", type=int, default=None, metavar="N",
+                    help="GPUs one user may hold at once (no cap; the policy file overrides)")
+    ap.add_argument("--max-cpus-per-user", type=int, default=None, metavar="N",
+                    help="CPUs one user may hold at once (no cap; the policy file overrides)")
+    ap.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                    help="per-user and per-group caps and admin groups (SPOOL/policy.yaml; "
+                         "root's only in a shared spool; docs/scheduling.md)")
     ap.add_argument("--hook-limit", type=float, default=60.0, metavar="SECONDS",
                     help="how long an --on-finish command may run; the job's GPUs stay booked "
                          "until it ends (60)")
@@ -123,6 +139,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         # gsub's -t forms ("infinite": no default limit)
         dtl = parse_duration(a.default_time_limit) if a.default_time_limit is not None else None
         spool = a.spool or spoolmod.default_spool()
+        # 0 or off: fair share off; "infinite": usage never decays
+        halflife = 0.0 if a.fairshare_halflife in ("0", "0s", "off") else float(
+            parse_duration(a.fairshare_halflife) or math.inf)
     except ValueError as e:  # (spool.NotASpool is one)
         ap.error(str(e))
     try:
@@ -143,4 +162,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    max_memory=a.max_memory, poll=a.poll, fake_gpus=a.fake_gpus, cpus=a.cpus,
                    mem=mem, kill_grace=a.kill_grace, host=a.host, default_time_limit=dtl,
                    drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
-                   executor=a.executor)
+                   executor=a.executor, fairshare_halflife=halflife,
+                   max_gpus_per_user=a.max_gpus_per_user, max_cpus_per_user=a.max_cpus_per_user,
+                   policy=a.policy)

@@ -29,9 +29,10 @@ from queue import Empty, SimpleQueue
 from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
+from .fairshare import effective_priority, queue_keys
 from .records import owner_of
 from .scheduler import Request, ShapeQueue, request_of
-from .spool import BadFile
+from .spool import DEFAULT_PRIORITY, MAX_PRIORITY, BadFile
 
 log = logging.getLogger("spoold")
 
@@ -169,9 +170,11 @@ class PendingQueue:
         read are read here, at most PARSE_BUDGET per pass; the next pass resumes
         where this one stopped, so a daemon started on 100,000 pending files is
         working at once and never redoes the part it has."""
+        shares = self.d.shares
         if not resume:
             self.by_id: dict[int, tuple] = {}
             self.index, self.cursor = ShapeQueue(()), 0
+            self.overrides = shares.overrides() if self.shared else {}
             self.counts = Counter(hit[1].uid for p in self.names
                                   if isinstance(hit := self.cache.get(p.name), tuple)
                                   and isinstance(hit[1], Slim))
@@ -199,11 +202,24 @@ class PendingQueue:
                 if isinstance(slim, str):
                     bad.append((p, slim))
                 elif slim is not None:
-                    self.by_id[p.job_id] = (p, slim)
-                    self.index.append((p.priority, p.job_id), slim.req)
+                    prio = effective_priority(p.priority, slim.uid, self.shared,
+                                              self.shared and shares.is_admin(slim.uid),
+                                              self.overrides.get(p.job_id), DEFAULT_PRIORITY)
+                    self.by_id[p.job_id] = (p, slim, prio)
+                    self.index.append((prio, p.job_id), slim.req)
             i += 1
         self.cursor, self.unparsed = i, len(names) - i
+        if self.shared and self.o.fairshare_halflife > 0 and self.by_id:
+            self.fair_order(now)
         return bad
+
+    def fair_order(self, now: float) -> None:
+        """Re-key the queue for fair share: within a priority, least usage first."""
+        usage = self.usage = self.d.shares.usage(now)
+        order = sorted((prio, slim.uid, job_id) for job_id, (_, slim, prio) in self.by_id.items())
+        keys = queue_keys(order, usage)
+        self.index = ShapeQueue(sorted(((keys[job_id], self.by_id[job_id][1].req)
+                                        for _, _, job_id in order), key=lambda kr: kr[0]))
 
     def queue_full(self, uid: int) -> str | None:
         """Why one more pending job of ``uid`` is refused (--max-pending is
@@ -265,7 +281,7 @@ class PendingQueue:
             if isinstance(job, Slim) and job.prio is not None and not p.name[0].isdigit():
                 prio = job.prio
             else:
-                prio = p.priority if p.priority <= 9999 else 10
+                prio = p.priority if p.priority <= MAX_PRIORITY else DEFAULT_PRIORITY
             target = self.rename_with_new_id(p.name, prio)
             if target is None:
                 continue

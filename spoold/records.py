@@ -25,6 +25,10 @@ from . import runner
 from . import spool as spoolmod
 from .spool import BadFile
 
+# What a record over the size cap keeps at least: the daemon's fields, the bookings.
+KEPT = {*jobmod.DAEMON_FIELDS, "id", "name", "gpus", "gpu_mem", "cpus", "mem", "priority",
+        "time_limit", "after", "array_id", "array_index", "array_limit", "requeue", "log",
+        "on_finish", "pin_host", "submitted_at"}
 # What a run adds to a record; a job put back in pending/ sheds them.
 RUN_FIELDS = ("pid", "host", "claimed_at", "started_at", "ended_at", "exit_code", "kill_reason",
               "assigned_gpus", "assigned_cpus", "slurm_id", "hook_started_at")
@@ -54,7 +58,9 @@ def outcome_of(rec: dict, code: int | None,
     kill_reason = rec.get("kill_reason")
     tail = f"; exit code {code}" if code is not None else ""
     if kill_reason == "time limit":
-        return "failed", f"time limit ({rec.get('time_limit'):g}s) exceeded{tail}"
+        limit = rec.get("time_limit")
+        limit = f" ({limit:g}s)" if finite(limit) else ""
+        return "failed", f"time limit{limit} exceeded{tail}"
     if kill_reason:
         return "cancelled", kill_reason + tail
     if known is not None:
@@ -92,10 +98,13 @@ class Records:
             group, mode = runner.creds_for(rec["uid"]).gid, 0o640
         write = self.spool.create_atomic if create else self.spool.replace_atomic
         data = jobmod.dump(rec)
-        if len(data) > spoolmod.MAX_RECORD_BYTES:  # kept readable: the big user fields go
+        if len(data) > spoolmod.MAX_RECORD_BYTES:  # kept readable: the user's fields go
+            note = {"x-spoold-note": "fields over the record size cap were dropped"}
             data = jobmod.dump({k: v for k, v in rec.items() if k not in ("env", "argv", "cmd")
-                                and len(repr(v)) < 4096} | {"x-spoold-note": "fields over the "
-                                                            "record size cap were dropped"})
+                                and len(repr(v)) < 4096} | note)
+            if len(data) > spoolmod.MAX_RECORD_BYTES:  # many small ones: keep only ours
+                data = jobmod.dump({k: v for k, v in rec.items() if k in KEPT and
+                                    len(repr(v)) < 4096} | note)
         write(path, data, mode=mode, sync=sync, group=group)
 
     def prune(self) -> None:

@@ -33,6 +33,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .fairshare import Limit, over_limit
+from .job import DEFAULT_GPUS
+
 INF = math.inf
 
 
@@ -41,7 +44,7 @@ class Request:
     """A pending job, as much of it as the policy needs."""
 
     id: int
-    gpus: int = 1
+    gpus: int = DEFAULT_GPUS
     gpu_mem: int = 0  # MiB; > 0 means a slice of one GPU
     cpus: int = 0
     mem: int = 0  # MiB
@@ -167,6 +170,8 @@ class Resources:
     # Other live hosts on a shared spool: a job too big for this host but not
     # for one of them waits for them instead of being refused.
     peers: tuple[Resources, ...] = ()
+    # Per-user caps (fairshare.Limit) by owner uid; an owner not in it has none.
+    limits: Mapping[int, Limit] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,11 @@ class _State:
         self.cpus = sorted(set(res.cpus) - used_cpus)
         self.mem = res.mem - sum(r.mem for r in running)
         self.arrays = Counter((r.owner, r.array_id) for r in running if r.array_id)
+        self.held_gpus: Counter[int] = Counter()
+        self.held_cpus: Counter[int] = Counter()
+        for r in running:
+            self.held_gpus[r.owner] += len(r.gpus)
+            self.held_cpus[r.owner] += len(r.cpus)
 
     def idle_gpus(self) -> list[int]:
         """GPUs a whole-GPU job may take now."""
@@ -256,6 +266,8 @@ class _State:
         self.mem -= req.mem
         if req.array_id:
             self.arrays[req.owner, req.array_id] += 1
+        self.held_gpus[req.owner] += len(gpus)
+        self.held_cpus[req.owner] += len(cpus)
 
 
 def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resources,
@@ -287,6 +299,11 @@ def schedule(queue: Iterable[Request], running: Iterable[Running], res: Resource
         verdict = gate(req, res.host, deps, res.paused, st.arrays, capacity)
         if verdict:
             _note(d, req.id, verdict)
+            continue
+        capped = res.limits and over_limit(res.limits.get(req.owner), st.held_gpus[req.owner],
+                                           st.held_cpus[req.owner], req.gpus, req.cpus)
+        if capped:
+            d.wait[req.id] = capped  # waits for its owner's own jobs: blocks no one
             continue
         if req.shape in failed_shapes:
             d.wait[req.id] = _behind(resv)

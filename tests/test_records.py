@@ -161,10 +161,6 @@ def _wide_job_file() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-@pytest.mark.xfail(strict=True, reason="Records.save drops only env/argv/cmd and fields whose "
-                   "repr is 4096+ chars, and writes the rest even if still over the cap: a job "
-                   "file of 350 kB made of many small, deeply nested x- lists becomes a record "
-                   "over the 4 MiB cap that read_record refuses")
 def test_the_record_of_any_accepted_job_file_stays_readable(records):
     raw = _wide_job_file()
     assert len(raw) <= spoolmod.MAX_JOB_BYTES

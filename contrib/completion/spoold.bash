@@ -22,10 +22,12 @@ _spoold_tool() {
     ghist) opts="-f --failed -n -u --user --since --json --clean --older-than --timeline
                  --spool --help" ;;
     glog) opts="-f --follow --spool --help" ;;
-    gpause|gresume) opts="--spool --help" ;;
-    spoold) opts="--spool --gpus --max-pending --keep --limit --max-load --max-memory --poll
-                  --fake-gpus --cpus --mem --kill-grace --host --default-time-limit
-                  --host-timeout --polling --no-polling --drain --verbose --help" ;;
+    gpause|gresume|gprio) opts="--spool --help" ;;
+    spoold) opts="--spool --gpus --max-pending --max-pending-per-user --keep --limit --max-load
+                  --max-memory --poll --fake-gpus --cpus --mem --kill-grace --host
+                  --default-time-limit --host-timeout --hook-limit --fairshare-halflife
+                  --max-gpus-per-user --max-cpus-per-user --policy --executor --polling
+                  --no-polling --drain --verbose --help" ;;
   esac
   case $prev in
     --spool|-o|--output|--file|--fake-gpus) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -35,7 +37,7 @@ _spoold_tool() {
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))
   else
     case ${COMP_WORDS[0]##*/} in
-      gkill|gcancel|ghold|grelease|glog) COMPREPLY=($(compgen -W "$(_spoold_ids)" -- "$cur")) ;;
+      gkill|gcancel|ghold|grelease|glog|gprio) COMPREPLY=($(compgen -W "$(_spoold_ids)" -- "$cur")) ;;
       grequeue) local s=${SPOOLD_SPOOL:-$HOME/.local/share/spoold}
         COMPREPLY=($(compgen -W "$(_spoold_ids "$s"/done/*.yaml "$s"/failed/*.yaml \
                     "$s"/cancelled/*.yaml)" -- "$cur")) ;;
@@ -44,4 +46,4 @@ _spoold_tool() {
   fi
 }
 complete -F _spoold_tool gsub gkill gcancel ghold grelease grequeue gstat ghist glog \
-  gpause gresume spoold
+  gpause gresume gprio spoold

@@ -1,0 +1,102 @@
+"""Fair share between users: decayed GPU usage, queue keys, limits, priority rights.
+
+Owns: the rules that make one lab box fair. The functions are pure (records
+and the clock in, numbers out), so the scheduler's property tests cover them;
+``ShareBook`` is the thin shell that reads the records they need.
+
+Rules (docs/scheduling.md has a worked example):
+- A user's usage is GPU-seconds, each second weighted 2^(-age/half-life):
+  finished jobs from their records, running jobs up to now. A half-life of 0
+  turns fair share off.
+- Between pending jobs of the same priority, the queue goes by each user's
+  usage plus one GPU-hour (``QUEUE_COST_S``) for each of that user's pending
+  jobs ahead of this one: a user with no usage goes first, two users with the
+  same usage alternate, and within one user the order stays priority, then
+  submission.
+- In a shared spool an ordinary user may only lower a job's priority below
+  the default (a larger number, as with nice); root, admins named in the
+  policy and root's overrides in ``state/priority/`` may raise it.
+- Per-user caps on GPUs and CPUs held at once: ``--max-gpus-per-user`` /
+  ``--max-cpus-per-user``, overridden per user or group by the policy file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+QUEUE_COST_S = 3600.0  # what each pending job ahead counts, in GPU-seconds
+DEFAULT_HALFLIFE_S = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """Caps for one user (None: no cap); ``name`` is used in wait reasons."""
+
+    name: str
+    gpus: int | None = None
+    cpus: int | None = None
+
+
+def weight_integral(start: float, end: float, base: float, halflife: float) -> float:
+    """∫ 2^((t - base)/halflife) dt over [start, end], in units of halflife/ln 2.
+    Usage at time ``now`` is this times 2^(-(now - base)/halflife) · halflife/ln 2:
+    the sum over jobs can be kept once and scaled, never recomputed."""
+    if end <= start:
+        return 0.0
+    return 2.0 ** ((end - base) / halflife) - 2.0 ** ((start - base) / halflife)
+
+
+def decayed(total: float, now: float, base: float, halflife: float) -> float:
+    """GPU-seconds (decayed to ``now``) from a sum of ``gpus * weight_integral``."""
+    return total * 2.0 ** (-(now - base) / halflife) * halflife / math.log(2)
+
+
+def job_usage(gpus: float, start: float | None, end: float, now: float,
+              halflife: float) -> float:
+    """Decayed GPU-seconds of one job that held ``gpus`` from ``start`` to ``end``."""
+    if not gpus or start is None or halflife <= 0:
+        return 0.0
+    if math.isinf(halflife):  # "infinite": plain GPU-seconds, never decayed
+        return gpus * max(0.0, min(end, now) - start)
+    return decayed(gpus * weight_integral(start, min(end, now), now, halflife), now, now,
+                   halflife)
+
+
+def queue_keys(jobs: Iterable[tuple[int, int, int]], usage: Mapping[int, float]) -> dict:
+    """Fair-share sort keys for pending jobs given in queue order as
+    (priority, owner, id): {id: (priority, share, id)}, where share is the
+    owner's usage plus QUEUE_COST_S for each of their jobs ahead."""
+    ahead: dict[int, int] = {}
+    keys = {}
+    for prio, owner, job_id in jobs:
+        n = ahead.get(owner, 0)
+        ahead[owner] = n + 1
+        keys[job_id] = (prio, usage.get(owner, 0.0) + n * QUEUE_COST_S, job_id)
+    return keys
+
+
+def effective_priority(prio: int, owner: int, shared: bool, admin: bool,
+                       override: int | None, default: int) -> int:
+    """The priority a job is scheduled at. Only root's override, an admin's
+    own file, or any file of a private spool may go below (ahead of) the default."""
+    if override is not None:
+        return override
+    if not shared or owner == 0 or admin or prio >= default:
+        return prio
+    return default
+
+
+def over_limit(limit: Limit | None, held_gpus: int, held_cpus: int, gpus: int,
+               cpus: int) -> str | None:
+    """Why a job of ``gpus``/``cpus`` must wait for its owner's caps, or None."""
+    if limit is None:
+        return None
+    if limit.gpus is not None and gpus and held_gpus + gpus > limit.gpus:
+        return (f"{limit.name} holds {held_gpus} of {limit.gpus} GPUs allowed per user "
+                "(--max-gpus-per-user, or the policy file)")
+    if limit.cpus is not None and cpus and held_cpus + cpus > limit.cpus:
+        return (f"{limit.name} holds {held_cpus} of {limit.cpus} CPUs allowed per user "
+                "(--max-cpus-per-user, or the policy file)")
+    return None

@@ -1,0 +1,204 @@
+"""The fair-share shell: the policy file, usage read from records, priority overrides.
+
+Owns: reading ``SPOOL/policy.yaml`` (per-user and per-group caps, admin
+groups), each user's decayed GPU usage from the records of every host, and
+root's priority overrides in ``state/priority/ID``. The rules themselves are
+the pure functions of ``fairshare``.
+
+Invariants:
+- In a shared spool the policy file counts only if root owns it and no one
+  else may write it; otherwise it is ignored with a log line (a user must
+  not give themselves more GPUs). The same holds for each override file.
+- Usage is a cache of the records: each record is read once (by inode); a
+  record that is gone stops counting. Every host computes the same numbers
+  from the same records (up to clock skew between hosts).
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import job as jobmod
+from . import runner
+from . import spool as spoolmod
+from .fairshare import Limit, job_usage
+from .records import owner_of, read_record
+from .spool import BadFile
+
+log = logging.getLogger("spoold")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """policy.yaml, checked. Caps are (gpus, cpus); None means no cap."""
+
+    admin_groups: frozenset[str] = frozenset()
+    default: tuple[int | None, int | None] = (None, None)
+    users: Mapping[str, tuple] = field(default_factory=dict)
+    groups: Mapping[str, tuple] = field(default_factory=dict)
+
+
+def _caps(entry, where: str) -> tuple[int | None, int | None]:
+    if not isinstance(entry, dict) or set(entry) - {"gpus", "cpus"}:
+        raise ValueError(f"{where}: a mapping with `gpus:` and/or `cpus:`")
+    for k, v in entry.items():
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ValueError(f"{where}.{k}: a whole number >= 0")
+    return entry.get("gpus"), entry.get("cpus")
+
+
+def parse_policy(raw: bytes) -> Policy:
+    """The policy file's YAML (docs/scheduling.md); ValueError says what is wrong."""
+    data = jobmod.load_record(raw) if raw.strip() else {}
+    unknown = set(data) - {"admins", "default", "users", "groups"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)}: use admins, default, users, groups")
+    admins = data.get("admins") or []
+    if not isinstance(admins, list) or not all(isinstance(g, str) for g in admins):
+        raise ValueError("admins: a list of group names")
+    maps = {}
+    for key in ("users", "groups"):
+        m = data.get(key) or {}
+        if not isinstance(m, dict):
+            raise ValueError(f"{key}: a mapping of names to caps")
+        maps[key] = {str(k): _caps(v, f"{key}.{k}") for k, v in m.items()}
+    return Policy(frozenset(admins), _caps(data.get("default") or {}, "default"),
+                  maps["users"], maps["groups"])
+
+
+class Shares:
+    """What the scheduler needs for fair share, kept up to date cheaply."""
+
+    def __init__(self, spool, o, shared: bool):
+        self.spool, self.o, self.shared = spool, o, shared
+        self.path = Path(o.policy) if o.policy else spool.root / "policy.yaml"
+        self.policy = Policy()
+        self._policy_key = None
+        self.jobs: dict[tuple, tuple] = {}  # (state, id) -> (inode, uid, gpus, start, end)
+        self._groups: dict[int, tuple[set[str], str]] = {}
+
+    # ---- the policy file ---------------------------------------------------------
+    def reload(self) -> None:
+        """Read the policy file again if it changed (each full pass)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self.policy, self._policy_key = Policy(), None
+            return
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key == self._policy_key:
+            return
+        self._policy_key = key
+        if self.shared and (st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+            log.error("%s is ignored: in a shared spool it must be root's and writable by "
+                      "root only", self.path)
+            self.policy = Policy()
+            return
+        try:
+            self.policy = parse_policy(spoolmod.read_untrusted(self.path))
+            log.info("policy %s loaded", self.path)
+        except (OSError, BadFile, jobmod.JobError, ValueError, UnicodeDecodeError) as e:
+            log.error("%s is ignored: %s", self.path, e)
+            self.policy = Policy()
+
+    def _who(self, uid: int) -> tuple[set[str], str]:
+        hit = self._groups.get(uid)
+        if hit is None:
+            c = runner.creds_for(uid)
+            names = set()
+            for gid in (c.gid, *c.groups):
+                try:
+                    names.add(grp.getgrgid(gid).gr_name)
+                except KeyError:
+                    continue
+            hit = self._groups[uid] = (names, c.name)
+        return hit
+
+    def is_admin(self, uid: int) -> bool:
+        return uid == 0 or bool(self._who(uid)[0] & self.policy.admin_groups)
+
+    def limit_for(self, uid: int) -> Limit | None:
+        groups, name = self._who(uid)
+        p = self.policy
+        caps = p.users.get(name)
+        if caps is None:
+            mine = [p.groups[g] for g in groups if g in p.groups]
+            if mine:  # the most generous of the user's groups
+                caps = tuple(None if any(c[i] is None for c in mine) else max(c[i] for c in mine)
+                             for i in (0, 1))
+        if caps is None:
+            caps = (p.default[0] if p.default[0] is not None else self.o.max_gpus_per_user,
+                    p.default[1] if p.default[1] is not None else self.o.max_cpus_per_user)
+        if caps == (None, None):
+            return None
+        return Limit(name, *caps)
+
+    # ---- usage -------------------------------------------------------------------
+    def usage(self, now: float) -> dict[int, float]:
+        """Decayed GPU-seconds per uid: finished jobs (all hosts) plus running ones."""
+        halflife = self.o.fairshare_halflife
+        seen, total = set(), {}
+        for state in ("running", *spoolmod.FINAL_DIRS):
+            with os.scandir(self.spool.dir(state)) as it:
+                for e in it:
+                    job_id = spoolmod.parse_record_name(e.name)
+                    if job_id is None:
+                        continue
+                    entry = self._job(state, job_id, e)
+                    seen.add((state, job_id))
+                    if entry is None:
+                        continue
+                    _, uid, gpus, start, end = entry
+                    total[uid] = total.get(uid, 0.0) + job_usage(
+                        gpus, start, now if end is None else end, now, halflife)
+        for key in set(self.jobs) - seen:
+            del self.jobs[key]
+        return total
+
+    def _job(self, state: str, job_id: int, entry: os.DirEntry):
+        hit = self.jobs.get((state, job_id))
+        if hit is not None and hit[0] == entry.inode():  # no system call: from the listing
+            return hit
+        try:
+            st = entry.stat(follow_symlinks=False)
+            rec = read_record(Path(entry.path))
+        except (OSError, BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
+            return None
+        gpus = len(rec.get("assigned_gpus") or ())
+        start = rec.get("started_at")
+        end = rec.get("ended_at") if state != "running" else None
+        ok = isinstance(start, (int, float)) and (end is None or isinstance(end, (int, float)))
+        hit = (st.st_ino, owner_of(st.st_uid, rec), gpus if ok else 0, start if ok else None,
+               end)
+        self.jobs[state, job_id] = hit
+        return hit
+
+    # ---- priorities ----------------------------------------------------------------
+    def overrides(self) -> dict[int, int]:
+        """Root's priority overrides: ``state/priority/ID`` holding a number."""
+        out = {}
+        folder = self.spool.state / "priority"
+        try:
+            it = os.scandir(folder)
+        except FileNotFoundError:
+            return out
+        with it:
+            for e in it:
+                if not e.name.isdigit():
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+                        continue
+                    text = spoolmod.read_untrusted(Path(e.path), cap=64).strip()
+                except (OSError, BadFile):
+                    continue
+                if text.isdigit() and int(text) <= spoolmod.MAX_PRIORITY:
+                    out[int(e.name)] = int(text)
+        return out
