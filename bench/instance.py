@@ -86,8 +86,6 @@ def write_atomic(path: Path, data: str) -> None:
 
 
 class Spoold:
-    name = "spoold"
-
     def __init__(self, ctx: Ctx, tag: str, n_gpus: int, busy: bool = False):
         self.ctx = ctx
         self.tag = tag

@@ -69,8 +69,6 @@ def find(notes: list[str]) -> dict:
 
 
 class Tsp:
-    name = "tsp"
-
     def __init__(self, path: str, root: Path, slots: int = 4):
         self.path = path
         self.dir = root
@@ -117,8 +115,6 @@ class Tsp:
 
 
 class Nq:
-    name = "nq"
-
     def __init__(self, path: str, root: Path):
         self.path = path
         self.dir = root
