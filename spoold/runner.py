@@ -1,7 +1,8 @@
 """Starting jobs under a shepherd, telling live jobs from dead ones, killing trees.
 
 Owns: the shepherd (one line of ``sh``: a shell, not a Python interpreter),
-the job's environment, and process-tree signalling.
+the job's environment, process-tree signalling, and the rusage of the
+shepherds it reaps (the usage fallback without cgroups).
 
 Invariants:
 - ``state/run/<host>/<id>.lock`` is created just before the shepherd starts. The
@@ -16,8 +17,9 @@ Invariants:
 - The gate: the shepherd's first act is to read one line from its stdout,
   which is then the read end of a pipe (dash names only fds 0-9, so the gate
   takes fd 1 until it opens, and the log then takes fd 1 back). The daemon
-  writes that line only after it has put the shepherd in the job's cgroup, so
-  no process of the job ever runs outside it. If the daemon dies first, the
+  writes that line only after it has put the shepherd in the job's cgroup,
+  with its memory limit already set (``mem_mib``), so no process of the job
+  ever runs outside it or unlimited. If the daemon dies first, the
   read sees end of file and the shepherd exits without writing ``s``: the run
   file reads as never started.
 - The shepherd runs as the job's user from its first instruction and enters
@@ -36,6 +38,10 @@ Invariants:
   (a session leader holding the job's run file open, root's alone in
   state/run/): a pid from before a reboot or reused since is never used.
   The shepherd is never signalled, so it can always record how the job ended.
+- Usage without cgroups: ``reap`` (never blocking) collects each ended child
+  of this daemon with wait4(2); its rusage covers the shepherd and what it
+  waited for (the job, not the job's daemonised leftovers), and is kept until
+  ``child_usage`` is asked for it once. A daemon restarted since knows nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,13 +197,17 @@ def _start(argv: list, stdin, log_fd: int, env: dict, kw: dict,
 
 
 def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, ...],
-           creds: Creds | None, log_path: Path, *, cgroups: Cgroups | None = None) -> int:
+           creds: Creds | None, log_path: Path, *, cgroups: Cgroups | None = None,
+           mem_mib: int | None = None) -> int:
     """Start ``job`` under a shepherd (in the job's cgroup when ``cgroups`` is
-    given, before the job runs); return the shepherd's pid.
+    given, before the job runs, limited to ``mem_mib`` MiB where the cgroups
+    have a memory controller: ``cgroups.memory_limits``); return the
+    shepherd's pid.
 
-    Raises OSError (log not writable, cgroup not writable, exec failed) with
-    nothing started; the caller records the reason. A working directory the
-    user cannot enter is the job's failure (``CWD_FAILED``), not an OSError."""
+    Raises OSError (log not writable, cgroup or limit not writable, exec
+    failed) with nothing started; the caller records the reason. A working
+    directory the user cannot enter is the job's failure (``CWD_FAILED``),
+    not an OSError."""
     log_fd = open_log(log_path, creds)
     try:
         cwd = job.get("cwd") or (creds.home if creds else os.path.expanduser("~"))
@@ -209,6 +220,8 @@ def launch(spool, run_path: Path, job, gpus: tuple[int, ...], cpus: tuple[int, .
             fcntl.flock(run_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if cgroups is not None:  # after the run file: a crash here reads as unstarted
                 cgroups.create(job.id)
+                if mem_mib:  # before the gate opens: the job never runs unlimited
+                    cgroups.set_memory_limit(job.id, mem_mib)
             if cpus:  # the child inherits this thread's mask: no preexec_fn needed
                 os.sched_setaffinity(0, cpus)
             out = job.get("log")
@@ -256,20 +269,59 @@ def spawn_hook(job, gpus: tuple[int, ...], creds: Creds | None, log_path: Path,
         os.close(log_fd)
 
 
-# Shepherds started by this daemon, kept only so they are reaped (no zombies).
+# Shepherds and hooks started by this daemon, kept so they are reaped (no zombies).
 _children: dict[int, subprocess.Popen] = {}
+# Rusage of reaped children, until asked for (hooks' never are: the oldest go).
+_usage: dict[int, dict] = {}
+USAGE_KEPT = 1024
+CHILD_EXIT_WAIT_S = 1.0  # a shepherd exits right after writing the job's status
 
 
 def reap() -> None:
+    """Collect every ended child (never blocks)."""
     for pid, proc in list(_children.items()):
-        if proc.poll() is not None:
+        if _ended(pid, proc):
             del _children[pid]
 
 
 def running_child(pid: int) -> bool:
     """Whether ``pid`` is a shepherd or hook this daemon started and still runs."""
     proc = _children.get(pid)
-    return proc is not None and proc.poll() is None
+    return proc is not None and not _ended(pid, proc)
+
+
+def child_usage(pid: int) -> dict:
+    """``cpu_s`` (user + system seconds) and ``max_rss_mib`` of an ended
+    shepherd this daemon started, its job included, from wait4(2); once: a
+    second call answers {}. {} when unknown (not our child, a daemon restarted
+    since). Call it once the job's status is written: it waits up to
+    ``CHILD_EXIT_WAIT_S`` for the shepherd to exit."""
+    proc = _children.get(pid)
+    deadline = time.monotonic() + CHILD_EXIT_WAIT_S
+    while proc is not None and not _ended(pid, proc) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _usage.pop(pid, {})
+
+
+def _ended(pid: int, proc: subprocess.Popen) -> bool:
+    """Popen.poll() that keeps the rusage of the child it reaps. Every wait
+    for a child of ``_children`` goes through here (or Popen.wait() on a
+    failed start), else its rusage is lost."""
+    if proc.returncode is not None:
+        return True
+    try:
+        got, status, ru = os.wait4(pid, os.WNOHANG)
+    except ChildProcessError:  # reaped behind our back: its usage is lost
+        proc.returncode = -1
+        return True
+    if got != pid:
+        return False
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    _usage[pid] = {"cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+                   "max_rss_mib": round(ru.ru_maxrss / 1024, 1)}  # Linux: KiB
+    if len(_usage) > USAGE_KEPT:
+        del _usage[next(iter(_usage))]
+    return True
 
 
 def status(run_path: Path, *, cgroups: Cgroups | None = None,

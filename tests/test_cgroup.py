@@ -372,3 +372,129 @@ def test_fallback_trusts_a_session_only_while_its_shepherd_is_provably_ours(rig,
     assert runner.signal_job(sp.root, 12, shepherd, signal.SIGKILL) == 1
     wait_for(lambda: runner.status(run_path) == ("exited", 128 + signal.SIGKILL),
              what="the shepherd to record the kill")
+
+
+# ---- memory limit and usage (issue 14) ---------------------------------------------------
+MEMBERSHIPS = [k for k, _ in HIERARCHIES if k in ("cgroup2", "freezer")] or ["none"]
+
+
+@pytest.fixture(params=MEMBERSHIPS)
+def metered(request, rig):
+    """Job cgroups with accounting, per membership hierarchy: here v2 (CPU from
+    cpu.stat) + v1 memory, and v1 freezer + v1 cpuacct + v1 memory."""
+    sp, _ = rig
+    c = Cgroups.detect(sp.root, HOST, kinds=(request.param,))
+    if c is None:
+        pytest.skip(f"no usable {request.param} hierarchy: {Cgroups.why_not}")
+    yield sp, c
+    empty_out(c)
+
+
+def limited(metered):
+    sp, c = metered
+    if c.memory_limits is None:
+        pytest.skip(f"no usable memory controller: {c.description}")
+    return sp, c
+
+
+def py_job(job_id: int, tmp_path: Path, alloc_mb: int, cpu_s: float = 0.0, first: str = ""):
+    """A Python job that touches every page of ``alloc_mb`` MB, then burns
+    ``cpu_s`` seconds of its own CPU time (a deadline on process_time, so a
+    busy machine only makes it slower); ``first`` is a shell command run before."""
+    code = (f"b = bytearray({alloc_mb} * 2**20)\n"
+            "for i in range(0, len(b), 4096): b[i] = 1\n"
+            "import time\n"
+            f"while time.process_time() < {cpu_s}: pass\n")
+    return make_job(job_id, ["sh", "-c", f'{first}exec "$0" -c "$1"', sys.executable, code],
+                    cwd=str(tmp_path))
+
+
+def run_to_end(sp: Spool, job, cg, mem_mib=None) -> tuple[int, tuple]:
+    run_path = sp.run_lock(job.id, HOST)
+    pid = runner.launch(sp, run_path, job, (), (), None, sp.log_path(job.id), cgroups=cg,
+                        mem_mib=mem_mib)
+    wait_for(lambda: runner.status(run_path, cgroups=cg, job_id=job.id)[0] != "running",
+             30, f"job {job.id} to end")
+    return pid, runner.status(run_path, cgroups=cg, job_id=job.id)
+
+
+def test_a_job_over_its_memory_limit_is_oom_killed_and_never_ran_unlimited(metered,
+                                                                           tmp_path):
+    sp, cg = limited(metered)
+    limit_seen = tmp_path / "limit"
+    limit_file = cg._memory_dir(20) / ("memory.max" if "memory" in cg.v2_acct
+                                       else "memory.limit_in_bytes")
+    job = py_job(20, tmp_path, 400, first=f"cat {limit_file} > {limit_seen}; ")
+    _, end = run_to_end(sp, job, cg, mem_mib=100)
+    # v1 kills the biggest process (the job; the shepherd records 128+9);
+    # v2's memory.oom.group kills the whole cgroup, shepherd included.
+    assert end in (("exited", 128 + signal.SIGKILL), ("vanished", None)), end
+    assert cg.oom_killed(20)
+    assert limit_seen.read_text().strip() == str(100 * 2**20)  # in force from its 1st act
+    assert cg.usage(20)["max_rss_mib"] <= 100
+
+
+def test_a_job_under_its_memory_limit_completes(metered, tmp_path):
+    sp, cg = limited(metered)
+    _, end = run_to_end(sp, py_job(21, tmp_path, 100), cg, mem_mib=600)
+    assert end == ("exited", 0), sp.log_path(21).read_text()
+    assert not cg.oom_killed(21)
+    assert 90 <= cg.usage(21)["max_rss_mib"] < 600
+
+
+def test_memory_limit_can_be_lowered_and_raised_again(metered):
+    _, cg = limited(metered)
+    cg.create(22)
+    for mib in (100, 600, 50, 700):
+        assert cg.set_memory_limit(22, mib) == cg.memory_limits
+        names = (["memory.max"] if "memory" in cg.v2_acct else
+                 [n for n in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+                  if (cg._memory_dir(22) / n).exists()])
+        for n in names:
+            assert (cg._memory_dir(22) / n).read_text().strip() == str(mib * 2**20), n
+
+
+def test_usage_counts_cpu_time_and_peak_memory_until_removed(metered, tmp_path):
+    sp, cg = metered
+    # This machine: CPU time from v2 cpu.stat or v1 cpuacct, memory from v1 memory.
+    assert cg.description.startswith(f"cgroup v{'2' if cg.v2 else '1'}")
+    assert ("CPU time from cgroup" in cg.description) == bool(
+        "cpu" in cg.v2_acct or "cpuacct" in cg.v1_acct)
+    if "memory" in cg.v1_acct:
+        assert f"memory limit and peak from cgroup v1 memory at {cg.v1_acct['memory']}" \
+            in cg.description
+    _, end = run_to_end(sp, py_job(23, tmp_path, 300, cpu_s=1.0), cg)
+    assert end == ("exited", 0), sp.log_path(23).read_text()
+    used = cg.usage(23)
+    if "cpuacct" in cg.v1_acct or "cpu" in cg.v2_acct:
+        assert 0.8 <= used["cpu_s"] < 30, used
+    if cg.memory_limits:
+        assert 250 <= used["max_rss_mib"] < 1000, used
+    assert not cg.oom_killed(23)
+    cg.remove(23)
+    assert cg.usage(23) == {} and not cg.oom_killed(23)
+    assert not any(d.exists() for d in cg._dirs(23))  # gone from every hierarchy
+    assert not any(b.exists() for b in cg._bases())
+
+
+def test_no_memory_controller_means_no_limit_and_no_figures(cg):
+    """Cgroups made without accounting (as on a machine that has none)."""
+    assert cg.memory_limits is None and "no memory controller" in cg.description
+    cg.create(24)
+    assert cg.set_memory_limit(24, 100) is None
+    assert cg.usage(24) == {} and not cg.oom_killed(24)
+    assert cg.usage(99) == {} and not cg.oom_killed(99)  # a job that has no cgroup
+
+
+def test_fallback_child_usage_from_the_reaped_shepherd(rig, tmp_path):
+    sp, _ = rig
+    pid, end = run_to_end(sp, py_job(25, tmp_path, 300, cpu_s=1.0), None)
+    assert end == ("exited", 0), sp.log_path(25).read_text()
+    # As the daemon's loop does: its reaping must keep the usage for the lead.
+    wait_for(lambda: not alive(pid), what="the shepherd to exit (a zombie, not reaped)")
+    runner.reap()
+    assert not runner.running_child(pid)
+    used = runner.child_usage(pid)
+    assert 0.8 <= used["cpu_s"] < 30 and 250 <= used["max_rss_mib"] < 1000, used
+    assert runner.child_usage(pid) == {}  # given once
+    assert runner.child_usage(os.getpid()) == {}  # not a child of ours
