@@ -498,3 +498,31 @@ def test_fallback_child_usage_from_the_reaped_shepherd(rig, tmp_path):
     assert 0.8 <= used["cpu_s"] < 30 and 250 <= used["max_rss_mib"] < 1000, used
     assert runner.child_usage(pid) == {}  # given once
     assert runner.child_usage(os.getpid()) == {}  # not a child of ours
+
+
+def test_v2_accounting_reads_and_writes_the_files_a_v2_kernel_has(tmp_path):
+    """The v2 memory path, which this machine cannot run (its memory controller
+    is bound to v1): the same code on plain files named and formatted as a
+    pure-v2 kernel has them (Documentation/admin-guide/cgroup-v2.rst)."""
+    base = tmp_path / "spoold-v2"
+    job = base / "job-1"
+    job.mkdir(parents=True)
+    for name in ("cgroup.subtree_control", "memory.max", "memory.oom.group",
+                 "memory.swap.max", "cgroup.procs"):
+        (base if name == "cgroup.subtree_control" else job).joinpath(name).write_text("")
+    (job / "cpu.stat").write_text("usage_usec 1504000\nuser_usec 1000000\n"
+                                  "system_usec 504000\nnice_usec 0\n")
+    (job / "memory.peak").write_text(f"{300 * 2**20}\n")
+    (job / "memory.events").write_text("low 0\nhigh 0\nmax 40\noom 1\noom_kill 0\n")
+    cg = Cgroups(base, "cgroup2", v2_acct=frozenset({"cpu", "memory"}))
+    assert cg.memory_limits == "cgroup v2 memory.max" and not cg.v1_acct
+    assert "memory limit and peak from cgroup v2 memory" in cg.description
+    cg.create(1)
+    assert (base / "cgroup.subtree_control").read_text() == "+memory"
+    assert cg.set_memory_limit(1, 100) == "cgroup v2 memory.max"
+    assert [(job / n).read_text() for n in ("memory.max", "memory.oom.group",
+                                           "memory.swap.max")] == [str(100 * 2**20), "1", "0"]
+    assert cg.usage(1) == {"cpu_s": 1.5, "max_rss_mib": 300.0}
+    assert not cg.oom_killed(1)  # hit the limit (max 40) but nothing was killed
+    (job / "memory.events").write_text("low 0\nhigh 0\nmax 41\noom 1\noom_kill 1\n")
+    assert cg.oom_killed(1)
