@@ -1,11 +1,15 @@
 """ghist: finished jobs (read-only, except ``--clean``), and ``--timeline``.
 
-Owns: ``history`` (the --json list, schema in docs/json.md), its table, the
+Owns: ``history`` (the --json list, schema in docs/json.md), its table
+(``-l``: with what each job used), the per-user summary (``--users``), the
 GPU timeline and cleaning old records.
 
 Invariants: rows are sorted by end time then id; user names come from uids;
 every user-controlled text is escaped before it is printed; a failure to
-remove a record is one line and exit 1, with what was removed so far.
+remove a record is one line and exit 1, with what was removed so far. A
+usage figure the record does not carry is absent (shown as ``-``), never
+guessed; the STATE column is the record's ``outcome:`` in capitals (as
+sacct), else the folder (records of older daemons).
 """
 
 from __future__ import annotations
@@ -51,12 +55,17 @@ def history(sp: Spool, states: tuple[str, ...], user: str | None = None,
             ended, started = num(rec.get("ended_at")), num(rec.get("started_at"))
             if since and (ended or 0) < since:
                 continue
-            code = rec.get("exit_code")
+            code, outcome, held = rec.get("exit_code"), rec.get("outcome"), rec.get(
+                "assigned_gpus")
             rows.append({"id": job_id, "state": d,
+                         "outcome": outcome if isinstance(outcome, str) else None,
                          "exit_code": code if isinstance(code, int) else None,
                          "name": str(rec.get("name") or ""), "user": name,
                          "gpus": rec.get("gpus", jobmod.DEFAULT_GPUS),
-                         "assigned_gpus": rec.get("assigned_gpus"),
+                         "assigned_gpus": [g for g in held if isinstance(g, int)]
+                         if isinstance(held, list) else None,
+                         "mem": num(rec.get("mem")), "gpu_mem": num(rec.get("gpu_mem")),
+                         "usage": usage_of(rec),
                          "host": rec.get("host"), "submitted_at": num(rec.get("submitted_at")),
                          "started_at": started, "ended_at": ended,
                          "elapsed": ended - started if started and ended else None,
@@ -65,16 +74,81 @@ def history(sp: Spool, states: tuple[str, ...], user: str | None = None,
     return rows
 
 
-def render_ghist(rows: list[dict], width: int = 100) -> str:
-    cells = [["ID", "STATE", "EXIT", "NAME", "USER", "GPUS", "ENDED", "ELAPSED",
+USAGE_KEYS = ("cpu_s", "max_rss_mib", "gpu_mem_peak_mib", "gpu_util_mean")
+
+
+def usage_of(rec: dict) -> dict:
+    """The record's ``usage:`` figures that are numbers >= 0 (unknown: absent)."""
+    usage = rec.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    return {k: v for k in USAGE_KEYS if (v := num(usage.get(k))) is not None and v >= 0}
+
+
+def render_ghist(rows: list[dict], width: int = 100, long: bool = False) -> str:
+    """The table; ``long`` (-l) adds what each job used: CPU time, peak RAM and
+    peak GPU memory (over what it booked), mean GPU utilization."""
+    usage_cols = ["CPU", "MAXRSS", "GPUMEM", "GPUUTIL"] if long else []
+    cells = [["ID", "STATE", "EXIT", "NAME", "USER", "GPUS", "ENDED", "ELAPSED", *usage_cols,
               "COMMAND/REASON"]]
     for r in rows:
         gp = ",".join(map(str, r["assigned_gpus"] or [])) or "-"
-        cells.append([r["id"], r["state"], "-" if r["exit_code"] is None else r["exit_code"],
+        state = r["outcome"].upper() if r.get("outcome") else r["state"]
+        cells.append([r["id"], state, "-" if r["exit_code"] is None else r["exit_code"],
                       r["name"][:20], r["user"][:12], gp, when(r["ended_at"]),
-                      fmt_duration(r["elapsed"]),
+                      fmt_duration(r["elapsed"]), *(_usage_cells(r) if long else []),
                       r["reason"] if r["state"] != "done" and r["reason"] else r["command"]])
     return "\n".join(table(cells, width)) + "\n"
+
+
+def _size(mib) -> str:
+    return "-" if mib is None else f"{mib:.0f}M" if mib < 1024 else f"{mib / 1024:.1f}G"
+
+
+def _usage_cells(r: dict) -> list[str]:
+    u = r.get("usage") or {}
+    cpu, util = u.get("cpu_s"), u.get("gpu_util_mean")
+    rss, gmem = _size(u.get("max_rss_mib")), _size(u.get("gpu_mem_peak_mib"))
+    return ["-" if cpu is None else f"{cpu:.1f}s" if cpu < 60 else fmt_duration(cpu),
+            f"{rss}/{_size(r['mem'])}" if r.get("mem") else rss,
+            f"{gmem}/{_size(r['gpu_mem'])}" if r.get("gpu_mem") else gmem,
+            "-" if util is None else f"{util:.0f}%"]
+
+
+# ---- ghist --users ------------------------------------------------------------------------
+
+def users_summary(rows: list[dict]) -> list[dict]:
+    """Per user, over finished-job rows (``history``), most GPU-hours first:
+    jobs; GPU-hours (each job's elapsed time x the GPUs it held, a
+    ``--gpu-mem`` slice counting as its GPU, as fair share counts it); failed
+    (in failed/: every outcome but completed and cancelled); cancelled; and
+    the mean wait from submission to start of the jobs that started (None if
+    none did). Records this user may not read count under ``?``."""
+    by: dict[str, dict] = {}
+    waits: dict[str, list[float]] = {}
+    for r in rows:
+        name = r["user"] or "?"
+        u = by.setdefault(name, {"user": name, "jobs": 0, "gpu_hours": 0.0, "failed": 0,
+                                 "cancelled": 0, "mean_wait": None})
+        u["jobs"] += 1
+        u["gpu_hours"] += max(0.0, r["elapsed"] or 0.0) * len(r["assigned_gpus"] or ()) / 3600
+        u["failed"] += r["state"] == "failed"
+        u["cancelled"] += r["state"] == "cancelled"
+        if r["started_at"] and r["submitted_at"]:
+            waits.setdefault(name, []).append(max(0.0, r["started_at"] - r["submitted_at"]))
+    for name, w in waits.items():
+        by[name]["mean_wait"] = sum(w) / len(w)
+    return sorted(by.values(), key=lambda u: (-u["gpu_hours"], u["user"]))
+
+
+def render_users(summary: list[dict], since: float | None, width: int = 100) -> str:
+    cells = [["USER", "JOBS", "GPU-HOURS", "FAILED", "CANCELLED", "MEAN-WAIT"]]
+    cells += [[u["user"], u["jobs"], f"{u['gpu_hours']:.2f}", u["failed"], u["cancelled"],
+               fmt_duration(u["mean_wait"])] for u in summary]
+    total = (f"# {len(summary)} user(s), {sum(u['jobs'] for u in summary)} job(s), "
+             f"{sum(u['gpu_hours'] for u in summary):.2f} GPU-hours, "
+             + (f"ended since {when(since)}" if since else "all finished records"))
+    return "\n".join([*table(cells, width), total[:width]]) + "\n"
 
 
 def clean(sp: Spool, rows: list[dict], older_than: float | None) -> int:
@@ -120,14 +194,20 @@ def _since(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="ghist", description="Finished jobs, oldest first (done only unless -f).",
-        epilog="Examples: ghist -n 5 | ghist -f --since 1d | ghist --json | "
-               "ghist --clean --older-than 7d")
+        epilog="Examples: ghist -n 5 | ghist -f --since 1d | ghist -l | ghist --json | "
+               "ghist --users --since 7d | ghist --clean --older-than 7d")
     spool_arg(ap)
     ap.add_argument("-f", "--failed", action="store_true", help="include failed and cancelled")
     ap.add_argument("-n", type=int, default=None, metavar="N", help="only the last N")
     user_arg(ap)
     ap.add_argument("--since", type=_since, help="ended within this long (2h) or since a date")
     ap.add_argument("--json", action="store_true", help="machine-readable (docs/json.md)")
+    ap.add_argument("-l", "--long", action="store_true",
+                    help="also what each job used: CPU time, peak RAM and GPU memory (over "
+                         "what it booked), mean GPU utilization")
+    ap.add_argument("--users", action="store_true",
+                    help="one line per user: jobs, GPU-hours, failed, cancelled, mean wait "
+                         "(all finished jobs; with --since, those that ended since)")
     ap.add_argument("--clean", action="store_true",
                     help="delete finished records (and their logs) instead of listing them")
     ap.add_argument("--older-than", type=time_span, default=None, metavar="DURATION",
@@ -144,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(render_timeline(rows, gpus, now, a.timeline,
                                          a.width or (tty_width() if tty else 100)))
         return 0
+    if a.users:
+        if a.clean:
+            ap.error("--users only counts: it does not go with --clean")
+        summary = users_summary(history(sp, spoolmod.FINAL_DIRS, a.user, a.since))
+        sys.stdout.write(json_text(summary) if a.json else render_users(
+            summary, a.since, a.width or (tty_width() if tty else 10_000)))
+        return 0
     states = spoolmod.FINAL_DIRS if a.failed or a.clean else ("done",)
     rows = history(sp, states, a.user, a.since)
     if a.clean:
@@ -153,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         sys.stdout.write(json_text(rows))
     else:
-        sys.stdout.write(render_ghist(rows, a.width or (tty_width() if tty else 10_000)))
+        sys.stdout.write(render_ghist(rows, a.width or (tty_width() if tty else 10_000),
+                                      a.long))
     return 0
 
 

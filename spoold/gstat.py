@@ -10,21 +10,30 @@ Invariants:
   ``private``. A heartbeat without ``jobs:`` (older daemon) still works: the
   row then shows only the id.
 - User names come from uids (``toolbase.read_owned``), never from ``user:``.
-- Every row starts with the job id (GPU and header rows aside), so
+- Every row starts with the job id (GPU, share and header rows aside), so
   ``awk '$1==7'`` works; colour only on a terminal; user text is escaped.
+- Waits are explained the way the daemon decides (``explain``): its per-user
+  caps and, in a shared spool, its effective priorities and fair-share order,
+  all from what the heartbeat's ``shares:`` publishes and root's overrides
+  in ``state/priority/`` (read with ``policy.Shares.overrides``, the
+  daemon's own reader). Pending rows are listed in that order.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
 
 from . import job as jobmod
 from . import spool as spoolmod
+from .fairshare import Limit, effective_priority, queue_keys
 from .hosts import resources_of
+from .options import Options
+from .policy import Shares
 from .scheduler import request_of, running_of, schedule
 from .spool import BadFile, Spool
 from .toolbase import (
@@ -61,17 +70,20 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
             holders.setdefault((host, g), []).append(b.id)
     gpus = [{**g, "host": h["host"], "jobs": holders.get((h["host"], g.get("index")), [])}
             for h in hosts for g in h["beat"].get("gpus") or [] if isinstance(g, dict)]
-    pending, requests = pending_view(sp, now)
-    explain(sp, live, pending, requests, running, bookings, now)
+    shares = merged_shares(live)
+    queue = Queue(sp, shares)
+    pending, requests = pending_view(sp, now, queue)
+    explain(sp, live, pending, requests, running, bookings, now, queue)
     if user:
         running = [r for r in running if r["user"] == user]
         pending = [p for p in pending if p["user"] == user]
+        shares = [s for s in shares if s["user"] == user]
     pid = next((h["pid"] for h in hosts if h["alive"]), None)
     return {"spool": str(sp.root), "time": now, "host": gsnap.get("host"),
             "daemon": {"running": pid is not None, "pid": pid},
             "hosts": [{k: v for k, v in h.items() if k != "beat"} for h in hosts],
             "paused": sp.paused_flag.exists(), "gpus": gpus, "running": running,
-            "pending": pending,
+            "pending": pending, "shares": shares,
             "enforced": gsnap.get("enforced") or {},
             "limits": {"max_load": gsnap.get("max_load"), "max_memory": gsnap.get("max_memory"),
                        "cpus": gsnap.get("cpus"), "mem": gsnap.get("mem"),
@@ -98,6 +110,9 @@ def running_view(sp: Spool, hosts: list[dict], now: float) -> tuple[list[dict], 
                    "started_at": row["started_at"], "time_limit": row["time_limit"]}
         else:
             row = _running_row(job_id, rec, uid, now)
+        # What its processes hold on its GPUs now, if its daemon measures it
+        # (the heartbeat's gpu_mem_mib; absent: not known, never a guess).
+        row["gpu_mem_used"] = _mib(published.get(job_id, (None, {}))[1].get("gpu_mem_mib"))
         rows.append(row)
         owner = uid if isinstance(uid, int) else 0
         bookings.append((row["host"], dataclasses.replace(running_of(job_id, rec), owner=owner)))
@@ -117,6 +132,12 @@ def _id(v) -> bool:
 
 def _uid(v) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def _mib(v) -> int | float | None:
+    """A MiB figure from a heartbeat: a finite number >= 0, else None."""
+    v = num(v)
+    return v if v is not None and v >= 0 else None
 
 
 def _ints(v) -> list[int]:
@@ -159,9 +180,10 @@ def _private_row(job_id: int, host: str | None, e: dict, now: float) -> dict:
 
 # ---- pending --------------------------------------------------------------------------
 
-def pending_view(sp: Spool, now: float) -> tuple[list[dict], list]:
-    """Rows for pending/ in queue order, and the Requests of the readable ones."""
-    rows, requests = [], []
+def pending_view(sp: Spool, now: float, queue: Queue) -> tuple[list[dict], list]:
+    """Rows for pending/ in the daemon's queue order (``Queue``), and the
+    Requests of the readable ones."""
+    rows, requests, owners = [], [], {}
     for p in sp.list_pending():
         if not p.has_id:
             continue
@@ -172,12 +194,14 @@ def pending_view(sp: Spool, now: float) -> tuple[list[dict], list]:
         except FileNotFoundError:
             continue  # started or cancelled meanwhile
         except PermissionError:  # another user's job in a shared spool: id and owner only
-            rows.append(_unreadable(sp, p, now, PRIVATE_PENDING))
+            row, owners[p.job_id] = _unreadable(sp, p, now, PRIVATE_PENDING)
+            rows.append(row)
             continue
         except (OSError, BadFile, jobmod.JobError) as e:
-            rows.append(_unreadable(sp, p, now, f"bad file: {e}"))
+            row, owners[p.job_id] = _unreadable(sp, p, now, f"bad file: {e}")
+            rows.append(row)
             continue
-        uid = owner_of(st.st_uid, job.data)
+        uid = owners[p.job_id] = owner_of(st.st_uid, job.data)
         submitted = num(job.get("submitted_at")) or st.st_mtime
         rows.append({
             "id": p.job_id, "name": job.name, "user": user_name(uid, job.get("user")),
@@ -187,27 +211,34 @@ def pending_view(sp: Spool, now: float) -> tuple[list[dict], list]:
             "command": command_text(job.data), "reason": None, "private": False,
         })
         requests.append(request_of(job, p.job_id, owner=uid))
+    for r in rows:
+        r["effective_priority"] = queue.priority(r["priority"], owners[r["id"]], r["id"])
+    keys = queue.keys([(r["effective_priority"], owners[r["id"]], r["id"]) for r in rows])
+    rows.sort(key=lambda r: keys[r["id"]])
     return rows, requests
 
 
-def _unreadable(sp: Spool, p, now: float, reason: str) -> dict:
+def _unreadable(sp: Spool, p, now: float, reason: str) -> tuple[dict, int]:
+    """The row of a job file that cannot be read, and its owner (-1: gone)."""
     try:
         st = os.lstat(sp.pending / p.name)
-        owner, mtime = user_name(st.st_uid), st.st_mtime
+        uid, mtime = st.st_uid, st.st_mtime
     except OSError:
-        owner, mtime = "", now
-    return {"id": p.job_id, "name": "", "user": owner, "gpus": None, "gpu_mem": None,
-            "cpus": None, "mem": None, "priority": p.priority, "submitted_at": mtime,
-            "wait": now - mtime, "time_limit": None, "after": [], "held": False,
-            "command": "", "reason": reason, "private": reason == PRIVATE_PENDING}
+        uid, mtime = -1, now
+    return {"id": p.job_id, "name": "", "user": user_name(uid) if uid >= 0 else "",
+            "gpus": None, "gpu_mem": None, "cpus": None, "mem": None, "priority": p.priority,
+            "submitted_at": mtime, "wait": now - mtime, "time_limit": None, "after": [],
+            "held": False, "command": "", "reason": reason,
+            "private": reason == PRIVATE_PENDING}, uid
 
 
 def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, running: list,
-            bookings: list, now: float) -> None:
+            bookings: list, now: float, queue: Queue) -> None:
     """Fill in each pending row's reason: the queue as each live host's daemon
-    sees it (a job starts if any host would start it; otherwise the first
-    host's reason is shown)."""
+    sees it, in its order and with its per-user caps (a job starts if any host
+    would start it; otherwise the first host's reason is shown)."""
     states = {**{r["id"]: "running" for r in running}, **{p["id"]: "pending" for p in pending}}
+    prio = {p["id"]: p["effective_priority"] for p in pending}
 
     class Deps:
         def get(self, job_id, default=None):
@@ -216,9 +247,12 @@ def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, ru
     reasons: dict[int, str] = {}
     paused = sp.paused_flag.exists()
     for h in live or [{"host": None, "beat": {}}]:
-        res = resources_of(h["beat"], h["host"], paused)
-        d = schedule(requests, [b for host, b in bookings if host == h["host"]], res, now,
-                     Deps())
+        shares = published_shares(h["beat"])
+        keys = queue.keys([(prio[r.id], r.owner, r.id) for r in requests], shares)
+        res = dataclasses.replace(resources_of(h["beat"], h["host"], paused),
+                                  limits=limits_of(shares))
+        d = schedule(sorted(requests, key=lambda r: keys[r.id]),
+                     [b for host, b in bookings if host == h["host"]], res, now, Deps())
         prefix = f"{h['host']}: " if len(live) > 1 else ""
         for s_ in d.start:
             reasons[s_.id] = "starting"
@@ -228,6 +262,87 @@ def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, ru
     for p in pending:
         if p["reason"] is None:
             p["reason"] = reasons.get(p["id"], "starting")
+
+
+# ---- fair share: the daemon's order and caps, from its heartbeat ---------------------------
+
+def published_shares(beat: dict) -> list[dict]:
+    """The heartbeat's ``shares:`` entries, each field checked ([] if none:
+    not a shared spool, or an older daemon)."""
+    shares = beat.get("shares")
+    out = []
+    for e in shares if isinstance(shares, list) else []:
+        uid = _uid(e.get("uid")) if isinstance(e, dict) else None
+        if uid is None:
+            continue
+        usage, rank = num(e.get("usage_gpu_h")), e.get("rank")
+        out.append({"uid": uid, "user": user_name(uid, e.get("user")),
+                    "gpus": _uid(e.get("gpus")) or 0,
+                    "usage_gpu_h": usage if usage is not None and usage >= 0 else None,
+                    "rank": rank if _id(rank) else None, "max_gpus": _uid(e.get("max_gpus")),
+                    "max_cpus": _uid(e.get("max_cpus")), "admin": e.get("admin") is True})
+    return out
+
+
+def merged_shares(live: list[dict]) -> list[dict]:
+    """One row per user over the live hosts, next in line first: GPUs held
+    summed; usage, caps and admin from the first host that lists the user
+    (every host computes them from the same records and policy); ranks
+    follow usage, as each daemon ranks (None when fair share is off)."""
+    merged: dict[int, dict] = {}
+    for h in live:
+        for e in published_shares(h["beat"]):
+            if e["uid"] in merged:
+                merged[e["uid"]]["gpus"] += e["gpus"]
+            else:
+                merged[e["uid"]] = e
+    rows = sorted(merged.values(), key=lambda e: (
+        e["usage_gpu_h"] or 0.0, e["rank"] or math.inf, e["uid"]))
+    ranked = any(e["rank"] is not None for e in rows)
+    for n, e in enumerate(rows, 1):
+        e["rank"] = n if ranked else None
+    return rows
+
+
+def limits_of(shares: list[dict]) -> dict[int, Limit]:
+    """The scheduler's per-user caps (``Resources.limits``) from published shares."""
+    return {e["uid"]: Limit(e["user"], e["max_gpus"], e["max_cpus"]) for e in shares
+            if e["max_gpus"] is not None or e["max_cpus"] is not None}
+
+
+class Queue:
+    """The daemon's queue order as a reader can know it: effective priorities
+    (``fairshare.effective_priority``, in a shared spool) and, when its
+    heartbeat ranks users, fair-share keys (``fairshare.queue_keys``) from the
+    published usage, exactly as ``pending.Pending.fair_order`` keys them."""
+
+    def __init__(self, sp: Spool, shares: list[dict]):
+        try:
+            self.shared = sp.shared()
+        except OSError:
+            self.shared = False
+        self.shares = shares
+        self.admins = {e["uid"] for e in shares if e["admin"]}
+        self.overrides: dict[int, int] = {}
+        if self.shared:
+            try:  # root's overrides, read by the daemon's own reader
+                self.overrides = Shares(sp, Options(spool=sp.root), True).overrides()
+            except OSError:  # state/priority/ not readable by this user
+                pass
+
+    def priority(self, asked: int, owner: int, job_id: int) -> int:
+        return effective_priority(asked, owner, self.shared,
+                                  self.shared and owner in self.admins,
+                                  self.overrides.get(job_id), jobmod.DEFAULT_PRIORITY)
+
+    def keys(self, jobs: list[tuple[int, int, int]], shares: list[dict] | None = None) -> dict:
+        """Sort keys for (effective priority, owner, id); ``shares``: one
+        host's (default: every live host's)."""
+        shares = self.shares if shares is None else shares
+        if not (self.shared and any(e["rank"] is not None for e in shares)):
+            return {job_id: (prio, job_id) for prio, _, job_id in jobs}
+        usage = {e["uid"]: (e["usage_gpu_h"] or 0.0) * 3600 for e in shares}
+        return queue_keys(sorted(jobs), usage)
 
 
 # ---- the table ----------------------------------------------------------------------------
@@ -252,6 +367,40 @@ def _gpu_line(g: dict, multi: bool, c: Color) -> str:
             f"{_bar(mu / mt if mt and mu is not None else None)} {mem:>11}  {state}")
 
 
+def _gibs(mib) -> str:
+    return f"{mib / 1024:.1f}G"
+
+
+def _gpu_mem(r: dict) -> str:
+    """GPU memory its processes use now, over its slice if it booked one: '3.1/4.0G'."""
+    used, booked = r.get("gpu_mem_used"), r.get("gpu_mem")
+    if not booked:
+        return "-" if used is None else _gibs(used)
+    return ("-" if used is None else f"{used / 1024:.1f}") + "/" + _gibs(booked)
+
+
+def _prio(p: dict) -> str:
+    """The priority it is scheduled at, and the file name's when that differs."""
+    eff, asked = p.get("effective_priority", p["priority"]), p["priority"]
+    return str(asked) if eff == asked else f"{eff} ({asked:04d} asked)"
+
+
+def _hours(h) -> str:
+    return "-" if h is None else f"{h:.1f}"
+
+
+def _share_name(name: str) -> str:
+    """A share row starts with a user name; a bare uid (no passwd entry) gets a
+    prefix, so that ``awk '$1==7'`` still finds only job 7."""
+    return f"uid:{name}" if name.isdigit() else name
+
+
+def _cap(e: dict) -> str:
+    caps = [f"{e[k]} {unit}" for k, unit in (("max_gpus", "GPUs"), ("max_cpus", "CPUs"))
+            if e.get(k) is not None]
+    return (", ".join(caps) or "none") + ("; admin" if e.get("admin") else "")
+
+
 def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> str:
     c = color or Color(False)
     lines = []
@@ -267,22 +416,28 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
     lines += [_gpu_line(g, multi, c) for g in snap["gpus"]]
     if snap["gpus"]:
         lines.append("")
-    rows = [["ID", "NAME", "USER", "GPUS", "ELAPSED", "LIMIT", "COMMAND"]]
+    rows = [["ID", "NAME", "USER", "GPUS", "GPUMEM", "ELAPSED", "LIMIT", "COMMAND"]]
     for r in snap["running"]:
         gp = ",".join(map(str, r["assigned_gpus"])) or "-"
         command = "(private)" if r.get("private") else r["command"]
-        rows.append([r["id"], r["name"][:20], r["user"][:12], gp, fmt_duration(r["elapsed"]),
-                     fmt_duration(r["time_limit"]),
+        rows.append([r["id"], r["name"][:20], r["user"][:12], gp, _gpu_mem(r),
+                     fmt_duration(r["elapsed"]), fmt_duration(r["time_limit"]),
                      ("[killing] " if r["killing"] else "") + command])
     lines.append(c("1", f"# running: {len(snap['running'])}"))
     lines += table(rows, width) if len(rows) > 1 else []
     rows = [["ID", "PRIO", "NAME", "USER", "GPUS", "WAIT", "REASON"]]
     for p in snap["pending"]:
         gp = f"{p['gpu_mem']}M" if p.get("gpu_mem") else str(p["gpus"])
-        rows.append([p["id"], p["priority"], (p["name"] or "")[:20], (p["user"] or "")[:12], gp,
+        rows.append([p["id"], _prio(p), (p["name"] or "")[:20], (p["user"] or "")[:12], gp,
                      fmt_duration(p.get("wait")), p["reason"]])
     lines.append(c("1", f"# pending: {len(snap['pending'])}"))
     lines += table(rows, width) if len(rows) > 1 else []
+    if snap.get("shares"):
+        lines.append(c("1", "# shares (USAGE: GPU-hours, decayed; RANK 1 goes next within a "
+                            "priority)"))
+        lines += table([["USER", "GPUS", "USAGE", "RANK", "CAP"]] + [
+            [_share_name(e["user"]), e["gpus"], _hours(e["usage_gpu_h"]),
+             "-" if e["rank"] is None else e["rank"], _cap(e)] for e in snap["shares"]], width)
     if snap.get("enforced"):
         lines.append("# enforced: " + "; ".join(f"{esc(k)}: {esc(v)}"
                                                  for k, v in snap["enforced"].items()))

@@ -146,7 +146,6 @@ def test_a_second_user_is_not_stuck_behind_a_sweep(lab):
 
 
 @ROOT_ONLY
-@pytest.mark.xfail(strict=True, reason="gstat does not read the caps from the heartbeat yet")
 def test_max_gpus_per_user_caps_one_user_and_gstat_says_why(lab):
     """Done-when 2: with --max-gpus-per-user 2, alice never holds more than 2."""
     lb = lab("--max-gpus-per-user", "2")

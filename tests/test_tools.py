@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import fake_gpu_list, wait_for
+from test_multiuser import USERS, users  # noqa: F401 - users: a fixture
 
+from spoold import ghist as ghist_mod
+from spoold import gstat as gstat_mod
 from spoold import job as jobmod
 from spoold import spool as spoolmod
 from spoold import tools
@@ -229,9 +234,14 @@ def _snap():
                       "error": "N/A"}],
             "running": [{"id": 7, "name": "train", "user": "alice", "assigned_gpus": [0],
                          "elapsed": 3725, "time_limit": 7200, "command": "python train.py",
-                         "killing": None}],
-            "pending": [{"id": 8, "priority": 10, "name": "eval", "user": "bob", "gpus": 2,
-                         "wait": 61, "reason": "GPUs busy (0 of 2 free)"}]}
+                         "killing": None, "gpu_mem": 4096, "gpu_mem_used": 3174}],
+            "pending": [{"id": 8, "priority": 0, "effective_priority": 10, "name": "eval",
+                         "user": "bob", "gpus": 2, "wait": 61,
+                         "reason": "GPUs busy (0 of 2 free)"}],
+            "shares": [{"user": "bob", "gpus": 0, "usage_gpu_h": 0.25, "rank": 1,
+                        "max_gpus": 2, "max_cpus": 8, "admin": False},
+                       {"user": "alice", "gpus": 1, "usage_gpu_h": 12.345, "rank": 2,
+                        "max_gpus": None, "max_cpus": None, "admin": True}]}
 
 
 def test_gstat_renders_at_fixed_width():
@@ -241,11 +251,15 @@ def test_gstat_renders_at_fixed_width():
         "GPU1  [??????????]   ?% [??????????]        ?/?G  reading failed: N/A\n"
         "\n"
         "# running: 1\n"
-        "ID  NAME   USER   GPUS  ELAPSED  LIMIT  COMMAND\n"
-        "7   train  alice  0     1h02m    2h00m  python train.py\n"
+        "ID  NAME   USER   GPUS  GPUMEM    ELAPSED  LIMIT  COMMAND\n"
+        "7   train  alice  0     3.1/4.0G  1h02m    2h00m  python train.py\n"
         "# pending: 1\n"
-        "ID  PRIO  NAME  USER  GPUS  WAIT   REASON\n"
-        "8   10    eval  bob   2     1m01s  GPUs busy (0 of 2 free)\n")
+        "ID  PRIO             NAME  USER  GPUS  WAIT   REASON\n"
+        "8   10 (0000 asked)  eval  bob   2     1m01s  GPUs busy (0 of 2 free)\n"
+        "# shares (USAGE: GPU-hours, decayed; RANK 1 goes next within a priority)\n"
+        "USER   GPUS  USAGE  RANK  CAP\n"
+        "bob    0     0.2    1     2 GPUs, 8 CPUs\n"
+        "alice  1     12.3   2     none; admin\n")
     assert all(len(line) <= 40 for line in tools.render_gstat(_snap(), width=40).splitlines())
 
 
@@ -266,18 +280,22 @@ def test_timeline_renders_at_fixed_width():
 
 JSON_SCHEMA_KEYS = {
     "top": {"spool", "time", "host", "daemon", "hosts", "paused", "gpus", "running", "pending",
-            "limits", "enforced"},
+            "shares", "limits", "enforced"},
     "host": {"host", "alive", "pid", "heartbeat_age", "lost", "draining"},
     "gpu": {"index", "uuid", "name", "memory_total", "memory_used", "utilization", "error",
-            "busy", "jobs", "host"},
+            "busy", "jobs", "host", "processes"},
     "running": {"id", "name", "user", "gpus", "assigned_gpus", "gpu_mem", "cpus",
                 "assigned_cpus", "mem", "priority", "host", "pid", "started_at", "elapsed",
-                "time_limit", "command", "killing", "private"},
+                "time_limit", "command", "killing", "private", "gpu_mem_used"},
     "pending": {"id", "name", "user", "gpus", "gpu_mem", "cpus", "mem", "priority",
-                "submitted_at", "wait", "time_limit", "after", "held", "command", "reason",
-                "private"},
-    "ghist": {"id", "state", "exit_code", "name", "user", "gpus", "assigned_gpus", "host",
-              "submitted_at", "started_at", "ended_at", "elapsed", "reason", "command"},
+                "effective_priority", "submitted_at", "wait", "time_limit", "after", "held",
+                "command", "reason", "private"},
+    "share": {"uid", "user", "gpus", "usage_gpu_h", "rank", "max_gpus", "max_cpus", "admin"},
+    "ghist": {"id", "state", "outcome", "exit_code", "name", "user", "gpus", "assigned_gpus",
+              "mem", "gpu_mem", "usage", "host", "submitted_at", "started_at", "ended_at",
+              "elapsed", "reason", "command"},
+    "usage": set(ghist_mod.USAGE_KEYS),
+    "users": {"user", "jobs", "gpu_hours", "failed", "cancelled", "mean_wait"},
 }
 
 
@@ -288,7 +306,7 @@ def test_json_matches_documented_schema(spool, daemon, tmp_path):
     wait_for(lambda: spool.where(r) == "running" and spool.record(r).get("pid"))
     snap = json.loads(spool.run("gstat", "--json").stdout)
     assert set(snap) == JSON_SCHEMA_KEYS["top"]
-    assert snap["enforced"]["mem"].startswith("booked only")
+    assert snap["enforced"]["mem"]  # how --mem is enforced here (it depends on the machine)
     assert all(set(g) == JSON_SCHEMA_KEYS["gpu"] for g in snap["gpus"])
     assert all(set(h) == JSON_SCHEMA_KEYS["host"] for h in snap["hosts"])
     assert set(snap["running"][0]) == JSON_SCHEMA_KEYS["running"]
@@ -297,6 +315,12 @@ def test_json_matches_documented_schema(spool, daemon, tmp_path):
     spool.wait_state(r, "done")
     hist = json.loads(spool.run("ghist", "--json").stdout)
     assert set(hist[0]) == JSON_SCHEMA_KEYS["ghist"]
+    assert set(hist[0]["usage"]) <= JSON_SCHEMA_KEYS["usage"]
+    summary = json.loads(spool.run("ghist", "--users", "--json").stdout)
+    assert set(summary[0]) == JSON_SCHEMA_KEYS["users"] and summary[0]["jobs"] >= 1
+
+
+def test_json_doc_names_every_field():
     doc = (Path(__file__).parent.parent / "docs" / "json.md").read_text()
     for keys in JSON_SCHEMA_KEYS.values():
         for k in keys:
@@ -337,3 +361,175 @@ def test_gstat_width_is_respected_with_real_data(spool, daemon, width):
     text = tools.render_gstat(tools.snapshot(tools.Spool(spool.root)), width=width)
     assert all(len(line) <= width for line in text.splitlines())
     assert "held (grelease" in text
+
+
+ALICE, BOB = USERS
+
+
+# ---- fair share in gstat (issue 16), from a heartbeat written by hand ----------------------
+
+ROOT_USERS = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("useradd", path="/usr/sbin:/sbin:/usr/bin:/bin"),
+    reason="needs root (files owned by throwaway users)")
+
+
+def _shared_spool(tmp_path: Path, accounts: dict, running: dict, beat: dict):
+    """A shared spool with no daemon, but its host lock held (by this process,
+    until it exits) as a live daemon holds it: root's running records ``{id:
+    (owner, gpus)}``, and a fresh heartbeat of 4 GPUs of host box plus ``beat``."""
+    import fcntl
+
+    sp = spoolmod.Spool(tmp_path / "spool")
+    sp.create(shared=True)
+    fd = os.open(sp.host_lock("box"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"1")
+    for job_id, (who, gpus) in running.items():
+        sp.record("running", job_id).write_bytes(jobmod.dump(
+            {"id": job_id, "uid": accounts[who].pw_uid, "cmd": "train", "assigned_gpus": gpus,
+             "host": "box", "started_at": NOW - 60}))
+    sp.host_file("box").write_bytes(jobmod.dump(
+        {"host": "box", "time": time.time(), "pid": 1, "host_timeout": 60, "cpus": 8,
+         "mem": 64000, "limit": 4, "gpus": [{"index": i, "busy": None, "memory_total": 16000,
+                                             "memory_used": 0} for i in range(4)], **beat}))
+    return sp
+
+
+def _pending(sp, owner, name: str, **fields) -> None:
+    path = sp.pending / name
+    path.write_bytes(jobmod.dump({"cmd": "true", "gpus": 1, **fields}))
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+
+
+def _share(accounts, who: str, gpus: int, usage: float, rank: int | None, **kw) -> dict:
+    return {"uid": accounts[who].pw_uid, "user": who, "gpus": gpus, "usage_gpu_h": usage,
+            "rank": rank, "max_gpus": 2, "max_cpus": None, "admin": False, **kw}
+
+
+@ROOT_USERS
+def test_gstat_waits_orders_and_prioritises_as_the_daemon_does(tmp_path, users):  # noqa: F811
+    """From the heartbeat's shares: alice's capped jobs say why; fair share puts
+    bob (less usage) ahead of alice within a priority; alice's rename to 0000
+    counts as the default; root's override in state/priority/ raises bob's job;
+    the shares table and its JSON; a running job's GPU memory from jobs:."""
+    alice, bob = (users[n] for n in USERS)
+    sp = _shared_spool(tmp_path, users, {1: (ALICE, [0]), 2: (ALICE, [1])}, {
+        "jobs": [{"id": 1, "uid": alice.pw_uid, "gpus": [0], "gpu_mem_mib": 5120},
+                 {"id": 2, "uid": alice.pw_uid, "gpus": [1]}],
+        "shares": [_share(users, BOB, 0, 0.5, 1), _share(users, ALICE, 2, 5.0, 2)]})
+    _pending(sp, alice, "0000-00000003.yaml")
+    _pending(sp, alice, "0010-00000004.yaml")
+    _pending(sp, bob, "0010-00000005.yaml")
+    _pending(sp, bob, "0010-00000006.yaml")
+    (sp.state / "priority").mkdir(exist_ok=True)
+    (sp.state / "priority" / "6").write_text("1\n")
+    snap = tools.snapshot(sp, now=NOW)
+    pend = {p["id"]: p for p in snap["pending"]}
+    assert [p["id"] for p in snap["pending"]] == [6, 5, 3, 4]
+    assert [(pend[j]["priority"], pend[j]["effective_priority"]) for j in (6, 5, 3, 4)] == [
+        (10, 1), (10, 10), (0, 10), (10, 10)]
+    assert pend[6]["reason"] == pend[5]["reason"] == "starting"
+    for j in (3, 4):
+        assert pend[j]["reason"].startswith(f"{ALICE} holds 2 of 2 GPUs allowed per user")
+    assert [(s["user"], s["gpus"], s["usage_gpu_h"], s["rank"], s["max_gpus"])
+            for s in snap["shares"]] == [(BOB, 0, 0.5, 1, 2), (ALICE, 2, 5.0, 2, 2)]
+    assert all(set(s) == JSON_SCHEMA_KEYS["share"] for s in snap["shares"])
+    assert {r["id"]: r["gpu_mem_used"] for r in snap["running"]} == {1: 5120, 2: None}
+    text = tools.render_gstat(snap, 10_000)
+    assert "10 (0000 asked)" in text and "1 (0010 asked)" in text
+    assert "# shares" in text and f"{ALICE}  2     5.0    2     2 GPUs" in text, text
+    assert "5.0G" in text.split("# pending")[0]
+    # Fair share off (ranks None): the file order within a priority, caps still hold.
+    beat = yaml.safe_load(sp.host_file("box").read_text())
+    beat["shares"] = [dict(s, rank=None) for s in beat["shares"]]
+    sp.host_file("box").write_bytes(jobmod.dump(beat))
+    snap = tools.snapshot(sp, now=NOW)
+    assert [p["id"] for p in snap["pending"]] == [6, 3, 4, 5]
+    assert "RANK" in tools.render_gstat(snap) and snap["shares"][0]["rank"] is None
+
+
+def test_shares_of_several_hosts_add_up_and_rank_by_usage():
+    def host(*shares):
+        return {"beat": {"shares": [{"uid": u, "user": n, "gpus": g, "usage_gpu_h": h,
+                                     "rank": 1} for u, n, g, h in shares]}}
+    rows = gstat_mod.merged_shares([host((4_000_005, "a", 2, 3.0), (4_000_006, "b", 0, 1.0)),
+                                    host((4_000_005, "a", 1, 3.0), (4_000_007, "c", 1, 0.0))])
+    assert [(r["user"], r["gpus"], r["rank"]) for r in rows] == [
+        ("c", 1, 1), ("b", 0, 2), ("a", 3, 3)]
+    assert gstat_mod.limits_of(rows) == {}
+
+
+# ---- ghist: outcome, usage (issue 14) and the per-user summary (issue 16) -------------------
+
+def _finished(sp, state: str, job_id: int, **fields) -> None:
+    sp.record(state, job_id).write_bytes(jobmod.dump({"id": job_id, "cmd": "true", **fields}))
+
+
+def _ghist(sp, capsys, *args: str) -> str:
+    from spoold import ghist
+
+    assert ghist.main(["--spool", str(sp.root), *args]) == 0
+    return capsys.readouterr().out
+
+
+def _ran(start: float, hours: float, gpus: list[int], waited: float = 0.0) -> dict:
+    return {"submitted_at": start - waited, "started_at": start,
+            "ended_at": start + hours * 3600, "assigned_gpus": gpus}
+
+
+def test_ghist_shows_outcome_and_usage_and_absent_figures_stay_absent(tmp_path, capsys):
+    sp = spoolmod.Spool(tmp_path / "spool")
+    sp.create()
+    t = time.time() - 7200
+    _finished(sp, "done", 1, outcome="completed", mem=600, **_ran(t, 0.1, [0]),
+              usage={"cpu_s": 1.25, "max_rss_mib": 312.4, "gpu_mem_peak_mib": 5000,
+                     "gpu_util_mean": 41.6})
+    _finished(sp, "failed", 2, outcome="out_of_memory", gpu_mem=4096, exit_code=137,
+              reason="out of GPU memory", usage={"cpu_s": 90, "gpu_mem_peak_mib": 8000,
+                                                 "max_rss_mib": float("nan"), "bogus": 1},
+              **_ran(t, 0.2, [1]))
+    _finished(sp, "failed", 3, outcome="timeout", exit_code=143, reason="time limit",
+              **_ran(t, 0.3, [2]))
+    _finished(sp, "done", 4, **_ran(t, 0.4, [3]))  # an older daemon: no outcome, no usage
+    rows = {r["id"]: r for r in json.loads(_ghist(sp, capsys, "-f", "--json"))}
+    assert rows[1]["outcome"] == "completed" and rows[1]["usage"] == {
+        "cpu_s": 1.25, "max_rss_mib": 312.4, "gpu_mem_peak_mib": 5000, "gpu_util_mean": 41.6}
+    assert rows[2]["usage"] == {"cpu_s": 90, "gpu_mem_peak_mib": 8000}  # NaN, unknown: absent
+    assert rows[4]["outcome"] is None and rows[4]["usage"] == {}
+    table = {line.split()[0]: line.split() for line in _ghist(sp, capsys, "-f").splitlines()}
+    assert [table[str(j)][1] for j in (1, 2, 3, 4)] == [
+        "COMPLETED", "OUT_OF_MEMORY", "TIMEOUT", "done"]
+    assert "CPU" not in table["ID"]
+    long = {line.split()[0]: line.split() for line in _ghist(sp, capsys, "-f", "-l").splitlines()}
+    cols = long["ID"]
+    cells = {j: dict(zip(cols, long[str(j)], strict=False)) for j in (1, 2, 4)}
+    assert [cells[1][c] for c in ("CPU", "MAXRSS", "GPUMEM", "GPUUTIL")] == [
+        "1.2s", "312M/600M", "4.9G", "42%"]
+    assert [cells[2][c] for c in ("CPU", "MAXRSS", "GPUMEM", "GPUUTIL")] == [
+        "1m30s", "-", "7.8G/4.0G", "-"]
+    assert [cells[4][c] for c in ("CPU", "MAXRSS", "GPUMEM", "GPUUTIL")] == ["-"] * 4
+
+
+def test_ghist_users_sums_a_period_per_user(tmp_path, capsys):
+    """GPU-hours are elapsed x GPUs held; FAILED counts failed/ (every outcome
+    but completed and cancelled), CANCELLED apart; the mean wait is over the
+    jobs that started; --since keeps the jobs that ended since."""
+    sp = spoolmod.Spool(tmp_path / "spool")
+    sp.create()
+    now = time.time()
+    me = pwd.getpwuid(os.getuid()).pw_name
+    _finished(sp, "done", 1, **_ran(now - 3 * 3600, 1.0, [0, 1], waited=60))   # 2 GPU-h
+    _finished(sp, "failed", 2, outcome="timeout", **_ran(now - 3600, 0.5, [2], waited=180))
+    _finished(sp, "cancelled", 3, submitted_at=now - 600, ended_at=now - 300)  # never ran
+    _finished(sp, "done", 4, **_ran(now - 30 * 86400, 10.0, [0]))  # a month ago
+    (u,) = json.loads(_ghist(sp, capsys, "--users", "--since", "1d", "--json"))
+    assert u == {"user": me, "jobs": 3, "gpu_hours": pytest.approx(2.5), "failed": 1,
+                 "cancelled": 1, "mean_wait": pytest.approx(120)}
+    (u,) = json.loads(_ghist(sp, capsys, "--users", "--json"))
+    assert (u["jobs"], u["gpu_hours"]) == (4, pytest.approx(12.5))
+    assert set(u) == JSON_SCHEMA_KEYS["users"]
+    text = _ghist(sp, capsys, "--users", "--since", "1d").splitlines()
+    assert text[0].split() == ["USER", "JOBS", "GPU-HOURS", "FAILED", "CANCELLED", "MEAN-WAIT"]
+    assert text[1].split() == [me, "3", "2.50", "1", "1", "2m00s"]
+    assert text[2].startswith("# 1 user(s), 3 job(s), 2.50 GPU-hours, ended since ")
+    assert json.loads(_ghist(sp, capsys, "--users", "-u", "nobody-here", "--json")) == []
