@@ -41,6 +41,7 @@ from .toolbase import (
     command_text,
     esc,
     hosts_view,
+    ints,
     json_text,
     num,
     open_spool,
@@ -140,11 +141,6 @@ def _mib(v) -> int | float | None:
     return v if v is not None and v >= 0 else None
 
 
-def _ints(v) -> list[int]:
-    return [x for x in v if isinstance(x, int) and not isinstance(x, bool)] if isinstance(
-        v, list) else []
-
-
 def _elapsed(started, now: float) -> float | None:
     return now - started if started else None
 
@@ -154,9 +150,9 @@ def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
     return {
         "id": job_id, "name": str(rec.get("name") or ""), "user": user_name(uid, rec.get("user")),
         "gpus": rec.get("gpus", jobmod.DEFAULT_GPUS),
-        "assigned_gpus": _ints(rec.get("assigned_gpus")),
+        "assigned_gpus": ints(rec.get("assigned_gpus")),
         "gpu_mem": rec.get("gpu_mem"), "cpus": rec.get("cpus") or 0,
-        "assigned_cpus": _ints(rec.get("assigned_cpus")), "mem": rec.get("mem") or 0,
+        "assigned_cpus": ints(rec.get("assigned_cpus")), "mem": rec.get("mem") or 0,
         "priority": rec.get("priority", jobmod.DEFAULT_PRIORITY), "host": rec.get("host"),
         "pid": rec.get("pid"), "started_at": started, "elapsed": _elapsed(started, now),
         "time_limit": num(rec.get("time_limit")), "command": command_text(rec),
@@ -166,7 +162,7 @@ def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
 
 def _private_row(job_id: int, host: str | None, e: dict, now: float) -> dict:
     """Another user's running job, from its host's heartbeat (empty: an older daemon)."""
-    gpus, cpus, started = _ints(e.get("gpus")), _ints(e.get("cpus")), num(e.get("started_at"))
+    gpus, cpus, started = ints(e.get("gpus")), ints(e.get("cpus")), num(e.get("started_at"))
     uid = _uid(e.get("uid"))
     return {
         "id": job_id, "name": str(e.get("name") or ""),

@@ -80,6 +80,12 @@ def num(value) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
+def ints(value) -> list[int]:
+    """The whole numbers of an untrusted list (no bools), [] if it is not a list."""
+    return [x for x in value if isinstance(x, int) and not isinstance(x, bool)] if isinstance(
+        value, list) else []
+
+
 def json_text(data) -> str:
     """The --json output: valid JSON always (null for non-finite numbers)."""
     return json.dumps(finite(data), indent=1, allow_nan=False, default=str) + "\n"

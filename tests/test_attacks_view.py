@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -68,14 +69,18 @@ def test_tables_escape_user_text_in_every_field():
         "running": [{"id": 7, "name": EVIL, "user": EVIL, "assigned_gpus": [0],
                      "elapsed": 5, "time_limit": None, "command": EVIL, "killing": EVIL}],
         "pending": [{"id": 8, "priority": 10, "name": EVIL, "user": EVIL, "gpus": 1,
-                     "wait": 1, "reason": EVIL}]}
-    rows = [{"id": 5, "state": "failed", "exit_code": 1, "name": EVIL, "user": EVIL,
-             "assigned_gpus": [0], "ended_at": NOW, "started_at": NOW - 60, "elapsed": 60,
-             "reason": EVIL, "command": EVIL},
+                     "wait": 1, "reason": EVIL}],
+        "shares": [{"user": EVIL, "gpus": 1, "usage_gpu_h": 1.0, "rank": 1, "max_gpus": None,
+                    "max_cpus": None, "admin": False}]}
+    rows = [{"id": 5, "state": "failed", "outcome": EVIL, "exit_code": 1, "name": EVIL,
+             "user": EVIL, "assigned_gpus": [0], "submitted_at": NOW - 90, "ended_at": NOW,
+             "started_at": NOW - 60, "elapsed": 60, "reason": EVIL, "command": EVIL},
             {"id": 6, "state": "done", "exit_code": 0, "name": EVIL, "user": EVIL,
-             "assigned_gpus": [0], "ended_at": NOW, "started_at": NOW - 60, "elapsed": 60,
-             "reason": None, "command": EVIL}]
+             "assigned_gpus": [0], "submitted_at": None, "ended_at": NOW,
+             "started_at": NOW - 60, "elapsed": 60, "reason": None, "command": EVIL}]
     for text in (gstat.render_gstat(evil_snap, 10_000), ghist.render_ghist(rows, 10_000),
+                 ghist.render_ghist(rows, 10_000, long=True),
+                 ghist.render_users(ghist.users_summary(rows), NOW, 10_000),
                  ghist.render_timeline(rows, [0], NOW, 1, 200)):
         assert not controls(text), text
         assert "\\x1b]0;pwned\\x07" in text
@@ -117,6 +122,36 @@ def test_json_is_strict_when_records_hold_nan_or_infinity(spool):
     assert hist[0]["ended_at"] is None and hist[0]["started_at"] is None
     for args in (["gstat"], ["ghist"], ["ghist", "--timeline"]):
         assert spool.run(*args).returncode == 0
+
+
+def test_hostile_shares_usage_and_outcomes_are_checked_and_json_stays_strict(spool):
+    """A heartbeat's shares: and a record's usage:/outcome: are read as the
+    untrusted text they are: wrong types are dropped, never shown as numbers,
+    never make a user an admin, and never break strict JSON."""
+    root = spool.root
+    beat = {"host": "box", "time": time.time(), "pid": 1, "gpus": [],
+            "jobs": [{"id": 1, "gpus": [], "gpu_mem_mib": float("inf")}],
+            "shares": [{"uid": True, "user": "bool-uid"}, {"uid": -1, "user": "negative"},
+                       {"uid": "7", "user": "text-uid"}, "not a mapping",
+                       {"uid": 4_000_001, "user": EVIL, "gpus": -3, "usage_gpu_h": float("nan"),
+                        "rank": True, "max_gpus": "2", "max_cpus": 1.5, "admin": "yes"}]}
+    (root / "state" / "hosts" / "box.yaml").write_text(yaml.safe_dump(beat))
+    (root / "running" / "1.yaml").write_text("id: 1\nargv: [true]\nstarted_at: 1.0\n")
+    (root / "done" / "2.yaml").write_text(
+        "id: 2\nargv: [true]\noutcome: [completed]\nassigned_gpus: [0, x, true]\n"
+        "usage: {cpu_s: .inf, max_rss_mib: -5, gpu_mem_peak_mib: '9', gpu_util_mean: 50}\n")
+    (root / "done" / "3.yaml").write_text("id: 3\nargv: [true]\nusage: [1, 2]\n")
+    snap = strict_json(spool.run("gstat", "--json").stdout)
+    assert snap["shares"] == [{"uid": 4_000_001, "user": EVIL, "gpus": 0, "usage_gpu_h": None,
+                               "rank": None, "max_gpus": None, "max_cpus": None,
+                               "admin": False}]
+    assert snap["running"][0]["gpu_mem_used"] is None
+    hist = {r["id"]: r for r in strict_json(spool.run("ghist", "--json").stdout)}
+    assert hist[2]["outcome"] is None and hist[2]["usage"] == {"gpu_util_mean": 50}
+    assert hist[2]["assigned_gpus"] == [0] and hist[3]["usage"] == {}
+    for args in (["gstat"], ["ghist", "-l"], ["ghist", "--users"]):
+        text = spool.run(*args).stdout.decode()
+        assert not controls(text.replace("\n", "")), (args, text)
 
 
 # ---- A6: names from uids ------------------------------------------------------------------
@@ -278,6 +313,33 @@ def test_other_users_see_a_running_job_and_its_gpus_but_not_its_private_fields(l
     assert held == sorted(row["assigned_gpus"])
     go.touch()
     sp.wait_state(j, "done")
+
+
+@MULTIUSER
+def test_another_users_view_shows_effective_priorities_and_shares(lab, user_py):
+    """Issue 16 as bob sees it: alice's file renamed to 0000 shows at the default
+    priority (from its owner and name alone: bob cannot read it), and the
+    heartbeat's shares list both users."""
+    sp, base, _ = lab
+    a = gsub_as(base, ALICE, "-n", "1", "--hold", "--", "true")
+    b = gsub_as(base, BOB, "-n", "1", "--hold", "--", "true")
+    as_user(ALICE, "mv", f"{sp.root}/pending/0010-{a:08d}.yaml",
+            f"{sp.root}/pending/0000-{a:08d}.yaml")
+
+    def bobs_view():
+        p = tool_as(user_py, BOB, "gstat", "--spool", str(sp.root), "--json")
+        assert p.returncode == 0, p.stderr
+        snap = strict_json(p.stdout)
+        return {s["user"] for s in snap["shares"]} >= {ALICE, BOB} and snap
+
+    snap = wait_for(bobs_view, what="the daemon to publish both users' shares")
+    rows = {r["id"]: r for r in snap["pending"]}
+    assert rows[a]["private"] and (rows[a]["priority"], rows[a]["effective_priority"]) == (0, 10)
+    assert (rows[b]["priority"], rows[b]["effective_priority"]) == (10, 10)
+    assert all(s["rank"] for s in snap["shares"])  # fair share is on by default
+    text = tool_as(user_py, BOB, "gstat", "--spool", str(sp.root)).stdout.decode()
+    assert re.search(rf"^{a}\s+10 \(0000 asked\)", text, re.M) and "# shares" in text, text
+    sp.run("gcancel", str(a), str(b))
 
 
 # ---- A5: glog and -o ------------------------------------------------------------------------

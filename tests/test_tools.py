@@ -410,7 +410,8 @@ def _share(accounts, who: str, gpus: int, usage: float, rank: int | None, **kw) 
 def test_gstat_waits_orders_and_prioritises_as_the_daemon_does(tmp_path, users):  # noqa: F811
     """From the heartbeat's shares: alice's capped jobs say why; fair share puts
     bob (less usage) ahead of alice within a priority; alice's rename to 0000
-    counts as the default; root's override in state/priority/ raises bob's job;
+    counts as the default; root's override in state/priority/ raises bob's job
+    (alice's own file there counts for nothing);
     the shares table and its JSON; a running job's GPU memory from jobs:."""
     alice, bob = (users[n] for n in USERS)
     sp = _shared_spool(tmp_path, users, {1: (ALICE, [0]), 2: (ALICE, [1])}, {
@@ -423,6 +424,8 @@ def test_gstat_waits_orders_and_prioritises_as_the_daemon_does(tmp_path, users):
     _pending(sp, bob, "0010-00000006.yaml")
     (sp.state / "priority").mkdir(exist_ok=True)
     (sp.state / "priority" / "6").write_text("1\n")
+    (sp.state / "priority" / "4").write_text("0\n")  # not root's: ignored, as the daemon does
+    os.chown(sp.state / "priority" / "4", alice.pw_uid, alice.pw_gid)
     snap = tools.snapshot(sp, now=NOW)
     pend = {p["id"]: p for p in snap["pending"]}
     assert [p["id"] for p in snap["pending"]] == [6, 5, 3, 4]
@@ -472,6 +475,18 @@ def _ghist(sp, capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
+def _columns(text: str) -> dict[str, dict[str, str]]:
+    """A table by row id and column name, cut where each header word starts
+    (cells may hold spaces: a date, an empty name)."""
+    head, *lines = text.splitlines()
+    starts = [i for i, c in enumerate(head) if c != " " and (i == 0 or head[i - 1] == " ")]
+    ends = [*starts[1:], None]
+
+    def cut(line: str) -> list[str]:
+        return [line[a:b].strip() for a, b in zip(starts, ends, strict=True)]
+    return {cut(line)[0]: dict(zip(head.split(), cut(line), strict=True)) for line in lines}
+
+
 def _ran(start: float, hours: float, gpus: list[int], waited: float = 0.0) -> dict:
     return {"submitted_at": start - waited, "started_at": start,
             "ended_at": start + hours * 3600, "assigned_gpus": gpus}
@@ -496,13 +511,11 @@ def test_ghist_shows_outcome_and_usage_and_absent_figures_stay_absent(tmp_path, 
         "cpu_s": 1.25, "max_rss_mib": 312.4, "gpu_mem_peak_mib": 5000, "gpu_util_mean": 41.6}
     assert rows[2]["usage"] == {"cpu_s": 90, "gpu_mem_peak_mib": 8000}  # NaN, unknown: absent
     assert rows[4]["outcome"] is None and rows[4]["usage"] == {}
-    table = {line.split()[0]: line.split() for line in _ghist(sp, capsys, "-f").splitlines()}
-    assert [table[str(j)][1] for j in (1, 2, 3, 4)] == [
+    table = _columns(_ghist(sp, capsys, "-f"))
+    assert [table[str(j)]["STATE"] for j in (1, 2, 3, 4)] == [
         "COMPLETED", "OUT_OF_MEMORY", "TIMEOUT", "done"]
-    assert "CPU" not in table["ID"]
-    long = {line.split()[0]: line.split() for line in _ghist(sp, capsys, "-f", "-l").splitlines()}
-    cols = long["ID"]
-    cells = {j: dict(zip(cols, long[str(j)], strict=False)) for j in (1, 2, 4)}
+    assert "CPU" not in table["1"]
+    cells = {j: _columns(_ghist(sp, capsys, "-f", "-l"))[str(j)] for j in (1, 2, 4)}
     assert [cells[1][c] for c in ("CPU", "MAXRSS", "GPUMEM", "GPUUTIL")] == [
         "1.2s", "312M/600M", "4.9G", "42%"]
     assert [cells[2][c] for c in ("CPU", "MAXRSS", "GPUMEM", "GPUUTIL")] == [
@@ -533,3 +546,32 @@ def test_ghist_users_sums_a_period_per_user(tmp_path, capsys):
     assert text[1].split() == [me, "3", "2.50", "1", "1", "2m00s"]
     assert text[2].startswith("# 1 user(s), 3 job(s), 2.50 GPU-hours, ended since ")
     assert json.loads(_ghist(sp, capsys, "--users", "-u", "nobody-here", "--json")) == []
+
+
+def test_gstat_and_ghist_show_what_a_real_job_uses(spool, daemon, tmp_path):
+    """End to end (issue 14): the job's pid on its fake GPU at 5,000 MiB shows in
+    gstat while it runs (the heartbeat's gpu_mem_mib), and in ghist afterwards
+    as its peak; the outcome fills the STATE column (COMPLETED, FAILED)."""
+    go, pid = tmp_path / "go", tmp_path / "pid"
+    j = spool.gsub("-n", "1", "-c", f"echo $$ > {pid}; while [ ! -e {go} ]; do sleep 0.05; "
+                                    "done")
+    wait_for(lambda: pid.exists() and pid.read_text().strip(), what="the job's pid")
+    gpu = wait_for(lambda: spool.where(j) == "running" and spool.record(j)["assigned_gpus"])[0]
+    spool.set_gpus(fake_gpu_list(4, {gpu: {"memory_used": 5000, "processes": [
+        {"pid": int(pid.read_text()), "used_memory": 5000}]}}))
+
+    def row():
+        snap = json.loads(spool.run("gstat", "--json").stdout)
+        return next((r for r in snap["running"] if r["id"] == j and r["gpu_mem_used"]), None)
+    assert wait_for(row, what="gstat to show the job's GPU memory")["gpu_mem_used"] == 5000
+    assert "4.9G" in spool.run("gstat").stdout.decode()
+    go.touch()
+    spool.wait_state(j, "done")
+    bad = spool.gsub("-n", "0", "-c", "exit 3")
+    spool.wait_state(bad, "failed")
+    rows = {r["id"]: r for r in json.loads(spool.run("ghist", "-f", "--json").stdout)}
+    assert (rows[j]["outcome"], rows[bad]["outcome"]) == ("completed", "failed")
+    assert rows[j]["usage"]["gpu_mem_peak_mib"] >= 5000
+    table = _columns(spool.run("ghist", "-f", "-l").stdout.decode())
+    assert (table[str(j)]["STATE"], table[str(bad)]["STATE"]) == ("COMPLETED", "FAILED")
+    assert table[str(j)]["GPUMEM"] == "4.9G"
