@@ -1,0 +1,468 @@
+"""GPU readings through NVML's code path: a fake ``pynvml`` at the binding
+level, the fake GPU file (which answers the same calls), processes that are
+not jobs, and, under the ``gpu`` marker, real NVML when this machine has it."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType, SimpleNamespace
+
+import pytest
+import yaml
+from conftest import REPO, fake_gpu_list, wait_for
+from test_multiuser import users  # noqa: F401  (a fixture)
+
+from spoold import gpus
+from spoold.gpus import FakeGpus, GpuProcess, GpuReading, NvmlGpus, busy_reason, foreign
+
+MiB = 1 << 20
+
+
+# ---- a fake pynvml, shaped like nvidia-ml-py's ----------------------------
+class NVMLError(Exception):
+    text = "Unknown Error"
+
+    def __str__(self):
+        return self.text
+
+
+class NVMLError_NotSupported(NVMLError):  # noqa: N801  (pynvml's names)
+    text = "Not Supported"
+
+
+class NVMLError_GpuIsLost(NVMLError):  # noqa: N801
+    text = "GPU is lost"
+
+
+class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801
+    text = "Function Not Found"
+
+
+class NVMLLibraryMismatchError(Exception):
+    """pynvml's unversioned calls raise this, not an NVMLError, for an old driver."""
+
+
+@dataclass
+class Dev:
+    """One fake GPU. ``fail`` maps a pynvml call name to the error it raises;
+    ``compute``/``graphics`` are lists of process objects, as pynvml returns."""
+
+    name: str | bytes = "NVIDIA A100-SXM4-40GB"
+    uuid: str | bytes = "GPU-00000000-aaaa"
+    total: int = 40960 * MiB
+    used: int = 0
+    util: int = 0
+    mig: int | None = None  # None: NotSupported, as on a GPU without MIG
+    compute: list = field(default_factory=list)
+    graphics: list = field(default_factory=list)
+    fail: dict = field(default_factory=dict)
+
+
+def proc(pid: int, mib: int | None = None, **extra) -> SimpleNamespace:
+    return SimpleNamespace(pid=pid, usedGpuMemory=None if mib is None else mib * MiB,
+                           gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF, **extra)
+
+
+class FakePynvml(ModuleType):
+    """The calls spoold makes, answered from ``devs``; ``calls`` counts them.
+    ``versions`` names the process-list calls this binding has."""
+
+    def __init__(self, devs: list[Dev], versions=("", "_v2", "_v3"), missing=(),
+                 mig_call: bool = True):
+        super().__init__("pynvml")
+        self.devs, self.calls = devs, []
+        if mig_call:  # older bindings lack it
+            self.nvmlDeviceGetMigMode = self._mig_mode
+        self.NVMLError = NVMLError
+        self.NVMLError_NotSupported = NVMLError_NotSupported
+        self.NVMLError_GpuIsLost = NVMLError_GpuIsLost
+        self.NVMLError_FunctionNotFound = NVMLError_FunctionNotFound
+        self.NVMLLibraryMismatchError = NVMLLibraryMismatchError
+        for kind in ("Compute", "Graphics"):
+            for v in versions:
+                name = f"nvmlDeviceGet{kind}RunningProcesses{v}"
+                setattr(self, name, self._lister(name, kind.lower(), name in missing))
+
+    def _dev(self, call: str, h) -> Dev:
+        self.calls.append(call)
+        dev = self.devs[h]
+        if call in dev.fail:
+            raise dev.fail[call]
+        return dev
+
+    def _lister(self, name: str, attr: str, missing: bool):
+        def listed(h):
+            self._dev(name, h)
+            if missing:  # the driver lacks it; an unversioned call says so its own way
+                versioned = name[-3:-1] == "_v"
+                raise NVMLError_FunctionNotFound() if versioned else NVMLLibraryMismatchError()
+            return list(getattr(self.devs[h], attr))
+        return listed
+
+    def nvmlInit(self):
+        self.calls.append("nvmlInit")
+
+    def nvmlDeviceGetCount(self):
+        return len(self.devs)
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"550.54.15"
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        self._dev("nvmlDeviceGetHandleByIndex", i)
+        return i
+
+    def nvmlDeviceGetUUID(self, h):
+        return self._dev("nvmlDeviceGetUUID", h).uuid
+
+    def nvmlDeviceGetName(self, h):
+        return self._dev("nvmlDeviceGetName", h).name
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        d = self._dev("nvmlDeviceGetMemoryInfo", h)
+        return SimpleNamespace(total=d.total, used=d.used, free=d.total - d.used)
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        d = self._dev("nvmlDeviceGetUtilizationRates", h)
+        if d.mig == 1:
+            raise NVMLError_NotSupported()  # what NVML answers for a MIG parent
+        return SimpleNamespace(gpu=d.util, memory=0)
+
+    def _mig_mode(self, h):
+        d = self._dev("nvmlDeviceGetMigMode", h)
+        if d.mig is None:
+            raise NVMLError_NotSupported()
+        return [d.mig, d.mig]
+
+
+@pytest.fixture
+def nvml(monkeypatch):
+    """Installs a FakePynvml as ``pynvml`` and returns NvmlGpus over it."""
+    def make(devs: list[Dev], **kw) -> tuple[NvmlGpus, FakePynvml]:
+        fake = FakePynvml(devs, **kw)
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+        return NvmlGpus(), fake
+    return make
+
+
+def idle(r: GpuReading) -> bool:
+    return busy_reason(r, 0.1, 0.1) is None
+
+
+# ---- NVML through the binding -----------------------------------------------
+def test_names_as_bytes_or_str_become_text_and_are_read_once(nvml):
+    src, nv = nvml([Dev(name=b"NVIDIA H100 80GB HBM3", uuid=b"GPU-1111"),
+                    Dev(name="Tesla V100", uuid="GPU-2222", used=8 * 1024 * MiB, util=3)])
+    assert src.description == "NVML, driver 550.54.15, 2 GPU(s)"
+    first = src.read()
+    assert [(r.index, r.uuid, r.name) for r in first] == [
+        (0, "GPU-1111", "NVIDIA H100 80GB HBM3"), (1, "GPU-2222", "Tesla V100")]
+    assert (first[1].memory_total, first[1].memory_used, first[1].utilization) == (
+        40960, 8192, 3)
+    assert src.read() == first
+    assert nv.calls.count("nvmlDeviceGetName") == 2  # static: once per GPU
+
+
+def test_not_supported_on_one_gpu_makes_only_that_one_busy(nvml):
+    src, _ = nvml([Dev(), Dev(fail={"nvmlDeviceGetUtilizationRates": NVMLError_NotSupported()}),
+                   Dev()])
+    r = src.read()
+    assert [x.error for x in r] == [None, "Not Supported", None]
+    assert r[1].name == "NVIDIA A100-SXM4-40GB" and r[1].memory_total is None
+    assert busy_reason(r[1], 0.1, 0.1) == "reading failed: Not Supported"
+    assert idle(r[0]) and idle(r[2])
+
+
+def test_a_gpu_that_fails_mid_run_reports_the_error_and_the_others_stay(nvml):
+    src, nv = nvml([Dev(uuid="GPU-a"), Dev(uuid="GPU-b"), Dev(uuid="GPU-c")])
+    before = src.read()
+    assert all(idle(r) for r in before)
+    nv.devs[1].fail = {"nvmlDeviceGetMemoryInfo": NVMLError_GpuIsLost()}
+    nv.devs[2].fail = {"nvmlDeviceGetHandleByIndex": NVMLError_GpuIsLost()}
+    after = src.read()
+    assert after[0] == before[0]
+    assert (after[1].uuid, after[1].error) == ("GPU-b", "GPU is lost")
+    assert (after[2].index, after[2].error, after[2].processes_error) == (
+        2, "GPU is lost", "not read")
+    assert [busy_reason(r, 0.1, 0.1) for r in after] == [
+        None, "reading failed: GPU is lost", "reading failed: GPU is lost"]
+    nv.devs[1].fail = nv.devs[2].fail = {}
+    assert src.read() == before  # back when the driver answers again
+
+
+def test_mig_mode_gpu_is_one_busy_reading_with_its_processes(nvml):
+    """nvmlDeviceGetCount counts physical GPUs; spoold reports each, and a GPU
+    in MIG mode as busy (whole GPUs only) with NVML's aggregate process list."""
+    src, nv = nvml([Dev(mig=1, compute=[proc(77, 1000)]), Dev(mig=0), Dev()])
+    r = src.read()
+    assert [x.index for x in r] == [0, 1, 2]
+    assert r[0].error == gpus.MIG_ERROR and r[0].processes == (GpuProcess(77, 1000),)
+    assert busy_reason(r[0], 0.1, 0.1) == f"reading failed: {gpus.MIG_ERROR}"
+    assert idle(r[1]) and idle(r[2])
+    src, nv = nvml([Dev(mig=None)], mig_call=False)
+    assert idle(src.read()[0])
+
+
+def test_process_lists_with_and_without_used_memory(nvml):
+    na = SimpleNamespace(pid=12, usedGpuMemory=(1 << 64) - 1)  # raw NVML_VALUE_NOT_AVAILABLE
+    bare = SimpleNamespace(pid=13)  # no usedGpuMemory at all
+    src, _ = nvml([Dev(compute=[proc(30, 5000), proc(11, None), na, bare, proc(30, 24)],
+                       graphics=[proc(11, 300), proc(5, 120)])])
+    r = src.read()[0]
+    assert r.processes_error is None
+    assert r.processes == (GpuProcess(5, 120, "G"), GpuProcess(11, 300, "C+G"),
+                           GpuProcess(12, None), GpuProcess(13, None),
+                           GpuProcess(30, 5024))  # two entries of one pid add up
+    assert r.as_dict()["processes"] == [[5, 120, "G"], [11, 300, "C+G"], [12, None, "C"],
+                                        [13, None, "C"], [30, 5024, "C"]]
+
+
+def test_newest_process_call_the_driver_has_is_used_and_the_others_dropped(nvml):
+    gone = ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses",
+            "nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v2")
+    src, nv = nvml([Dev(compute=[proc(9, 10)])], missing=gone)
+    for _ in range(3):
+        assert src.read()[0].processes == (GpuProcess(9, 10),)
+    assert nv.calls.count("nvmlDeviceGetComputeRunningProcesses_v3") == 1
+    assert nv.calls.count("nvmlDeviceGetComputeRunningProcesses_v2") == 3
+    assert nv.calls.count("nvmlDeviceGetGraphicsRunningProcesses_v2") == 1
+    src, nv = nvml([Dev(compute=[proc(9, 10)])], versions=("",))  # an old binding
+    assert src.read()[0].processes == (GpuProcess(9, 10),)
+    src, nv = nvml([Dev(compute=[proc(9, 10)])], versions=("",),
+                   missing=("nvmlDeviceGetComputeRunningProcesses",))
+    r = src.read()[0]
+    assert (r.processes, r.processes_error, idle(r)) == ((), "no process list in this NVML", True)
+
+
+def test_an_unreadable_process_list_is_unknown_and_does_not_make_the_gpu_busy(nvml):
+    src, _ = nvml([Dev(compute=[proc(9, 10)], fail={
+        "nvmlDeviceGetComputeRunningProcesses_v3": NVMLError_NotSupported()}),
+        Dev(compute=[proc(9, 10)], fail={
+            "nvmlDeviceGetGraphicsRunningProcesses_v3": NVMLError_NotSupported()})])
+    r = src.read()
+    assert (r[0].processes, r[0].processes_error, idle(r[0])) == ((), "Not Supported", True)
+    assert r[0].as_dict()["processes"] is None
+    assert (r[1].processes, r[1].processes_error) == ((GpuProcess(9, 10),), None)
+
+
+def test_no_nvml_means_cpu_only(nvml, monkeypatch):
+    _, nv = nvml([])
+    assert gpus.open_source(None) is None  # NVML found no GPUs
+
+    def broken():
+        raise NVMLError_NotSupported()
+    monkeypatch.setattr(nv, "nvmlInit", broken)
+    with pytest.raises(RuntimeError, match="NVML unavailable: Not Supported"):
+        NvmlGpus()
+    assert gpus.open_source(None) is None
+
+
+# ---- the fake file: the same calls, from YAML -------------------------------
+def fake(tmp_path, entries) -> FakeGpus:
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    return FakeGpus(path)
+
+
+def test_fake_file_and_fake_nvml_give_the_same_readings(tmp_path, nvml):
+    entries = fake_gpu_list(3, {1: {"utilization": 40, "memory_used": 1000, "processes": [
+        {"pid": 4242, "used_memory": 900}, {"pid": 17}]}, 2: {"error": "GPU is lost"}})
+    from_file = fake(tmp_path, entries).read()
+    devs = [Dev(name=e["name"], uuid=e["uuid"], used=e["memory_used"] * MiB,
+                util=e["utilization"],
+                compute=[proc(p["pid"], p.get("used_memory")) for p in e.get("processes", [])],
+                fail={"nvmlDeviceGetMemoryInfo": NVMLError_GpuIsLost()} if "error" in e else {})
+            for e in entries]
+    src, _ = nvml(devs)
+    assert src.read() == from_file
+    assert from_file[1].processes == (GpuProcess(17, None), GpuProcess(4242, 900))
+
+
+def test_fake_file_keeps_its_meanings(tmp_path):
+    path = tmp_path / "gpus.yaml"
+    path.write_text("- {index: 3, memory_total: 100, memory_used: 50.7, utilization: 5}\n"
+                    "- {index: x}\n- 7\n- {index: 4, memory_total: .nan, utilization: 0, memory_used: 0}\n"
+                    "- {index: 6, name: Big, memory_total: 100, memory_used: 0, utilization: 0,"
+                    " error: Unknown Error, processes: [{pid: 5}]}\n")
+    src = FakeGpus(path)
+    r = {x.index: x for x in src.read()}
+    assert (r[3].uuid, r[3].name, r[3].memory_used, r[3].processes_error) == (
+        "GPU-fake-3", "Fake GPU", 50, None)
+    assert (r[1].error, r[2].error) == ("fake entry has a bad index", "fake entry is not a mapping")
+    assert busy_reason(r[3], 0.1, 0.9) is None
+    assert busy_reason(r[3], 0.1, 0.1) == "memory 50% used >= 10%"
+    assert busy_reason(r[4], 0.1, 0.1) == "reading incomplete (N/A)"  # NaN is N/A
+    assert (r[6].name, r[6].error, r[6].processes) == ("Big", "Unknown Error",
+                                                       (GpuProcess(5, None),))
+    path.write_text("{not: a list}")
+    again = {x.index: x for x in src.read()}
+    assert set(again) == set(r) and all(
+        x.error.startswith("fake GPU file unreadable") for x in again.values())
+
+
+def test_fake_processes_must_name_pids(tmp_path):
+    for bad in ("x", [{"used_memory": 5}], [{"pid": True}], [{"pid": "12"}], [7]):
+        r = fake(tmp_path, fake_gpu_list(1, {0: {"processes": bad}})).read()[0]
+        assert r.processes == () and r.processes_error.startswith("fake process"), bad
+        assert idle(r)  # judged by its reading alone
+
+
+def test_every_fake_field_is_documented_and_every_documented_one_read():
+    from test_docs import FORMAT, _first_column, _section
+
+    doc = _section(FORMAT, "FAKE GPUS")
+    assert _first_column(doc) == set(gpus.FAKE_FIELDS) | {
+        f"processes[].{k}" for k in gpus.FAKE_PROCESS_FIELDS}
+    code = (REPO / "spoold" / "gpus.py").read_text()
+    for k in (*gpus.FAKE_FIELDS, *gpus.FAKE_PROCESS_FIELDS):
+        assert f'"{k}"' in code.split("class _FileBinding", 1)[1], k
+
+
+# ---- processes that are not jobs --------------------------------------------
+def test_a_process_that_is_no_job_makes_an_idle_gpu_busy_naming_it(tmp_path):
+    me, my_name = os.getpid(), pwd.getpwuid(os.getuid()).pw_name
+    r = fake(tmp_path, fake_gpu_list(2, {1: {"processes": [{"pid": me, "used_memory": 5000}]}})
+             ).read()[1]
+    assert r.utilization == 0 and idle(r)  # the reading alone says idle
+    strangers = foreign(r, is_job=lambda p: False)
+    assert strangers == [(me, my_name)]
+    assert busy_reason(r, 0.1, 0.1, foreign=strangers) == (
+        f"pid {me} ({my_name}) is not a spoold job")
+    assert foreign(r, is_job=lambda p: p == me) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starting another user's process needs root")
+def test_stranger_named_by_user_or_uid_and_vanished_or_graphics_pids_skipped(users):  # noqa: F811
+    bob = users["spoold-bob"]
+    nameless = next(u for u in range(54321, 54400) if not _has_user(u))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    procs = [subprocess.Popen(["sleep", "60"], user=uid) for uid in (bob.pw_uid, nameless)]
+    try:
+        pids = [p.pid for p in procs]
+        r = GpuReading(index=0, memory_total=100, memory_used=0, utilization=0, processes=(
+            GpuProcess(gone.pid, 1), GpuProcess(1, 100, "G"),
+            *(GpuProcess(p, 10) for p in pids)), processes_error=None)
+        got = foreign(r, lambda p: False)
+        assert got == [(pids[0], "spoold-bob"), (pids[1], str(nameless))]
+        assert busy_reason(r, 0.1, 0.1, foreign=got) == (
+            f"pid {pids[0]} (spoold-bob) and 1 more are not spoold jobs")
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _has_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
+def test_the_heartbeat_publishes_each_gpus_processes(spool, daemon):
+    spool.set_gpus(fake_gpu_list(4, {1: {"processes": [{"pid": os.getpid(),
+                                                        "used_memory": 5000}]},
+                                     3: {"processes": "garbage"}}))
+
+    def published():
+        for beat in (spool.root / "state" / "hosts").glob("*.yaml"):
+            return [g["processes"] for g in yaml.safe_load(beat.read_text())["gpus"]]
+    wait_for(lambda: published() == [[], [[os.getpid(), 5000, "C"]], [], None],
+             what="the heartbeat to list the process")
+
+
+# ---- real NVML (pytest -m gpu); skipped without a GPU ------------------------
+def real_nvml():
+    """The real binding, initialised, or a skip that says why not."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        n = pynvml.nvmlDeviceGetCount()
+    except Exception as e:  # no binding, no driver, no library: all mean no GPU here
+        pytest.skip(f"no NVML here: {e}")
+    if not n:
+        pytest.skip("NVML found no GPU")
+    return pynvml, n
+
+
+@pytest.mark.gpu
+def test_real_nvml_readings_match_the_driver():
+    nv, n = real_nvml()
+    readings = NvmlGpus().read()
+    assert [r.index for r in readings] == list(range(n))
+    for r in readings:
+        h = nv.nvmlDeviceGetHandleByIndex(r.index)
+        assert r.uuid == gpus._text(nv.nvmlDeviceGetUUID(h)) and r.uuid.startswith(("GPU-", "MIG-"))
+        assert r.name and isinstance(r.name, str)
+        assert r.error or (r.memory_total > 0 and 0 <= r.utilization <= 100), r
+        assert os.getpid() not in {p.pid for p in r.processes}  # we never touched CUDA
+        assert r.processes_error is None or isinstance(r.processes_error, str)
+        for pid, _owner in foreign(r, lambda p: False):
+            assert os.path.exists(f"/proc/{pid}") or _owner == "?"
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        out = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout
+        assert [tuple(x.strip() for x in line.split(",")) for line in out.splitlines()] == [
+            (str(r.index), r.uuid) for r in readings]
+
+
+CUDA_CHILD = """
+import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(rc, what):
+    if rc:
+        print("failed", what, rc, flush=True)
+        sys.exit(1)
+dev, ctx, ptr = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+ok(cu.cuInit(0), "cuInit")
+ok(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+ok(cu.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+ok(cu.cuMemAlloc_v2(ctypes.byref(ptr), ctypes.c_size_t(512 << 20)), "cuMemAlloc")
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.gpu
+def test_real_nvml_lists_a_process_that_holds_gpu_memory():
+    """A child that allocates 512 MiB through the driver's own libcuda (no CUDA
+    toolkit) shows up on NVML index 0 with its pid, is foreign to an is_job that
+    claims nothing, and makes that GPU busy by name."""
+    real_nvml()
+    if not ctypes.util.find_library("cuda"):
+        pytest.skip("no libcuda (the driver's CUDA library) to put a process on the GPU")
+    src = NvmlGpus()
+    if src.read()[0].error:
+        pytest.skip(f"GPU 0 gives no reading: {src.read()[0].error}")
+    child = subprocess.Popen([sys.executable, "-c", CUDA_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                                  "CUDA_VISIBLE_DEVICES": "0"})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+
+        def listed():
+            r = src.read()[0]
+            return next(((r, p) for p in r.processes if p.pid == child.pid), None)
+        r, p = wait_for(listed, 20, "the child's pid on GPU 0 (another pid namespace?)")
+        assert p.used_mib is None or p.used_mib >= 512, p
+        me = pwd.getpwuid(os.getuid()).pw_name
+        assert (child.pid, me) in foreign(r, lambda pid: False)
+        assert foreign(r, lambda pid: pid == child.pid) == [
+            x for x in foreign(r, lambda pid: False) if x[0] != child.pid]
+        assert f"pid {child.pid} ({me})" in busy_reason(r, 1.0, 1.0,
+                                                          foreign=[(child.pid, me)])
+    finally:
+        child.kill()
+        child.wait()
