@@ -497,6 +497,10 @@ def _sd_notify(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.stop:  # spoold --stop: signal the running daemon instead of being one
+        from .control import stop
+
+        return stop(opts.spool, opts.host, opts.drain, opts.stop_timeout)
     try:
         Daemon(opts).run()
     except SystemExit:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import textwrap
 import time
 
 from . import job as jobmod
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="draw which job held which GPU over the last HOURS (6)")
     ap.add_argument("--width", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.n is not None and a.n < 0:
+        ap.error(f"-n takes a count of jobs, 0 or more, not {a.n}")
+    if a.older_than is not None and not a.clean:
+        ap.error("--older-than applies only to --clean (ghist --clean --older-than 7d)")
     sp = open_spool(a.spool, "ghist")
     tty = sys.stdout.isatty()
     if a.timeline:
@@ -252,7 +257,9 @@ _SYMBOLS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 def render_timeline(rows: list[dict], gpus: list[int], now: float, hours: float,
                     width: int = 100) -> str:
-    """Which job held which GPU over the last ``hours``: one line per GPU."""
+    """Which job held which GPU over the last ``hours``: one line per GPU. Every
+    job gets at least one cell (``_cell_owners``); a cell that jobs too short
+    to tell apart share shows ``+``, and a last line counts the jobs hidden so."""
     label = 6
     cols = max(10, width - label - 2)
     start = now - hours * 3600
@@ -260,28 +267,59 @@ def render_timeline(rows: list[dict], gpus: list[int], now: float, hours: float,
     spans = [r for r in rows if r.get("assigned_gpus") and r.get("started_at")
              and (r.get("ended_at") or now) >= start]
     spans.sort(key=lambda r: (r["started_at"], r["id"]))
-    sym = {r["id"]: _SYMBOLS[i % len(_SYMBOLS)] for i, r in enumerate(spans)}
-    grid = {g: ["."] * cols for g in gpus}
-    for r in spans:
-        lo = int((max(r["started_at"], start) - start) / step)
-        hi = int((min(r.get("ended_at") or now, now) - start) / step)
-        for g in r["assigned_gpus"]:
-            if g in grid:
-                for c in range(max(0, lo), min(cols, max(hi, lo + 1))):
-                    grid[g][c] = sym[r["id"]]
+    owners = _cell_owners(spans, gpus, start, step, cols)
+    drawn = {i for line in owners.values() for i in line}
+    shown = [r for r in spans if r["id"] in drawn]
+    sym = {r["id"]: _SYMBOLS[i % len(_SYMBOLS)] for i, r in enumerate(shown)}
+    sym[None], sym[_SEVERAL] = ".", "+"
     left = f"-{hours:g}h"
     out = [f"{'':{label}}|{left}{'now'.rjust(cols - len(left))}|"]
-    out += [f"{'GPU' + esc(g):<{label}}|{''.join(grid[g])}|" for g in gpus]
+    out += [f"{'GPU' + esc(g):<{label}}|{''.join(sym[i] for i in owners[g])}|" for g in gpus]
     legend = [f"{sym[r['id']]}={r['id']} {esc(r.get('name') or '')} "
-              f"({esc(r.get('state', 'running'))})" for r in spans]
+              f"({esc(r.get('state', 'running'))})" for r in shown]
     line = "jobs:"
     for item in legend:
         if len(line) + len(item) + 2 > width:
             out.append(line)
             line = "     "
         line += "  " + item
-    out.append(line if legend else "jobs:  none in this window")
+    hidden = [r["id"] for r in spans if r["id"] not in drawn]
+    if legend or not hidden:
+        out.append(line if legend else "jobs:  none in this window")
+    if hidden:
+        ids = ", ".join(map(str, hidden[:10])) + (", ..." if len(hidden) > 10 else "")
+        out += textwrap.wrap(
+            f"+ = {len(hidden)} job(s) not drawn, shorter than a cell ({fmt_duration(step)}) "
+            f"and sharing it: {ids}; a shorter --timeline draws them", width,
+            initial_indent="       " if legend else "jobs:  ", subsequent_indent="       ")
     return "\n".join(out) + "\n"
+
+
+_SEVERAL = -1  # a cell that several jobs too short to tell apart share
+
+
+def _cell_owners(spans: list[dict], gpus: list[int], start: float, step: float,
+                 cols: int) -> dict[int, list[int | None]]:
+    """Per GPU, what each cell shows: a job id, None (idle) or ``_SEVERAL``.
+    A job covers at least one cell. Where jobs meet in a cell, the one with
+    the fewest cells keeps it, so a short job is never painted over by a long
+    one; one-cell jobs that meet make the cell ``_SEVERAL``; of longer jobs
+    of one length, the later one keeps it."""
+    best: dict[int, list[tuple[int, int] | None]] = {g: [None] * cols for g in gpus}
+    end = start + step * cols  # now
+    for r in spans:
+        lo = min(cols - 1, max(0, int((max(r["started_at"], start) - start) / step)))
+        hi = int((min(r.get("ended_at") or end, end) - start) / step)
+        cells = range(lo, min(cols, max(hi, lo + 1)))
+        n = len(cells)
+        for g in r["assigned_gpus"]:
+            for c in cells if g in best else ():
+                held = best[g][c]
+                if held is None or n < held[0] or (n == held[0] > 1):
+                    best[g][c] = (n, r["id"])
+                elif n == held[0] == 1:
+                    best[g][c] = (1, _SEVERAL)
+    return {g: [None if b is None else b[1] for b in line] for g, line in best.items()}
 
 
 def timeline_rows(sp: Spool, now: float) -> tuple[list[dict], list[int]]:

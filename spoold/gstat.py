@@ -56,6 +56,7 @@ from .toolbase import (
 from .util import fmt_duration
 
 PRIVATE_PENDING = "another user's job (details private)"
+NO_DAEMON = "no daemon"  # the reason of every pending job while no host's daemon is alive
 
 
 def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> dict:
@@ -240,6 +241,10 @@ def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, ru
         def get(self, job_id, default=None):
             return states.get(job_id) or sp.where(job_id) or default
 
+    if not any(h["alive"] for h in live):  # nothing starts: what a dead host said is moot
+        for p in pending:
+            p["reason"] = p["reason"] or NO_DAEMON
+        return
     reasons: dict[int, str] = {}
     paused = sp.paused_flag.exists()
     for h in live or [{"host": None, "beat": {}}]:

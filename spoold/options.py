@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import control
 from . import spool as spoolmod
 from .util import parse_duration, parse_size_mib
 
@@ -49,6 +50,8 @@ class Options:
     max_gpus_per_user: int | None = None
     max_cpus_per_user: int | None = None
     policy: Path | None = None  # None: SPOOL/policy.yaml
+    stop: bool = False  # spoold --stop: signal the running daemon (control.stop), run none
+    stop_timeout: float | None = None  # --stop's wait; None: no limit
 
 
 def _version() -> str:
@@ -126,8 +129,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
                          "record what SLURM reports (docs/slurm.md)")
     ap.add_argument("--drain", action="store_true",
                     help="start no new job; exit once running jobs have ended (also SIGUSR1)")
+    ap.add_argument("--stop", nargs="?", type=float, const=None, default=False,
+                    metavar="SECONDS",
+                    help="run no daemon: stop the spoold that runs --spool for --host (SIGTERM; "
+                         "its running jobs keep running) and wait up to SECONDS (30) until it "
+                         "has exited; with --drain, drain it (SIGUSR1) and wait for its jobs "
+                         "to end (no limit unless SECONDS). Exit 0 once stopped, 1 if none runs")
+    ap.add_argument("--completion", choices=("bash", "zsh"), action=control.CompletionAction,
+                    help="print the bash or zsh completion of spoold's tools and exit")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = ap.parse_args(argv)
+    if a.stop is not False and a.stop is not None and not a.stop > 0:
+        ap.error("--stop SECONDS must be positive")
     gpus = None
     if a.gpus is not None:
         try:
@@ -154,8 +167,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
                  "host_timeout", "hook_limit"):
         if getattr(a, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
+    if a.cpus is not None and a.cpus < 1:
+        ap.error("--cpus must be positive")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s spoold[%(process)d] %(levelname)s %(message)s")
+    online = len(os.sched_getaffinity(0))
+    if a.cpus is not None and a.cpus > online and a.stop is False:
+        logging.getLogger("spoold").warning(
+            "--cpus %d: only %d CPU(s) are available to spoold here; it hands out %d",
+            a.cpus, online, online)
     return Options(spool=spool, gpus=gpus,
                    max_pending=a.max_pending, max_pending_per_user=a.max_pending_per_user,
                    hook_limit=a.hook_limit, keep=a.keep, limit=a.limit, max_load=a.max_load,
@@ -164,4 +184,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
                    executor=a.executor, fairshare_halflife=halflife,
                    max_gpus_per_user=a.max_gpus_per_user, max_cpus_per_user=a.max_cpus_per_user,
-                   policy=a.policy)
+                   policy=a.policy, stop=a.stop is not False,
+                   stop_timeout=a.stop if a.stop not in (False, None, math.inf) else (
+                       None if a.drain else control.STOP_WAIT_S))

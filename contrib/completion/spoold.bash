@@ -1,5 +1,6 @@
-# bash completion for spoold's tools. Install: copy to
-# /usr/share/bash-completion/completions/ (one link per tool name) or source it.
+# bash completion for spoold's tools. Install: source it from ~/.bashrc, or copy it to
+# /usr/share/bash-completion/completions/ (one link per tool name). After pip install,
+# `spoold --completion bash` prints this file.
 
 _spoold_ids() {
   # Job ids from the spool, read straight from file names (no daemon needed).
@@ -27,10 +28,15 @@ _spoold_tool() {
                   --max-memory --poll --fake-gpus --cpus --mem --kill-grace --host
                   --default-time-limit --host-timeout --hook-limit --fairshare-halflife
                   --max-gpus-per-user --max-cpus-per-user --policy --executor --polling
-                  --no-polling --drain --verbose --help" ;;
+                  --no-polling --drain --foreign-procs --metrics --stop --completion
+                  --verbose --help" ;;
   esac
   case $prev in
-    --spool|-o|--output|--file|--fake-gpus) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --spool|-o|--output|--file|--fake-gpus|--policy|--metrics)
+      COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;
+    --executor) COMPREPLY=($(compgen -W "local slurm" -- "$cur")); return ;;
+    --foreign-procs) COMPREPLY=($(compgen -W "busy ignore" -- "$cur")); return ;;
     --after) COMPREPLY=($(compgen -W "$(_spoold_ids)" -- "$cur")); return ;;
   esac
   if [[ $cur == -* ]]; then
