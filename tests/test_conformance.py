@@ -7,6 +7,8 @@ spoold/, both are run here on the same inputs and must give the same answer:
 - the spool used without --spool: gsub and gkill (and the tools that exec it)
   and ``spool.default_spool`` (gstat, ghist, glog, grequeue, spoold);
 - which folder job N is in: gsub ``--wait``'s ``_gwhere`` and ``Spool.find``;
+  with pending/ too, bin/gspool.sh's ``_gfind`` (gkill and its wrappers,
+  gprio) and the pending names ``Spool.list_pending`` reads;
 - the id counter and its recovery: gsub's ``_ghint``/``_grecover`` and
   ``Spool.allocate_ids`` on identical copies of damaged spools;
 - the defaults and the priority range: gsub's ``-n``/``-p`` and job.py.
@@ -176,7 +178,7 @@ CANDIDATES = ["envspool", "home/.local/share/spoold", "work/rel", "work/up", "ot
 
 def seed_candidates(t: Path) -> dict[str, Path]:
     """Each candidate spool with job 1 done, named and logged after its label,
-    so any tool's choice shows in what it prints or writes."""
+    and job 7 pending, so any tool's choice shows in what it prints or writes."""
     (t / "work" / "sub").mkdir(parents=True)
     (t / "link").symlink_to(t / "work")
     out = {}
@@ -187,6 +189,7 @@ def seed_candidates(t: Path) -> dict[str, Path]:
             {"id": 1, "argv": ["true"], "name": label, "gpus": 0, "cwd": "/",
              "submitted_at": now, "started_at": now, "ended_at": now, "exit_code": 0}))
         sp.log_path(1).write_text(f"{label}\n")
+        (sp.pending / spoolmod.pending_name(10, 7)).write_text("argv: [true]\n")
         out[label] = sp.root
     return out
 
@@ -210,7 +213,8 @@ def label_of(spools: dict[str, Path], t: Path, path: str) -> str:
 
 
 SH_SPOOL_TOOLS = [("gsub", ["-n", "0", "true"]), ("gkill", ["7"]), ("gcancel", ["7"]),
-                  ("ghold", ["7"]), ("grelease", ["7"]), ("gpause", []), ("gresume", [])]
+                  ("ghold", ["7"]), ("grelease", ["7"]), ("gpause", []), ("gresume", []),
+                  ("gprio", ["7", "20"])]
 
 
 def spool_choices(spools, t: Path, env: dict, cwd: Path) -> dict[str, tuple]:
@@ -246,9 +250,9 @@ def spool_choices(spools, t: Path, env: dict, cwd: Path) -> dict[str, tuple]:
 @pytest.mark.parametrize("case, env, cwd, expected, refusal", SPOOL_CASES,
                          ids=[c[0] for c in SPOOL_CASES])
 def test_every_tool_picks_the_same_default_spool(tmp_path, case, env, cwd, expected, refusal):
-    """gsub, gkill and its wrappers (sh) and gstat, ghist, glog, grequeue and
-    spoold (spool.default_spool) use the same folder in the same environment,
-    or all refuse with the same reason."""
+    """gsub, gkill and its wrappers, gprio (sh) and gstat, ghist, glog,
+    grequeue and spoold (spool.default_spool) use the same folder in the same
+    environment, or all refuse with the same reason."""
     spools = seed_candidates(tmp_path)
     env = {k: v.format(t=tmp_path) for k, v in env.items()}
     choices = spool_choices(spools, tmp_path, env, tmp_path / cwd)
@@ -266,7 +270,8 @@ def test_an_empty_spool_option_is_refused_by_every_tool(tmp_path):
     env, cwd = {"HOME": str(tmp_path)}, tmp_path / "cwd"
     runs = {"gsub": sh("gsub", "--spool", "", "true", env=env, cwd=cwd),
             "gkill": sh("gkill", "--spool", "", "7", env=env, cwd=cwd),
-            "gpause": sh("gpause", "--spool=", env=env, cwd=cwd)}
+            "gpause": sh("gpause", "--spool=", env=env, cwd=cwd),
+            "gprio": sh("gprio", "--spool", "", "7", "20", env=env, cwd=cwd)}
     for tool in ("gstat", "ghist", "glog", "grequeue", "spoold"):
         runs[tool] = subprocess.run([SCRIPTS / tool, "--spool", "", *(["1"] * (tool in (
             "glog", "grequeue")))], capture_output=True, env=env, cwd=cwd, timeout=30)
@@ -332,6 +337,50 @@ def test_gsub_wait_and_spool_find_agree_on_where_a_job_is(tmp_path, case, plante
     finally:
         proc.kill()
         proc.wait()
+
+
+# (case, entries as in WHERE_CASES, the folder _gfind must name)
+FIND_CASES = [(case, planted, folder) for case, planted, folder, _ in WHERE_CASES] + [
+    ("pending", {"pending/0010-{id8}.yaml": "argv: [true]\n"}, "pending"),
+    ("pending at another priority", {"pending/0003-{id8}.yaml": ""}, "pending"),
+    ("a link in pending", {"pending/0010-{id8}.yaml": "link"}, "pending"),
+    ("pending and running", {"pending/0010-{id8}.yaml": "", "running/{id}.yaml": ""},
+     "pending"),
+    ("pending and done", {"pending/9999-{id8}.yaml": "", "done/{id}.yaml": ""}, "pending"),
+    ("a name without an id", {"pending/0010-job-{id}.yaml": ""}, None),
+    ("a dropped name", {"pending/{id}.yaml": ""}, None),
+    ("a five-digit priority", {"pending/00010-{id8}.yaml": ""}, None),
+    ("unpadded id", {"pending/0010-{id}.yaml": ""}, None),
+    ("a dot name", {"pending/.0010-{id8}.yaml": ""}, None),
+    ("another job pending", {"pending/0010-{next8}.yaml": ""}, None),
+]
+
+
+def python_find(sp: spoolmod.Spool, job_id: int) -> str | None:
+    """Where job ``job_id`` is, as the daemon answers a request: its pending
+    name (Spool.list_pending), else Spool.where."""
+    if any(q.job_id == job_id for q in sp.list_pending()):
+        return "pending"
+    return sp.where(job_id)
+
+
+def test_gfind_and_the_spool_agree_on_where_a_job_is(tmp_path):
+    """bin/gspool.sh's _gfind (gkill, gcancel, ghold, grelease, gprio) names
+    the folder Spool.list_pending and Spool.where name, on every case."""
+    disagree = []
+    for n, (case, planted, folder) in enumerate(FIND_CASES):
+        sp = new_spool(tmp_path / f"s{n}")
+        job_id = 7
+        for pattern, kind in planted.items():
+            plant(sp.root / pattern.format(id=job_id, id8=f"{job_id:08d}", next=job_id + 1,
+                                           next8=f"{job_id + 1:08d}"), kind)
+        p = subprocess.run(["dash", "-c", '_gme=t _gspool=$1; . "$0"; _gfind "$2"; '
+                            'printf "%s\n" "$_gd"', BIN / "gspool.sh", str(sp.root),
+                            str(job_id)], capture_output=True, timeout=30)
+        got = p.stdout.decode().strip() or None
+        if not got == python_find(sp, job_id) == folder:
+            disagree.append((case, "sh", got, p.stderr, "python", python_find(sp, job_id)))
+    assert not disagree
 
 
 # ---------------------------------------------------------------- ids

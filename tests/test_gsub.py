@@ -154,6 +154,29 @@ def submit(spool: Path, *args, shell: str = "dash", prio: int = 10, **kw) -> tup
     return job_id, job
 
 
+def live_host(spool: Path, host: str = "vm", gpus: int = 4, age: float = 0.0,
+              **fields) -> Path:
+    """A heartbeat as spoold.hosts writes it, ``age`` seconds old: gsub takes
+    the host for live while its time is within its host_timeout."""
+    beat = {"host": host, "time": time.time() - age, "pid": 1,
+            "gpus": [{"index": i, "uuid": f"GPU-{i}", "name": "Fake", "memory_total": 40960,
+                      "memory_used": 0, "utilization": 0, "error": None, "busy": None}
+                     for i in range(gpus)],
+            "jobs": [{"id": 3, "uid": 0, "user": "root", "name": "x", "gpus": [0, 1],
+                      "cpus": [0, 1, 2], "gpu_mem": 0, "mem": 0, "started_at": 1.0,
+                      "time_limit": None}],
+            "shares": [], "max_load": 0.1, "max_memory": 0.1, "cpus": 8, "mem": 16384,
+            "limit": gpus, "host_timeout": 60.0, "draining": False,
+            "enforced": {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)",
+                         "mem": "booked only (not enforced)",
+                         "time_limit": "TERM, then KILL after the grace"}}
+    beat.update(fields)
+    (spool / "state" / "hosts").mkdir(exist_ok=True)
+    path = spool / "state" / "hosts" / f"{host}.yaml"
+    path.write_bytes(jobmod.dump(beat))
+    return path
+
+
 def default_name(s: str, word: bool = False) -> str:
     if word:
         s = re.split(r"[ \t\n]", s.lstrip(" \t\n"), maxsplit=1)[0]
@@ -291,6 +314,7 @@ def test_invalid_utf8_env_value_skipped_with_warning(spool, shell):
     env = {k.encode(): v.encode() for k, v in base_env().items()}
     env[b"BAD_VALUE"] = b"x\xffy"
     env[b"GOOD_VALUE"] = "caf\u00e9".encode()
+    live_host(spool)  # (no warning that no spoold runs)
     p = subprocess.run([shell, str(GSUB), "--spool", str(spool), "true"], capture_output=True,
                        env=env)
     assert p.returncode == 0, p.stderr
@@ -938,6 +962,7 @@ def quoting_harness(tmp_path: Path) -> Path:
                 src.index("# ------------------------------------------------------"
                           "---------- environment")]
     h = tmp_path / "quote.sh"
+    shutil.copy(GSUB.parent / "gspool.sh", tmp_path)  # sourced by the head
     h.write_text(head + funcs + 'for _ga; do if _gq "$_ga"; then printf "%s\\n" "$_gr"; '
                  "else echo INVALID; fi; done\n")
     return h

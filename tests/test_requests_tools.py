@@ -1,13 +1,16 @@
 """Tests of bin/gkill, bin/gcancel, bin/ghold, bin/grelease, bin/gpause and
 bin/gresume: they only create empty request files requests/<kind>-<id> (or
 requests/pause, requests/resume) in the spool, and never open, follow or
-truncate an entry that is already there."""
+truncate an entry that is already there.  Each id is looked up first: an
+unknown or ended job, a running one for gcancel/ghold/grelease, and another
+user's pending job are named and skipped (exit 1), the others requested."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,9 +49,19 @@ def requests(spool: Path) -> list[str]:
     return sorted(os.listdir(spool / "requests"))
 
 
+def queue(spool: Path, *ids: int, prio: int = 10) -> list[Path]:
+    """Pending jobs ``ids``, as gsub names them."""
+    made = []
+    for i in ids:
+        made.append(spool / "pending" / f"{prio:04d}-{i:08d}.yaml")
+        made[-1].write_text(f"id: {i}\nargv: [true]\n")
+    return made
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("tool", sorted(KINDS))
 def test_writes_empty_request_files(spool, tool, shell):
+    queue(spool, 7, 12)
     p = run(tool, "--spool", str(spool), "7", "0012", "7", shell=shell)
     assert (p.returncode, p.stdout, p.stderr) == (0, b"", b"")
     kind = KINDS[tool]
@@ -87,11 +100,14 @@ def test_help(tool):
 
 
 def test_spool_from_env_home_and_option_forms(spool, tmp_path):
+    queue(spool, 5, 8, 9)
     p = run("gkill", "5", environ=env(SPOOLD_SPOOL=str(spool)))
     assert p.returncode == 0 and requests(spool) == ["kill-5"]
     home = tmp_path / "home"
     hs = home / ".local/share/spoold"
-    (hs / "requests").mkdir(parents=True)
+    for name in FOLDERS:
+        (hs / name).mkdir(parents=True)
+    queue(hs, 6)
     p = run("gcancel", "6", environ=env(HOME=str(home)))
     assert p.returncode == 0 and os.listdir(hs / "requests") == ["cancel-6"]
     p = run("ghold", f"--spool={spool}", "--", "8")
@@ -109,6 +125,7 @@ def test_no_spool(tmp_path):
 
 def test_wrappers_found_on_path(spool, tmp_path):
     """Installed side by side (or only gkill on PATH), the wrappers work by name."""
+    queue(spool, 4, 11)
     for tool in KINDS:
         p = subprocess.run([tool, "--spool", str(spool), "4"], capture_output=True,
                            env=env(PATH=f"{BIN}:{os.environ['PATH']}"))
@@ -140,6 +157,7 @@ def test_queue_requests(spool):
 
 def test_ids_up_to_eight_digits(spool):
     """Ids are at most 99999999, the width of pending names."""
+    queue(spool, 99999999)
     p = run("gkill", "--spool", str(spool), "99999999", "0000099999999")
     assert p.returncode == 0 and requests(spool) == ["kill-99999999"]
     p = run("gkill", "--spool", str(spool), "100000000")
@@ -187,6 +205,7 @@ PLANTED = ["folder", "link to a file", "link to a folder", "dangling link", "fif
 @pytest.mark.parametrize("kind", PLANTED)
 def test_planted_entry_fails_its_request_by_name_and_the_others_are_made(spool, tmp_path,
                                                                           kind, shell):
+    queue(spool, 3, 4)
     plant(kind, spool / "requests" / "kill-3", tmp_path)
     p = run("gkill", "--spool", str(spool), "3", "4", shell=shell)  # a fifo must not block
     assert (p.returncode, p.stdout, p.stderr) == (1, b"", planted_message("gkill", "kill-3"))
@@ -206,6 +225,7 @@ def test_planted_entry_fails_a_queue_request_by_name(spool, tmp_path, tool, kind
 @pytest.mark.parametrize("tool", ["gkill", "gpause"])
 def test_symlink_at_the_request_name_leaves_its_target_untouched(spool, tmp_path, tool, shell):
     target = target_file(tmp_path)
+    queue(spool, 5)
     name = "kill-5" if tool == "gkill" else "pause"
     (spool / "requests" / name).symlink_to(target)
     before = target.stat()
@@ -219,6 +239,7 @@ def test_symlink_at_the_request_name_leaves_its_target_untouched(spool, tmp_path
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_own_request_already_there_is_success_and_left_as_it_is(spool, shell):
+    queue(spool, 6, 7)
     own = spool / "requests" / "hold-6"
     own.write_text("mine\n")
     for tool, args in (("ghold", ["6", "7"]), ("gpause", [])):
@@ -232,9 +253,76 @@ def test_own_request_already_there_is_success_and_left_as_it_is(spool, shell):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
 def test_another_users_file_is_not_our_request(spool):
+    queue(spool, 8)
     other = spool / "requests" / "cancel-8"
     other.write_text("")
     os.chown(other, 65534, 65534)
     p = run("gcancel", "--spool", str(spool), "8")
     assert (p.returncode, p.stderr) == (1, planted_message("gcancel", "cancel-8"))
     assert os.stat(other).st_uid == 65534
+
+
+# ---------------------------------------------------------------- ids looked up
+def spread(spool: Path) -> None:
+    """Job 1 pending, 2 running, 3 done, 4 failed (padded name), 5 cancelled,
+    6 refused (its kept original only); 7 is no job."""
+    queue(spool, 1)
+    for rel in ("running/2.yaml", "done/3.yaml", "failed/00000004.yaml", "cancelled/5.yaml",
+                "failed/6.orig"):
+        (spool / rel).write_text("id: 0\n")
+
+
+ENDED = ["job 3 already ended (done)", "job 4 already ended (failed)",
+         "job 5 already ended (cancelled)", "job 6 already ended (failed)", "no such job: 7"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("tool", sorted(KINDS))
+def test_each_id_is_looked_up_and_the_others_are_still_requested(spool, tool, shell):
+    """An unknown id, an ended job and (but for gkill) a running one are named
+    on stderr, exit 1, no request; the pending job (and gkill's running one)
+    is still requested, whatever the order of the ids."""
+    spread(spool)
+    p = run(tool, "--spool", str(spool), "7", "6", "5", "4", "3", "2", "1", shell=shell)
+    kind = KINDS[tool]
+    running = {"gkill": None,
+               "gcancel": "job 2 is running: gcancel only cancels pending jobs (gkill kills it)"
+               }.get(tool, "job 2 is running: only pending jobs can be held or released")
+    want = [f"{tool}: {m}" for m in [*reversed(ENDED), running] if m]
+    assert (p.returncode, p.stdout) == (1, b"")
+    assert p.stderr.decode().splitlines() == want
+    assert requests(spool) == sorted(f"{kind}-{i}" for i in ([1, 2] if running is None else [1]))
+
+
+@pytest.mark.parametrize("tool", sorted(KINDS))
+def test_an_unknown_id_alone_writes_nothing(spool, tool):
+    p = run(tool, "--spool", str(spool), "999")
+    assert (p.returncode, p.stderr) == (1, f"{tool}: no such job: 999\n".encode())
+    assert requests(spool) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a tool as another user")
+def test_another_users_pending_job_is_refused_by_name(tmp_path):
+    """In a shared spool (pending/ and requests/ 1777) a user's gkill names
+    another user's pending job and asks nothing; its own job and a root-owned
+    file (a job spoold put back, whose owner is written in it) are asked."""
+    base = Path(tempfile.mkdtemp(prefix="spoold-req-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        shutil.copytree(BIN, base / "bin")
+        sp = base / "spool"
+        for name in FOLDERS:
+            (sp / name).mkdir(parents=True)
+            os.chmod(sp / name, 0o1777 if name in ("pending", "requests") else 0o755)
+        other, mine, roots = queue(sp, 7, 8, 9)
+        os.chown(other, 1, 1)
+        os.chown(mine, 65534, 65534)
+        p = subprocess.run(["dash", str(base / "bin" / "gkill"), "--spool", str(sp), "7", "8", "9"],
+                           capture_output=True, env=env(), user=65534, group=65534, timeout=30)
+        assert (p.returncode, p.stderr.decode()) == (1, (
+            "gkill: job 7 is not yours (its file pending/0010-00000007.yaml is uid 1's): only "
+            "its owner or root may kill it\n"))
+        assert requests(sp) == ["kill-8", "kill-9"]
+        assert {os.stat(sp / "requests" / n).st_uid for n in requests(sp)} == {65534}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
