@@ -287,7 +287,8 @@ def test_fake_file_and_fake_nvml_give_the_same_readings(tmp_path, nvml):
 def test_fake_file_keeps_its_meanings(tmp_path):
     path = tmp_path / "gpus.yaml"
     path.write_text("- {index: 3, memory_total: 100, memory_used: 50.7, utilization: 5}\n"
-                    "- {index: x}\n- 7\n- {index: 4, memory_total: .nan, utilization: 0, memory_used: 0}\n"
+                    "- {index: x}\n- 7\n"
+                    "- {index: 4, memory_total: .nan, utilization: 0, memory_used: 0}\n"
                     "- {index: 6, name: Big, memory_total: 100, memory_used: 0, utilization: 0,"
                     " error: Unknown Error, processes: [{pid: 5}]}\n")
     src = FakeGpus(path)
