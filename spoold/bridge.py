@@ -142,5 +142,15 @@ class SlurmExecutor:
     def end_time(self, run, code: int | None) -> float | None:
         return None
 
+    def usage(self, run) -> dict:
+        return run.gpu_usage()
+
+    def enforced(self) -> dict:
+        return {"gpus": "SLURM (--gres, CUDA_VISIBLE_DEVICES)", "cpus": "SLURM",
+                "mem": "SLURM (--mem)", "time_limit": "SLURM (--time)"}
+
+    def job_of(self, pid: int) -> int | None:
+        return None  # SLURM's jobs run elsewhere
+
     def release(self, run) -> None:
         pass

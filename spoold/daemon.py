@@ -31,13 +31,14 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import daemonlog, runner
+from . import daemonlog, metrics, runner
 from . import spool as spoolmod
 from .bridge import SlurmExecutor
 from .executor import LocalExecutor
 from .gpus import GpuReading, busy_reason, open_source
 from .hosts import Hosts
 from .lifecycle import Lifecycle, Run
+from .metrics import Metrics
 from .options import NETWORK_FS, Options, _version, filesystem_type, parse_args
 from .pending import PendingQueue
 from .policy import Shares
@@ -102,6 +103,8 @@ class Daemon:
         self.cpu_ids: tuple[int, ...] = ()
         self.mem = 0
         self.peers: tuple[Resources, ...] = ()
+        self.foreign: dict[int, list] = {}  # GPU -> processes on it that are no job's
+        self.metrics = Metrics()
         self.write_failed = False
         self.backoff = 0.0
         self.blocked_until = 0.0
@@ -388,7 +391,27 @@ class Daemon:
         except Exception as e:  # a broken driver must not stop the queue
             log.warning("GPU reading failed: %s", e)
             self.readings = [GpuReading(index=i, error=str(e)) for i in self.managed]
-        self.hosts.heartbeat()
+        self.foreign = self.guard(None, self.jobs.sample_gpus, self.gpu_views()) or {}
+        if self.o.foreign_procs != "busy":
+            self.foreign = {}
+        if self.hosts.heartbeat():  # something changed, or 5 s passed: so do the metrics
+            self.guard(None, self.write_metrics)
+
+    def busy(self, r: GpuReading) -> str | None:
+        """Why GPU ``r`` is busy for reasons other than our own jobs (None: free)."""
+        return busy_reason(r, self.o.max_load, self.o.max_memory,
+                           foreign=self.foreign.get(r.index, ()))
+
+    def write_metrics(self) -> None:
+        """--metrics: the Prometheus text file, rewritten when something changed."""
+        if self.o.metrics is None:
+            return
+        folders = {d: len(self.spool.list_ids(d)) for d in ("running", *spoolmod.FINAL_DIRS)}
+        folders["pending"] = len(self.queue.names or ())
+        held = {i for run in self.runs.values() for i in run.record.get("assigned_gpus") or ()}
+        gpus = [r.as_dict() | {"busy": self.busy(r), "assigned": r.index in held}
+                for r in self.gpu_views()]
+        metrics.write(self.o.metrics, self.metrics.render(folders, gpus, self.hosts.beat_time))
 
 
     def gpu_views(self) -> list[GpuReading]:
@@ -399,7 +422,7 @@ class Daemon:
     def resources(self) -> Resources:
         gpus = []
         for r in self.gpu_views():
-            why = busy_reason(r, self.o.max_load, self.o.max_memory)
+            why = self.busy(r)
             gpus.append(Gpu(r.index, why, r.memory_total, r.memory_used, failed=bool(r.error)
                             or r.memory_total is None))
         return Resources(gpus=tuple(gpus), cpus=self.cpu_ids, mem=self.mem, limit=self.limit,
@@ -439,7 +462,8 @@ class Daemon:
         for p, reason in bad:
             self.guard(p.job_id, self.jobs.reject_file, p, reason)
         for job_id, reason in decision.reject.items():
-            self.guard(job_id, self.jobs.end_pending, job_id, "failed", reason)
+            self.guard(job_id, self.jobs.end_pending, job_id, "failed", reason, None,
+                       "rejected")
         for job_id, reason in decision.cancel.items():
             self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
         for s in decision.start:

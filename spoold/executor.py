@@ -38,11 +38,18 @@ from typing import NamedTuple, Protocol
 from . import job as jobmod
 from . import runner
 from .cgroup import Cgroups
+from .records import KILL_TIME, outcome_of
 from .scheduler import Decision, schedule
 
 log = logging.getLogger("spoold")
 
 HOOK_FIELDS = ("cwd", "env", "umask", "shell", "name", "array_index")  # what a hook keeps
+
+
+# What a booking means in practice (gstat shows it from the heartbeat).
+ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)",
+            "time_limit": "TERM, then KILL after the grace",
+            "gpu_mem": "ended when its processes use more than the slice (+5%) two polls running"}
 
 
 class LaunchError(Exception):
@@ -67,6 +74,9 @@ class Executor(Protocol):
     def recover_strays(self, known: set[int]) -> None: ...
     def hook_running(self, run, code: int | None) -> bool: ...
     def end_time(self, run, code: int | None) -> float | None: ...
+    def usage(self, run) -> dict: ...
+    def enforced(self) -> dict: ...
+    def job_of(self, pid: int) -> int | None: ...
     def release(self, run) -> None: ...
     def wake_at(self, runs: dict, now: float) -> float: ...
 
@@ -74,10 +84,8 @@ class Executor(Protocol):
 def spawn_hook(lc, run, code: int | None, cgroups: Cgroups | None) -> int:
     """Start ``--on-finish`` as the job's user, with its GPUs and environment;
     output goes to the job's log (opened by the daemon, never a user's path)."""
-    from .records import outcome_of
-
     rec = run.record
-    state, reason = outcome_of(rec, code)
+    state, reason, _ = outcome_of(rec, code)
     job = jobmod.validate({k: rec[k] for k in HOOK_FIELDS if k in rec}
                           | {"cmd": rec["on_finish"], "id": run.id})
     extra = {"SPOOLD_EXIT_CODE": "" if code is None else str(code), "SPOOLD_STATE": state,
@@ -120,7 +128,8 @@ class LocalExecutor:
     def launch(self, run_id: int, job, rec: dict, creds, start) -> dict:
         try:
             pid = runner.launch(self.spool, self.run_path(run_id), job, start.gpus, start.cpus,
-                                creds, self.spool.log_path(run_id), cgroups=self.cgroups)
+                                creds, self.spool.log_path(run_id), cgroups=self.cgroups,
+                                mem_mib=job.mem or None)
         except OSError as e:
             raise LaunchError(f"could not start: {e}") from None
         return {"pid": pid}
@@ -139,14 +148,23 @@ class LocalExecutor:
                     "failed", f"exit code unknown: its run file state/run/{self.o.host}/"
                               f"{run.id}.lock was removed while it ran")))
             elif state != "running":
-                ended.append(Ended(run, code))
+                cg = self.cgroup_of(run.id)
+                if run.used is None:  # now: its hook will run in the same cgroup
+                    run.used = self.measure(run)
+                if cg is not None and cg.oom_killed(run.id):
+                    mem = run.record.get("mem")
+                    ended.append(Ended(run, code, (
+                        "failed", f"out of memory: the kernel killed it over its {mem} MiB "
+                                  "(--mem)", "out_of_memory")))
+                else:
+                    ended.append(Ended(run, code))
             elif run.kill_at and now >= run.kill_at:
                 n = self.signal(run, signal.SIGKILL)
                 log.info("job %d: grace over, KILL sent to %d process(es)", run.id, n)
                 run.kill_at = None
             elif (b := run.booking()).ends_at and now >= b.ends_at and \
                     not run.record.get("kill_reason"):
-                self.lc.kill(run, "time limit")
+                self.lc.kill(run, KILL_TIME)
         if self.tidy:
             self.clean_cgroups(runs)
         return ended
@@ -232,6 +250,53 @@ class LocalExecutor:
         try:  # the status was written as it ended; the kernel's coarse clock
             return max(self.run_path(run.id).stat().st_mtime, run.record.get("started_at") or 0)
         except FileNotFoundError:
+            return None
+
+    def measure(self, run) -> dict:
+        """CPU and peak memory from the job's cgroup, or the shepherd's rusage."""
+        cg = self.cgroup_of(run.id)
+        if cg is not None:
+            return cg.usage(run.id)
+        return runner.child_usage(run.pid) if run.pid else {}
+
+    def usage(self, run) -> dict:
+        """What the job used: as measured when it ended, and its GPU samples."""
+        used = run.used if run.used is not None else self.measure(run)
+        return {**used, **run.gpu_usage()}
+
+    def enforced(self) -> dict:
+        mem = None
+        if self.cgroups is not None:
+            mem = self.cgroups.memory_limits
+        return {**ENFORCED, "mem": f"limit ({mem})" if mem else "booked only (not enforced)"}
+
+    def job_of(self, pid: int) -> int | None:
+        """The job a process belongs to: its job cgroup (the kernel's word) where
+        there are cgroups; else its markers, counted only in a process of the
+        job's own uid. None for anything else."""
+        if self.cgroups is not None:
+            tail = f"/{self.cgroups.base.name}/job-"
+            try:
+                with open(f"/proc/{pid}/cgroup") as f:
+                    for line in f:
+                        path = line.rstrip("\n").split(":", 2)[-1]  # id:controllers:path
+                        i = path.find(tail)
+                        if i >= 0:
+                            return int(path[i + len(tail):].split("/")[0])
+            except (OSError, ValueError):
+                return None
+            return None
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            job_id = int(env.get(b"SPOOLD_JOB_ID", b"x"))
+            if env.get(b"SPOOLD_SPOOL") != os.fsencode(str(self.spool.root)):
+                return None
+            run = self.lc.runs.get(job_id)
+            if run is None or os.stat(f"/proc/{pid}").st_uid != run.record.get("uid"):
+                return None
+            return job_id
+        except (OSError, ValueError):
             return None
 
     def release(self, run) -> None:

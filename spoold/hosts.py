@@ -22,16 +22,12 @@ import time
 
 from . import job as jobmod
 from . import spool as spoolmod
-from .gpus import busy_reason
 from .records import read_record
 from .scheduler import Gpu, Resources
 from .spool import BadFile
 
 log = logging.getLogger("spoold")
 
-# What a booking means in practice (shown by gstat; docs/scheduling.md).
-ENFORCED = {"gpus": "CUDA_VISIBLE_DEVICES", "cpus": "pinned (sched_setaffinity)",
-            "mem": "booked only (not enforced)", "time_limit": "TERM, then KILL after the grace"}
 
 
 def _count(value) -> int | None:
@@ -64,6 +60,11 @@ class Hosts:
         self.d = d  # the daemon: its options, spool, runs and readings
         self._last_beat: tuple[float, object] = (0.0, None)
 
+    @property
+    def beat_time(self) -> float:
+        """When the heartbeat was last written (its ``time:``)."""
+        return self._last_beat[0]
+
     def open_lock(self, host: str) -> int:
         """A host's lock file, 0600: whoever can open a file can flock it, so no
         user may open it (they could hold a host's lock and stall its recovery)."""
@@ -72,9 +73,9 @@ class Hosts:
         os.fchmod(fd, 0o600)
         return fd
 
-    def heartbeat(self) -> None:
+    def heartbeat(self) -> bool:
         """state/hosts/<host>.yaml: proof of life for other hosts, readings for gstat."""
-        snap = [r.as_dict() | {"busy": busy_reason(r, self.d.o.max_load, self.d.o.max_memory)}
+        snap = [r.as_dict() | {"busy": self.d.busy(r)}
                 for r in self.d.gpu_views()]
         # Public (the heartbeat is world-readable, records are not): which job
         # holds what, so every user sees every running job; no command, no env.
@@ -82,6 +83,7 @@ class Hosts:
                  "name": r.record.get("name"), "gpus": r.record.get("assigned_gpus") or [],
                  "cpus": r.record.get("assigned_cpus") or [],
                  "gpu_mem": r.record.get("gpu_mem") or 0, "mem": r.record.get("mem") or 0,
+                 "gpu_mem_mib": r.gpu_mem_now,
                  "started_at": r.record.get("started_at"),
                  "time_limit": r.record.get("time_limit")} for r in self.d.runs.values()]
         now = time.time()
@@ -89,7 +91,7 @@ class Hosts:
         shares = self.d.share_table()
         if (snap, jobs, shares) == self._last_beat[1] and now - self._last_beat[0] < min(
                 5.0, self.d.o.host_timeout / 4):
-            return
+            return False
         self._last_beat = (now, (snap, jobs, shares))
         data = jobmod.dump({"host": self.d.o.host, "time": now, "pid": os.getpid(),
                             "gpus": snap, "jobs": jobs, "shares": shares,
@@ -97,12 +99,13 @@ class Hosts:
                             "max_memory": self.d.o.max_memory, "cpus": len(self.d.cpu_ids),
                             "mem": self.d.mem, "limit": self.d.limit,
                             "host_timeout": self.d.o.host_timeout, "draining": self.d.draining,
-                            "enforced": ENFORCED})
+                            "enforced": self.d.executor.enforced()})
         try:
             self.d.spool.replace_atomic(self.d.spool.host_file(self.d.o.host), data, sync=False)
         except OSError as e:
             log.error("cannot write the heartbeat %s: %s (disk full or read-only?); retrying",
                       self.d.spool.host_file(self.d.o.host), e)
+        return True
 
     def check(self, now: float) -> None:
         """Fail (or requeue) the running jobs of hosts whose heartbeat went stale;
@@ -143,7 +146,7 @@ class Hosts:
                     rec["reason"] = reason + "; requeued"
                     self.d.jobs.requeue(job_id, rec, reason)
                 else:
-                    rec.update(ended_at=time.time(), reason=reason)
+                    rec.update(ended_at=time.time(), reason=reason, outcome="node_fail")
                     self.d.records.save(path, rec)
                     spoolmod.move_noreplace(path, self.d.spool.record("failed", job_id))
                     self.d.records.final_count += 1

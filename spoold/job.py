@@ -62,6 +62,7 @@ DAEMON_FIELDS: dict[str, str] = {
     "host": _STR, "claimed_at": _NUM, "started_at": _NUM, "ended_at": _NUM,
     "exit_code": _INT, "reason": _STR, "kill_reason": _STR, "original_name": _STR,
     "enforced": "mapping", "slurm_id": _STR, "executor": _STR, "hook_started_at": _NUM,
+    "outcome": _STR, "usage": "mapping",
 }
 KNOWN_FIELDS = {**SUBMIT_FIELDS, **DAEMON_FIELDS}
 

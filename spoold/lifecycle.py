@@ -31,8 +31,9 @@ from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
 from .executor import LaunchError
+from .gpus import foreign as foreign_procs
 from .pending import Slim
-from .records import RUN_FIELDS, finite, outcome_of, owner_of, read_record
+from .records import KILL_GPU_MEM, RUN_FIELDS, finite, outcome_of, owner_of, read_record
 from .scheduler import Running, running_of
 from .spool import BadFile
 
@@ -50,6 +51,20 @@ class Run:
     pid: int | None = None
     kill_at: float | None = None  # when to send KILL after TERM
     hook_pid: int | None = None  # the on-finish hook we started (this daemon's child)
+    gpu_mem_now: int | None = None  # MiB its processes use on GPUs, at the last poll
+    gpu_mem_peak: int | None = None
+    gpu_mem_over: int = 0  # polls in a row over its --gpu-mem slice
+    util_sum: float = 0.0  # utilization % of its GPUs, summed over polls
+    util_n: int = 0
+    used: dict | None = None  # CPU and memory, read as it ended (before any hook ran)
+
+    def gpu_usage(self) -> dict:
+        out = {}
+        if self.gpu_mem_peak is not None:
+            out["gpu_mem_peak_mib"] = self.gpu_mem_peak
+        if self.util_n:
+            out["gpu_util_mean"] = round(self.util_sum / self.util_n, 1)
+        return out
 
     def booking(self) -> Running:
         return running_of(self.id, self.record)
@@ -61,6 +76,7 @@ class Run:
 
 class Lifecycle:
     def __init__(self, d):
+        self.d = d  # the daemon, for its metrics
         self.runs: dict[int, Run] = d.runs  # this host's running jobs (the daemon's dict)
         self.guard = d.guard  # fences one job's step: a failure never stops the loop
         self.uid = d.uid  # the daemon's own uid (0: a shared spool)
@@ -86,13 +102,15 @@ class Lifecycle:
             self.queue.leave(p)
         rec = {"id": p.job_id, "uid": owner, "user": runner.creds_for(owner).name,
                "original_name": spoolmod.printable_name(original or p.name),
-               "reason": f"rejected: {reason}", "ended_at": time.time()}
+               "reason": f"rejected: {reason}", "outcome": "rejected", "ended_at": time.time()}
         self.records.save(self.spool.record("failed", p.job_id), rec, create=True)
         self.records.final_count += 1
+        self.d.metrics.observe_finish("rejected")
         log.warning("job %d (pending/%s) rejected: %s; original kept as failed/%d.orig",
                     p.job_id, p.name, reason, p.job_id)
 
-    def end_pending(self, job_id: int, state: str, reason: str, p=None) -> None:
+    def end_pending(self, job_id: int, state: str, reason: str, p=None,
+                    outcome: str | None = None) -> None:
         """pending -> failed/ or cancelled/, through running/ so that the final
         record appears complete in one rename. A crash in between puts the job
         back in pending/, where the same decision (or request) is made again."""
@@ -105,10 +123,12 @@ class Lifecycle:
             spoolmod.move_noreplace(self.spool.pending / p.name, path)
         except FileNotFoundError:
             return
-        self.finish_claimed(job_id, path, state, reason)
+        self.finish_claimed(job_id, path, state, reason, outcome)
         self.records.prune()
 
-    def finish_claimed(self, job_id: int, path: Path, state: str, reason: str) -> None:
+    def finish_claimed(self, job_id: int, path: Path, state: str, reason: str,
+                       outcome: str | None = None) -> None:
+        """End a claimed job that never ran (refused, cancelled, could not start)."""
         st = os.lstat(path)
         try:
             data = read_record(path)
@@ -117,13 +137,14 @@ class Lifecycle:
             data = {"id": job_id}
         uid = owner_of(st.st_uid, data)
         data.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, ended_at=time.time(),
-                    reason=reason)
+                    reason=reason, outcome=outcome or outcome_of({}, None, (state, reason)).outcome)
         if path.exists():
             self.records.save(path, data)
             spoolmod.move_noreplace(path, self.spool.record(state, job_id))
         else:
             self.records.save(self.spool.record(state, job_id), data, create=True)
         self.records.final_count += 1
+        self.d.metrics.observe_finish(data["outcome"])
         (log.info if state == "cancelled" else log.warning)("job %d -> %s/: %s", job_id, state,
                                                              reason)
 
@@ -172,7 +193,7 @@ class Lifecycle:
             fd_st = os.lstat(path)
             job = jobmod.parse(spoolmod.read_untrusted(path))
         except (BadFile, jobmod.JobError) as e:
-            self.finish_claimed(job_id, path, "failed", f"rejected: {e}")
+            self.finish_claimed(job_id, path, "failed", f"rejected: {e}", "rejected")
             return None
         except spoolmod.StillOpen:
             job = None  # its owner holds a lease on it: not ours to read yet
@@ -186,7 +207,8 @@ class Lifecycle:
         uid = owner_of(fd_st.st_uid, job)
         if not self.queue.owner_ok(uid):
             self.finish_claimed(job_id, path, "failed", f"rejected: file owned by uid {uid}; "
-                                f"this spoold (uid {self.uid}) runs only its own files")
+                                f"this spoold (uid {self.uid}) runs only its own files",
+                                "rejected")
             return None
         rec = dict(job.data)
         for k in (*RUN_FIELDS, "reason"):
@@ -254,6 +276,8 @@ class Lifecycle:
             return
         rec.update(fields, started_at=started)
         self.records.save(path, rec, sync=False)
+        if finite(rec.get("submitted_at")):
+            self.d.metrics.observe_start(max(0.0, started - rec["submitted_at"]))
         self.runs[s.id] = Run(s.id, rec, fields.get("pid"))
         log.info("job %d started on GPU(s) %s (%s)", s.id, list(s.gpus) or "none",
                  ", ".join(f"{k} {v}" for k, v in fields.items()))
@@ -285,6 +309,41 @@ class Lifecycle:
             if rec.get("kill_reason"):
                 self.kill(run, rec["kill_reason"])
 
+    def sample_gpus(self, readings) -> dict[int, list]:
+        """At each GPU poll: each job's GPU memory (now and peak) and its GPUs'
+        utilization, from the processes NVML lists on each GPU; a job over its
+        --gpu-mem slice (+5%) two polls running is ended as out of memory.
+        Returns the processes that belong to no job, by GPU (``gpus.foreign``)."""
+        mine: dict[int, int] = {}
+        by_index = {r.index: r for r in readings}
+        foreign = {}
+        for r in readings:
+            procs = foreign_procs(r, lambda pid: self.executor.job_of(pid) in self.runs)
+            if procs:
+                foreign[r.index] = procs
+            for proc in r.processes:
+                job_id = self.executor.job_of(proc.pid)
+                if job_id in self.runs and proc.used_mib is not None:
+                    mine[job_id] = mine.get(job_id, 0) + proc.used_mib
+        for run in list(self.runs.values()):
+            utils = [by_index[i].utilization for i in run.record.get("assigned_gpus") or ()
+                     if i in by_index and by_index[i].utilization is not None]
+            if utils:
+                run.util_sum += sum(utils) / len(utils)
+                run.util_n += 1
+            now = mine.get(run.id)
+            run.gpu_mem_now = now
+            if now is None:
+                continue
+            run.gpu_mem_peak = max(run.gpu_mem_peak or 0, now)
+            slice_ = run.record.get("gpu_mem")
+            over = bool(slice_) and now > slice_ * 1.05
+            run.gpu_mem_over = run.gpu_mem_over + 1 if over else 0
+            if run.gpu_mem_over >= 2 and not run.record.get("kill_reason"):
+                self.kill(run, f"{KILL_GPU_MEM}: {now} MiB on its GPU, over its {slice_} MiB "
+                               "slice (--gpu-mem, +5%)")
+        return foreign
+
     def poll(self, now: float) -> None:
         """Record the runs the executor says have ended."""
         for ev in self.executor.poll(self.runs, now):
@@ -307,8 +366,11 @@ class Lifecycle:
         """Record how a job ended and move it to its final folder. ``outcome``
         (state, reason), when an executor knows better than the exit code."""
         rec = run.record
-        state, reason = outcome_of(rec, code, outcome)
+        state, reason, rec["outcome"] = outcome_of(rec, code, outcome)
         rec.update(ended_at=self.executor.end_time(run, code) or time.time())
+        usage = self.executor.usage(run)
+        if usage:
+            rec["usage"] = usage
         if code is not None:
             rec["exit_code"] = code
         if reason:
@@ -325,6 +387,7 @@ class Lifecycle:
         self.executor.release(run)
         self.runs.pop(run.id, None)
         self.records.final_count += 1
+        self.d.metrics.observe_finish(rec["outcome"])
         log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
                  f": {reason}" if reason else "")
         self.records.prune()

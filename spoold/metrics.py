@@ -33,8 +33,9 @@ Invariants:
   failure (the daemon logs it; the next poll tries again).
 
 Where the file goes (``--metrics FILE``, ``--metrics -`` for none): by
-default ``SPOOL/state/metrics.prom``, which node_exporter's textfile collector
-reads through a link in its directory (``ln -s SPOOL/state/metrics.prom
+default ``SPOOL/state/hosts/HOST.prom`` (one per host: hosts sharing a spool never
+overwrite each other's), which node_exporter's textfile collector
+reads through a link in its directory (``ln -s SPOOL/state/hosts/HOST.prom
 /var/lib/node_exporter/textfile_collector/spoold.prom``), or straight there
 with ``--metrics /var/lib/node_exporter/textfile_collector/spoold.prom``.
 The temp file is ``.NAME.XXXXXXXX.tmp`` in the same folder: the collector

@@ -52,6 +52,8 @@ class Options:
     policy: Path | None = None  # None: SPOOL/policy.yaml
     stop: bool = False  # spoold --stop: signal the running daemon (control.stop), run none
     stop_timeout: float | None = None  # --stop's wait; None: no limit
+    foreign_procs: str = "busy"  # or "ignore": processes on a GPU that are no job's
+    metrics: Path | None = None  # Prometheus text file (None: none)
 
 
 def _version() -> str:
@@ -99,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--policy", type=Path, default=None, metavar="FILE",
                     help="per-user and per-group caps and admin groups (SPOOL/policy.yaml; "
                          "root's only in a shared spool; docs/scheduling.md)")
+    ap.add_argument("--foreign-procs", choices=("busy", "ignore"), default="busy",
+                    help="a process on a managed GPU that is no job of ours makes the GPU busy "
+                         "(busy, the default) or is ignored")
+    ap.add_argument("--metrics", type=Path, default=None, metavar="FILE",
+                    help="Prometheus text file, rewritten at each poll when something changed "
+                         "(SPOOL/state/hosts/HOST.prom; '-' for none)")
     ap.add_argument("--hook-limit", type=float, default=60.0, metavar="SECONDS",
                     help="how long an --on-finish command may run; the job's GPUs stay booked "
                          "until it ends (60)")
@@ -184,6 +192,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
                    executor=a.executor, fairshare_halflife=halflife,
                    max_gpus_per_user=a.max_gpus_per_user, max_cpus_per_user=a.max_cpus_per_user,
-                   policy=a.policy, stop=a.stop is not False,
+                   policy=a.policy, foreign_procs=a.foreign_procs,
+                   stop=a.stop is not False,
                    stop_timeout=a.stop if a.stop not in (False, None, math.inf) else (
-                       None if a.drain else control.STOP_WAIT_S))
+                       None if a.drain else control.STOP_WAIT_S),
+                   metrics=None if str(a.metrics) == "-" else (
+                       a.metrics or Path(spool) / "state" / "hosts" / f"{a.host}.prom"))

@@ -2,7 +2,7 @@
 
 Owns: writing records (root's, readable by the owner's group in a shared
 spool), reading them back, who a job file's job runs as (``owner_of``), the
-final folder and reason of an ended job (``outcome_of``), the fields a run
+final folder, reason and outcome name of an ended job (``outcome_of``), the fields a run
 adds (``RUN_FIELDS``) and pruning finished records (``--keep``, per user).
 
 Invariants:
@@ -19,6 +19,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from . import job as jobmod
 from . import runner
@@ -51,28 +52,47 @@ def owner_of(st_uid: int, data) -> int:
 
 
 
-def outcome_of(rec: dict, code: int | None,
-               known: tuple[str, str] | None = None) -> tuple[str, str | None]:
-    """(final folder, reason) of a job that ended with exit ``code`` (None:
-    unknown), given its record; ``known``: what an executor reported."""
+class Outcome(NamedTuple):
+    """How a job ended: its final folder, the reason in words (None for a
+    success) and the outcome name, as SLURM distinguishes them (OUTCOMES)."""
+
+    folder: str
+    reason: str | None
+    outcome: str
+
+
+OUTCOMES = ("completed", "failed", "timeout", "out_of_memory", "cancelled", "node_fail",
+            "rejected")
+KILL_TIME = "time limit"
+KILL_REQUEST = "killed on request"
+KILL_GPU_MEM = "out of GPU memory"  # a kill reason starting with "out of" is out_of_memory
+
+
+def outcome_of(rec: dict, code: int | None, known: tuple | None = None) -> Outcome:
+    """How a job that ended with exit ``code`` (None: unknown) ended, given its
+    record; ``known``: what an executor reported, (folder, reason[, outcome])."""
     kill_reason = rec.get("kill_reason")
     tail = f"; exit code {code}" if code is not None else ""
-    if kill_reason == "time limit":
+    if kill_reason == KILL_TIME:
         limit = rec.get("time_limit")
         limit = f" ({limit:g}s)" if finite(limit) else ""
-        return "failed", f"time limit{limit} exceeded{tail}"
+        return Outcome("failed", f"time limit{limit} exceeded{tail}", "timeout")
+    if isinstance(kill_reason, str) and kill_reason.startswith("out of"):
+        return Outcome("failed", kill_reason + tail, "out_of_memory")
     if kill_reason:
-        return "cancelled", kill_reason + tail
+        return Outcome("cancelled", kill_reason + tail, "cancelled")
     if known is not None:
-        return known
+        folder, reason = known[0], known[1]
+        name = known[2] if len(known) > 2 else {"done": "completed"}.get(folder, folder)
+        return Outcome(folder, reason, name)
     if code is None:
-        return "failed", ("job processes vanished while spoold was not watching them "
-                          "(reboot, OOM killer, or kill -9 of the whole tree)")
+        return Outcome("failed", "job processes vanished while spoold was not watching them "
+                                 "(reboot, OOM killer, or kill -9 of the whole tree)", "failed")
     if code == 0:
-        return "done", None
+        return Outcome("done", None, "completed")
     # sh reports death by signal N as 128+N; signals stop at 64
-    return "failed", (f"killed by signal {code - 128}" if 128 < code <= 128 + 64
-                      else f"exit code {code}")
+    return Outcome("failed", f"killed by signal {code - 128}" if 128 < code <= 128 + 64
+                   else f"exit code {code}", "failed")
 
 
 def finite(x) -> bool:

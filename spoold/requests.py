@@ -26,7 +26,7 @@ import time
 from . import job as jobmod
 from . import spool as spoolmod
 from .pending import SETTLE_S, Slim, Taken
-from .records import read_record
+from .records import KILL_REQUEST, read_record
 from .spool import BadFile
 
 log = logging.getLogger("spoold")
@@ -131,7 +131,7 @@ class Requests:
         log.info("queue resumed")
 
     def kill(self, run) -> None:
-        self.d.jobs.kill(run, "killed on request")
+        self.d.jobs.kill(run, KILL_REQUEST)
 
     def cancel(self, p, kind: str) -> None:
         self.d.jobs.end_pending(p.job_id, "cancelled", f"{kind} requested before it started", p)

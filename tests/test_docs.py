@@ -53,11 +53,12 @@ def test_every_state_file_documented_is_one_the_code_names():
         sp.host_file("HOST"), sp.host_lock("HOST"), sp.run_lock(0, "HOST").with_name("ID.lock"),
         sp.paused_flag, sp.daemon_log, sp.state / "next-id", sp.state / "next-id.lock",
         sp.daemon_log.with_name("spoold.log.N"),  # its rotations (RotatingFileHandler)
-        sp.state / "max-pending", sp.state / "arrays.lock", sp.state_ids / "ID")}
+        sp.state / "max-pending", sp.state / "arrays.lock", sp.state_ids / "ID",
+        sp.state / "hosts" / "HOST.prom", sp.state / "priority" / "ID")}
     documented = {n for n in _first_column(_section(FORMAT, "STATE")) if n.startswith("state/")}
     assert documented == made
     code = "".join(p.read_text() for p in (REPO / "spoold").glob("*.py"))
-    for name in ("arrays.lock", "max-pending", "next-id.lock"):
+    for name in ("arrays.lock", "max-pending", "next-id.lock", "priority"):
         assert f'"{name}"' in code, f"{name} is documented but no code names it"
 
 
@@ -263,9 +264,10 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
     assert {p for p in in_tmp if p.count("/") > 1}, "gsub --array staged nothing in tmp/"
     in_tmp |= {str(sp.tmp_path(name).relative_to(root)) for name in ("7.yaml", "requeue-8")}
     assert not unmatched(in_tmp, files | folders), "names in tmp/ the doc never names"
-    never_seen = {"state/spoold.log.N": "rotated after 1 MiB of log"}
+    never_seen = {"state/spoold.log.N": "rotated after 1 MiB of log",
+                  "state/priority/ID": "only once root raises a priority (gprio)"}
     if os.geteuid() != 0:
         never_seen["state/ids/ID"] = "made only in a shared spool (a root daemon)"
     seen = entries | in_tmp
     assert set(files) - matched(seen, files) == set(never_seen)
-    assert set(folders) - matched(subfolders | in_tmp, folders) == set()
+    assert set(folders) - matched(subfolders | in_tmp, folders) <= {"state/priority"}

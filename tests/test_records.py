@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from spoold import job as jobmod
 from spoold import spool as spoolmod
-from spoold.records import Records, outcome_of, owner_of, read_record
+from spoold.records import OUTCOMES, Records, outcome_of, owner_of, read_record
 
 VANISHED = "job processes vanished while spoold was not watching them"
 CAP = spoolmod.MAX_RECORD_BYTES
@@ -31,11 +31,11 @@ CAP = spoolmod.MAX_RECORD_BYTES
     (255, ("failed", "exit code 255")),  # ssh's failure, exit(-1): no signal 127
 ])
 def test_the_exit_code_alone_decides_a_job_no_one_killed(code, want):
-    assert outcome_of({"id": 7}, code) == want
+    assert outcome_of({"id": 7}, code)[:2] == want
 
 
 def test_a_job_whose_exit_is_unknown_vanished():
-    state, reason = outcome_of({"id": 7}, None)
+    state, reason, _ = outcome_of({"id": 7}, None)
     assert state == "failed" and reason.startswith(VANISHED)
 
 
@@ -51,15 +51,32 @@ def test_a_job_whose_exit_is_unknown_vanished():
     ({"kill_reason": "killed on request"}, None, ("cancelled", "killed on request")),
 ])
 def test_a_kill_reason_decides_whatever_the_exit_code(rec, code, want):
-    assert outcome_of(rec, code) == want
+    assert outcome_of(rec, code)[:2] == want
     # ... and whatever an executor reported
-    assert outcome_of(rec, code, ("done", None)) == want
+    assert outcome_of(rec, code, ("done", None))[:2] == want
 
 
 @pytest.mark.parametrize("code", [0, 1, 137, None])
 def test_an_executors_outcome_wins_over_the_exit_code(code):
     for known in (("done", None), ("failed", "SLURM: TIMEOUT"), ("cancelled", "SLURM: CANCELLED")):
-        assert outcome_of({"id": 7}, code, known) == known
+        assert outcome_of({"id": 7}, code, known)[:2] == known
+
+
+@pytest.mark.parametrize(("rec", "code", "known", "name"), [
+    ({}, 0, None, "completed"),
+    ({}, 3, None, "failed"),
+    ({}, None, None, "failed"),
+    ({"kill_reason": "time limit", "time_limit": 5}, 143, None, "timeout"),
+    ({"kill_reason": "killed on request"}, 143, None, "cancelled"),
+    ({"kill_reason": "out of GPU memory: 9000 MiB over its 4096 MiB slice"}, 137, None,
+     "out_of_memory"),
+    ({}, 137, ("failed", "out of memory: over its 100 MiB (--mem)", "out_of_memory"),
+     "out_of_memory"),
+    ({}, None, ("failed", "host lost", "node_fail"), "node_fail"),
+    ({}, 0, ("cancelled", "SLURM: CANCELLED"), "cancelled"),
+])
+def test_each_ending_has_its_outcome_name(rec, code, known, name):
+    assert outcome_of(rec, code, known).outcome == name
 
 
 KILLS = st.sampled_from([None, "", "time limit", "killed on request", "host lost"])
@@ -70,8 +87,9 @@ KILLS = st.sampled_from([None, "", "time limit", "killed on request", "host lost
        known=st.one_of(st.none(), st.sampled_from([("done", None), ("failed", "why")])))
 def test_outcome_of_is_total_and_each_reason_says_why(code, kill, limit, known):
     rec = {"id": 7, "time_limit": limit, **({"kill_reason": kill} if kill is not None else {})}
-    state, reason = outcome_of(rec, code, known)
-    assert state in spoolmod.FINAL_DIRS
+    state, reason, name = outcome_of(rec, code, known)
+    assert state in spoolmod.FINAL_DIRS and name in OUTCOMES
+    assert (name == "completed") == (state == "done")
     assert (state == "done") == (reason is None)
     if kill:
         assert state == ("failed" if kill == "time limit" else "cancelled")
