@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
 import yaml
 from conftest import REPO, wait_for
 from hypothesis import given, settings

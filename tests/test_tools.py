@@ -356,8 +356,10 @@ def test_every_tool_has_help():
 
 @pytest.mark.parametrize("width", [60, 120])
 def test_gstat_width_is_respected_with_real_data(spool, daemon, width):
-    spool.gsub("-n", "9", "--", "true")
-    spool.gsub("-n", "0", "--hold", "-c", "echo " + "x" * 300)
+    held = spool.gsub("-n", "0", "--hold", "-c", "echo " + "x" * 300)
+    after = spool.gsub("-n", "4", "--after", str(held), "--", "true")
+    wait_for(lambda: _reason(spool, after) == f"waiting for job {held}",
+             what=f"job {after} to wait for job {held}")
     text = tools.render_gstat(tools.snapshot(tools.Spool(spool.root)), width=width)
     assert all(len(line) <= width for line in text.splitlines())
     assert "held (grelease" in text
