@@ -315,7 +315,7 @@ class Queue:
     """The daemon's queue order as a reader can know it: effective priorities
     (``fairshare.effective_priority``, in a shared spool) and, when its
     heartbeat ranks users, fair-share keys (``fairshare.queue_keys``) from the
-    published usage, exactly as ``pending.Pending.fair_order`` keys them."""
+    published usage, exactly as ``pending.PendingQueue.fair_order`` keys them."""
 
     def __init__(self, sp: Spool, shares: list[dict]):
         try:
