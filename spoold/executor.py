@@ -268,7 +268,9 @@ class LocalExecutor:
         mem = None
         if self.cgroups is not None:
             mem = self.cgroups.memory_limits
-        return {**ENFORCED, "mem": f"limit ({mem})" if mem else "booked only (not enforced)"}
+        return {"gpus": ENFORCED["gpus"], "cpus": ENFORCED["cpus"],
+                "mem": f"limit ({mem})" if mem else "booked only (not enforced)",
+                "time_limit": ENFORCED["time_limit"], "gpu_mem": ENFORCED["gpu_mem"]}
 
     def job_of(self, pid: int) -> int | None:
         """The job a process belongs to: its job cgroup (the kernel's word) where

@@ -117,9 +117,6 @@ def test_man_pages_from_a_normal_install(installed, tmp_path):
     assert "--stop" in (tmp_path / "man" / "spoold.1").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="needs pyproject.toml to install contrib/completion/ as "
-                   "the package folder spoold/completion/ (see spoold/control.py); remove "
-                   "this mark with that change")
 @pytest.mark.parametrize("shell, name", [("bash", "spoold.bash"), ("zsh", "_spoold")])
 def test_completions_from_a_normal_install(installed, tmp_path, shell, name):
     p = subprocess.run([installed / "bin" / "spoold", "--completion", shell],
