@@ -863,6 +863,105 @@ def test_errors_bash(spool, shell):
     assert_nothing_written(spool)
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("value, option", [("2x", "-t"), ("1.5h", "--time"), ("90 s", "-t"),
+                                           ("1:2x", "-t"), ("1-x", "--time")])
+def test_a_bad_duration_says_what_a_duration_is(spool, shell, value, option):
+    args = [f"{option}={value}"] if option.startswith("--") else [option, value]
+    p = run(spool, *args, "true", shell=shell)
+    assert (p.returncode, p.stderr.decode()) == (2, (
+        f"gsub: {option}: not a duration: '{value}' (use e.g. 90s, 10m, 2h, 1:30:00 or "
+        "infinite)\n"))
+    assert_nothing_written(spool)
+
+
+# ---------------------------------------------------------------- live hosts
+NO_DAEMON = ("gsub: no spoold is running on {} (no fresh heartbeat): the job waits until one "
+             "starts\n")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("beat", ["none", "no hosts folder", "stale", "stale by its own timeout",
+                                  "no time", "live"])
+def test_no_live_spoold_queues_the_job_with_a_warning(spool, shell, beat):
+    """The job is queued either way (the spool is the API); only without a
+    fresh heartbeat does gsub say that no spoold will run it yet."""
+    (spool / "state" / "hosts").mkdir()
+    if beat == "no hosts folder":
+        (spool / "state" / "hosts").rmdir()
+    elif beat == "stale":
+        live_host(spool, age=90)
+    elif beat == "stale by its own timeout":
+        live_host(spool, age=10, host_timeout=5.0)
+    elif beat == "no time":
+        live_host(spool, time=None)
+    elif beat == "live":
+        live_host(spool, age=3, host_timeout=5.0)
+        live_host(spool, host="old", age=1000)
+    p = run(spool, "-n", "0", "true", shell=shell)
+    assert (p.returncode, p.stdout) == (0, b"1\n")
+    assert p.stderr.decode() == ("" if beat == "live" else NO_DAEMON.format(spool))
+    assert pending_file(spool, 1).exists()
+
+
+def test_wait_without_a_daemon_warns_once_and_waits(spool, daemon):
+    daemon[1] = "exit_code: 4\n"
+    p = run(spool, "--wait", "-n", "0", "true")
+    assert (p.returncode, p.stdout, p.stderr.decode()) == (4, b"1\n", NO_DAEMON.format(spool))
+
+
+# (gsub's options, the heartbeat's fields, what it says after "no host can run this job: ")
+NEVER = [
+    (["-n", "9"], {}, "it asks for 9 GPUs, the largest host (vm) has 4"),
+    (["-n", "3"], {"limit": 2}, "it asks for 3 GPUs, the largest host (vm) takes 2 per job "
+                                "(spoold --limit)"),
+    (["-n", "1"], {"gpus": 0}, "it asks for 1 GPU, the largest host (vm) has 0"),
+    (["-n", "0", "--cpus", "9"], {}, "it asks for 9 CPUs, the largest host (vm) has 8"),
+    (["-n", "0", "--mem", "17G"], {}, "it asks for 17408 MiB of memory, the largest host (vm) "
+                                      "has 16384 MiB"),
+    (["--gpu-mem", "41G"], {}, "it asks for 41984 MiB of one GPU, the largest host (vm) has "
+                               "GPUs of 40960 MiB"),
+    (["--host", "nope", "-n", "0"], {}, "it is pinned to host nope (--host), which runs no "
+                                        "spoold now (live: vm)"),
+    (["--host", "vm", "-n", "5"], {}, "it asks for 5 GPUs, host vm (--host) has 4"),
+    (["--array", "1-3", "-n", "9"], {}, "it asks for 9 GPUs, the largest host (vm) has 4"),
+]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("args, fields, why", NEVER, ids=[" ".join(n[0]) for n in NEVER])
+def test_a_job_no_live_host_can_run_is_refused(spool, shell, args, fields, why):
+    """Exit 2, nothing queued, a reason like sbatch's; the same job is queued
+    when the host is not live (the daemon's check is then what refuses it)."""
+    beat = live_host(spool, **fields)
+    p = run(spool, *args, "true", shell=shell)
+    assert (p.returncode, p.stdout, p.stderr.decode()) == (
+        2, b"", f"gsub: no host can run this job: {why}\n")
+    assert_nothing_written(spool)
+    beat.unlink()
+    live_host(spool, age=100, **fields)
+    assert run(spool, *args, "true", shell=shell).returncode == 0
+
+
+def test_a_job_is_refused_only_when_no_live_host_fits_it(spool, tmp_path):
+    """Any live host that fits will do; stale hosts do not count, and a host
+    whose jobs go to SLURM takes any job."""
+    live_host(spool, host="a", gpus=2, cpus=64)
+    live_host(spool, host="b", gpus=8, cpus=2, limit=8)
+    live_host(spool, host="big", gpus=16, cpus=128, limit=16, age=3600)
+    assert run(spool, "-n", "8", "--cpus", "2", "true").returncode == 0
+    assert run(spool, "-n", "2", "--cpus", "64", "true").returncode == 0
+    p = run(spool, "-n", "8", "--cpus", "4", "true")
+    assert (p.returncode, p.stderr.decode()) == (2, (
+        "gsub: no host can run this job: a: it asks for 8 GPUs, a has 2; b: it asks for 4 "
+        "CPUs, b has 2\n"))
+    p = run(spool, "-n", "9", "true")
+    assert p.stderr.decode() == ("gsub: no host can run this job: it asks for 9 GPUs, the "
+                                 "largest host (b) has 8\n")
+    live_host(spool, host="cluster", gpus=0, enforced={"gpus": "SLURM (--gres)"})
+    assert run(spool, "-n", "64", "--cpus", "999", "true").returncode == 0
+
+
 def test_lock_that_can_not_be_opened_is_an_error(spool):
     (spool / "state" / "next-id.lock").mkdir()  # can not be opened, even by root
     p = run(spool, "true")
