@@ -3,6 +3,7 @@
 # the spool rules they share:
 #
 # - how a tool complains (_gdie, _gbad, _gwarn: "TOOL: message" on stderr);
+# - where its other files are (_glib);
 # - which spool to use (_gspoolat: spoold.spool.default_spool's rule);
 # - where job N is (_gwhere, _gfind: spoold.spool.Spool.find's rule, plus
 #   pending/ names PPPP-IIIIIIII.yaml).
@@ -20,6 +21,15 @@ _gbad() { # usage error (exit 2); _gat says where, in a script's #SBATCH lines
 }
 _gwarn() {
   printf '%s: %s\n' "$_gme" "$1" >&2
+}
+
+# _glib FILE: source FILE from beside the running tool ($0), else from PATH
+# (how each tool found this file)
+_glib() {
+  case $0 in */*) _gl=${0%/*}/$1 ;; *) _gl=./$1 ;; esac
+  [ -r "$_gl" ] || _gl=$1
+  # shellcheck disable=SC1090
+  . "$_gl"
 }
 
 # _gpad NUMBER WIDTH -> _gz, zero-padded
