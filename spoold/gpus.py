@@ -3,14 +3,16 @@
 Owns: turning the hardware (or ``--fake-gpus FILE``) into ``GpuReading``
 values, with the processes on each GPU; which of those processes are not our
 jobs (``foreign``); and the rule that says whether a GPU is idle enough
-(``busy_reason``).
+(``busy_reason``); each GPU's health counters (ECC errors, pages pending a
+reset, critical Xid events, lost), its energy counter, and the rule that says
+when a GPU turned unhealthy (``health_problem``).
 
 Invariants:
 - One code path. ``_Devices`` reads every GPU through a pynvml-shaped binding:
-  ``pynvml`` itself for real GPUs, ``_FileBinding`` (the fake file answering
-  the same calls: MiB become bytes, an entry's ``error`` an NVMLError) for
-  ``--fake-gpus``. Whatever NVML reports is read in one place, and the fake
-  file drives that place; nothing downstream can tell a fake GPU from a real one.
+  ``pynvml`` itself for real GPUs, ``fakegpus._FileBinding`` (the fake file
+  answering the same calls) for ``--fake-gpus``. Whatever NVML reports is read
+  in one place, and the fake file drives that place; nothing downstream can
+  tell a fake GPU from a real one.
 - A GPU whose reading fails, or answers "N/A", is a reading with ``error`` set:
   busy, with the error as its reason. One bad GPU never hides the others.
 - A process list is known or not: ``processes_error`` is None only when it was
@@ -20,23 +22,23 @@ Invariants:
   places jobs on whole GPUs, and does not enumerate MIG instances. Its process
   list (NVML's aggregate over the instances) is still read where NVML allows.
 - The owner of a process comes from the kernel (/proc/PID/status), never from NVML.
-- The fake file is re-read at every poll, so editing it simulates load.
+- Health and energy are read for every GPU that has a handle, even one whose
+  memory or utilization reading fails. "Not supported" (or any refusal) means
+  unknown: None, or no Xid events; never unhealthy. "GPU is lost" (or "requires
+  reset") from any call makes the reading ``lost``, with that error.
+- ``xid`` holds the Xid events since the previous reading, each reported once.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import pwd
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Protocol
-
-import yaml
 
 log = logging.getLogger("spoold")
 
@@ -44,6 +46,10 @@ MIG_ERROR = "MIG mode is on: spoold places jobs on whole GPUs only"
 # NVML_VALUE_NOT_AVAILABLE as an unsigned long long, for a binding that does
 # not turn it into None itself.
 _NOT_AVAILABLE = (1 << 64) - 1
+# NVML's values, for a binding that lacks the names.
+_XID_EVENT = 8  # nvmlEventTypeXidCriticalError
+_LOST_CODES = (15, 16)  # NVML_ERROR_GPU_IS_LOST, NVML_ERROR_RESET_REQUIRED
+_MAX_EVENTS = 1000  # per reading: a GPU flooding Xids must not stall the poll
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ class GpuReading:
     # Why ``processes`` is not known; None only when the list was read. A
     # reading made up without asking NVML (a GPU not found) knows no processes.
     processes_error: str | None = "not read"
+    ecc_uncorrected: int | None = None  # volatile uncorrected ECC errors
+    retired_pages_pending: bool | None = None  # retired pages or remapped rows await a reset
+    lost: bool = False  # "GPU is lost" (or "requires reset"): ``error`` says which
+    xid: tuple[int, ...] = ()  # Xid events since the previous reading, in order
+    energy_mj: int | None = None  # total energy since the driver loaded
 
     @property
     def memory_free(self) -> int | None:
@@ -83,6 +94,14 @@ class GpuReading:
              ("index", "uuid", "name", "memory_total", "memory_used", "utilization", "error")}
         d["processes"] = None if self.processes_error else [
             [p.pid, p.used_mib, p.kind] for p in self.processes]
+        # Health and energy only when known, and lost/xid only when set.
+        for k in ("ecc_uncorrected", "retired_pages_pending", "energy_mj"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.lost:
+            d["lost"] = True
+        if self.xid:
+            d["xid"] = list(self.xid)
         return d
 
 
@@ -106,6 +125,40 @@ def busy_reason(r: GpuReading, max_load: float, max_memory: float,
     if frac >= max_memory:
         return f"memory {frac:.0%} used >= {max_memory:.0%}"
     return None
+
+
+# NVIDIA's Xid table: the well-known hardware ones, named in a drain's reason.
+XID_NAMES = {48: "double-bit ECC error", 63: "page retirement or row remapping recorded",
+             64: "page retirement or row remapping failed", 74: "NVLink error",
+             79: "fell off the bus", 92: "high single-bit ECC error rate",
+             94: "contained ECC error", 95: "uncontained ECC error"}
+# Xids that NVIDIA's table puts down to the application (a bad kernel, an
+# illegal address, a process killed mid-kernel): one user's broken program, or
+# spoold ending a job, must not drain a GPU. 13: graphics engine exception,
+# 31: GPU memory page fault, 43: GPU stopped processing, 45: preemptive
+# cleanup (a killed process), 68: video decoder exception.
+APP_XIDS = frozenset({13, 31, 43, 45, 68})
+
+
+def health_problem(prev: GpuReading | None, now: GpuReading) -> str | None:
+    """Why GPU ``now`` should be drained, or None: the problems that appeared
+    since ``prev`` (the same GPU's previous reading; None at the first). A
+    state that lasts is reported once, when it first shows: the GPU is lost;
+    the uncorrected ECC count rose (a first known count above 0 counts);
+    retired pages or remapped rows are pending; a hardware Xid arrived (not
+    one of ``APP_XIDS``). Unknown figures are never a problem."""
+    out = []
+    if now.lost and not (prev and prev.lost):
+        out.append(now.error or "GPU is lost")
+    out += [f"Xid {x} ({XID_NAMES[x]})" if x in XID_NAMES else f"Xid {x}"
+            for x in dict.fromkeys(now.xid) if x not in APP_XIDS]
+    n, p = now.ecc_uncorrected, prev.ecc_uncorrected if prev else None
+    if n and (p is None or n > p):
+        out.append(f"{n} uncorrected ECC errors" if p is None
+                   else f"uncorrected ECC errors rose from {p} to {n}")
+    if now.retired_pages_pending and not (prev and prev.retired_pages_pending):
+        out.append("retired pages or remapped rows pending a GPU reset")
+    return "; ".join(out) or None
 
 
 def foreign(r: GpuReading, is_job: Callable[[int], bool]) -> list[tuple[int, str]]:
@@ -155,13 +208,45 @@ class GpuSource(Protocol):
     def read(self) -> list[GpuReading]: ...
 
 
+class _GpuLost(Exception):
+    """A call said "GPU is lost" (or "requires reset"): the reading is over.
+    Not an NVMLError, so no handler for a refused call can swallow it."""
+
+
+class _Guarded:
+    """The binding, with every ``nvml*`` call turning a lost-GPU error into
+    ``_GpuLost``; everything else (error classes, constants) passes through."""
+
+    def __init__(self, nv):
+        self._nv = nv
+        self._lost = tuple(t for n in ("NVMLError_GpuIsLost", "NVMLError_ResetRequired")
+                           if isinstance(t := getattr(nv, n, None), type))
+
+    def __getattr__(self, name: str):
+        got = getattr(self._nv, name)
+        if not (name.startswith("nvml") and callable(got)):
+            return got
+
+        def call(*args):
+            try:
+                return got(*args)
+            except self._nv.NVMLError as e:
+                if isinstance(e, self._lost) or getattr(e, "value", None) in _LOST_CODES:
+                    raise _GpuLost(str(e)) from None
+                raise
+        setattr(self, name, call)  # found by plain lookup from now on
+        return call
+
+
 class _Devices:
     """The one code path from a pynvml-shaped binding ``nv`` to readings."""
 
     def __init__(self, nv, cache_static: bool = True):
-        self.nv = nv
-        # uuid and name never change while the driver is loaded.
-        self._static: dict[int, tuple[str, str]] | None = {} if cache_static else None
+        self.nv = _Guarded(nv)
+        # uuid and name never change while the driver is loaded; the last
+        # ones seen also name a GPU whose reading fails before asking again.
+        self._cache_static = cache_static
+        self._ids_seen: dict[int, tuple[str, str]] = {}
         # The process-list calls to try, newest first; a version this driver
         # lacks is dropped at its first refusal.
         self._calls = {kind: [n for n in (f"nvmlDeviceGet{what}RunningProcesses{v}"
@@ -170,20 +255,34 @@ class _Devices:
         self._missing = tuple(e for e in (getattr(nv, "NVMLError_FunctionNotFound", None),
                                           getattr(nv, "NVMLLibraryMismatchError", None))
                               if isinstance(e, type))
+        self._events = None  # the Xid event set; False: this driver has none
+        self._watched: set[int] = set()  # GPUs registered (or refused) for Xid events
 
     def read(self, indices: Iterable[int]) -> list[GpuReading]:
-        return [self._one(i) for i in indices]
+        readings = [self._one(i) for i in indices]
+        xids = self._drain_events()  # after registering, so a new GPU's first events count
+        return [replace(r, xid=tuple(xids[r.index])) if r.index in xids else r
+                for r in readings]
 
     def _one(self, i: int) -> GpuReading:
+        try:
+            return self._read_one(i)
+        except _GpuLost as e:
+            uuid, name = self._ids_seen.get(i, ("", ""))
+            return GpuReading(index=i, uuid=uuid, name=name, error=str(e), lost=True)
+
+    def _read_one(self, i: int) -> GpuReading:
         nv = self.nv
         try:
             h = nv.nvmlDeviceGetHandleByIndex(i)
+            self._watch(i, h)
             uuid, name = self._ids(i, h)
         except nv.NVMLError as e:
-            return GpuReading(index=i, error=str(e))
+            uuid, name = self._ids_seen.get(i, ("", ""))
+            return GpuReading(index=i, uuid=uuid, name=name, error=str(e))
         procs, procs_error = self._processes(h)
         known = {"index": i, "uuid": uuid, "name": name, "processes": procs,
-                 "processes_error": procs_error}
+                 "processes_error": procs_error, **self._health(h)}
         if self._mig(h):
             return GpuReading(**known, error=MIG_ERROR)
         try:
@@ -194,12 +293,71 @@ class _Devices:
         return GpuReading(**known, memory_total=_mib(mem.total), memory_used=_mib(mem.used),
                           utilization=_count(util.gpu))
 
+    def _health(self, h) -> dict:
+        """The health and energy counters; each None when not known."""
+        nv = self.nv
+        ecc = self._ask("nvmlDeviceGetTotalEccErrors", h,
+                        getattr(nv, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", 1),
+                        getattr(nv, "NVML_VOLATILE_ECC", 0))
+        # Retired pages before Ampere, remapped rows since: whichever answers.
+        pending = [bool(p) for p in (self._ask("nvmlDeviceGetRetiredPagesPendingStatus", h),)
+                   if p is not None]
+        rows = self._ask("nvmlDeviceGetRemappedRows", h)  # (corr, unc, pending, failed)
+        if rows is not None:
+            pending.append(bool(rows[2] or rows[3]))
+        return {"ecc_uncorrected": _count(ecc), "energy_mj": _count(
+                    self._ask("nvmlDeviceGetTotalEnergyConsumption", h)),
+                "retired_pages_pending": any(pending) if pending else None}
+
+    def _ask(self, call: str, *args):
+        """An optional call's answer; None if the binding lacks it or refuses."""
+        get = getattr(self.nv, call, None)
+        if get is None:
+            return None
+        try:
+            return get(*args)
+        except (self.nv.NVMLError, *self._missing):
+            return None
+
+    # ---- Xid events: one event set, each GPU registered at its first reading ----
+    def _watch(self, i: int, h) -> None:
+        if i in self._watched or self._events is False:
+            return
+        if self._events is None:
+            self._events = self._ask("nvmlEventSetCreate")
+            if self._events is None:
+                self._events = False
+                return
+        self._ask("nvmlDeviceRegisterEvents", h, getattr(self.nv, "nvmlEventTypeXidCriticalError",
+                                                         _XID_EVENT), self._events)
+        self._watched.add(i)  # registered, or refused for good (NotSupported)
+
+    def _drain_events(self) -> dict[int, list[int]]:
+        """{GPU index: [Xid, ...]} of the events waiting, without waiting."""
+        out: dict[int, list[int]] = {}
+        if not self._events:
+            return out
+        wait = getattr(self.nv, "nvmlEventSetWait_v2", None) or getattr(
+            self.nv, "nvmlEventSetWait", None)
+        for _ in range(_MAX_EVENTS if wait else 0):
+            try:
+                data = wait(self._events, 0)
+            except (self.nv.NVMLError, _GpuLost):  # Timeout: none left
+                break
+            if not int(data.eventType) & _XID_EVENT:
+                continue
+            try:
+                index = self.nv.nvmlDeviceGetIndex(data.device)
+            except (self.nv.NVMLError, _GpuLost):
+                continue  # a GPU that cannot say which it is: its own calls will tell
+            out.setdefault(int(index), []).append(int(data.eventData))
+        return out
+
     def _ids(self, i: int, h) -> tuple[str, str]:
-        if self._static is not None and i in self._static:
-            return self._static[i]
+        if self._cache_static and i in self._ids_seen:
+            return self._ids_seen[i]
         ids = (_text(self.nv.nvmlDeviceGetUUID(h)), _text(self.nv.nvmlDeviceGetName(h)))
-        if self._static is not None:
-            self._static[i] = ids
+        self._ids_seen[i] = ids
         return ids
 
     def _mig(self, h) -> bool:
@@ -292,119 +450,11 @@ class NvmlGpus:
         return self._devices.read(range(self._count))
 
 
-# The fake file's fields (docs/spool-format.md, FAKE GPUS, lists exactly these).
-FAKE_FIELDS = ("index", "uuid", "name", "memory_total", "memory_used", "utilization", "error",
-               "processes")
-FAKE_PROCESS_FIELDS = ("pid", "used_memory")
-
-
-class FakeGpus:
-    """``--fake-gpus FILE``: a YAML list of mappings, re-read at every poll."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.description = f"fake GPUs from {self.path}"
-        self._last: list[GpuReading] = []
-
-    def read(self) -> list[GpuReading]:
-        try:
-            raw = yaml.load(self.path.read_bytes(), Loader=getattr(yaml, "CSafeLoader",
-                                                                 yaml.SafeLoader))
-            if raw is None:
-                raw = []
-            if not isinstance(raw, list):
-                raise ValueError("not a YAML list")
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            # Keep the GPUs we knew, all busy, rather than pretending they vanished.
-            err = f"fake GPU file unreadable: {' '.join(str(e).split())[:120]}"
-            return [GpuReading(index=r.index, uuid=r.uuid, name=r.name, error=err)
-                    for r in self._last]
-        binding = _FileBinding(raw)
-        # The names may change with the file: nothing is cached across polls.
-        self._last = _Devices(binding, cache_static=False).read(binding.indices())
-        return self._last
-
-
-class _FakeNvmlError(Exception):
-    """The fake binding's NVMLError; like pynvml's, its str() is the message."""
-
-
-class _FileBinding:
-    """The fake file answering the pynvml calls ``_Devices`` makes. A handle
-    is (index, entry); an entry that is not a usable mapping is a GPU whose
-    every call fails, at its position in the file."""
-
-    NVMLError = _FakeNvmlError
-
-    def __init__(self, raw: list):
-        self._by_index: dict[int, tuple[int, object]] = {}
-        for pos, item in enumerate(raw):
-            index = item.get("index", pos) if isinstance(item, dict) else pos
-            if not isinstance(item, dict):
-                item = "fake entry is not a mapping"
-            elif not isinstance(index, int) or isinstance(index, bool):
-                index, item = pos, "fake entry has a bad index"
-            self._by_index[index] = (index, item)  # a repeated index: the last wins
-
-    def indices(self) -> list[int]:
-        return list(self._by_index)
-
-    def nvmlDeviceGetHandleByIndex(self, i: int):
-        if i not in self._by_index:
-            raise _FakeNvmlError("Not Found")
-        index, item = self._by_index[i]
-        if isinstance(item, str):
-            raise _FakeNvmlError(item)
-        return index, item
-
-    def nvmlDeviceGetUUID(self, h) -> str:
-        return str(h[1].get("uuid", f"GPU-fake-{h[0]}"))
-
-    def nvmlDeviceGetName(self, h) -> str:
-        return str(h[1].get("name", "Fake GPU"))
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        item = self._working(h)
-        return SimpleNamespace(total=_bytes(item.get("memory_total")),
-                               used=_bytes(item.get("memory_used")))
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        return SimpleNamespace(gpu=_number(self._working(h).get("utilization")))
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h) -> list:
-        listed = h[1].get("processes", [])
-        if not isinstance(listed, list):
-            raise _FakeNvmlError("fake processes is not a list")
-        out = []
-        for p in listed:
-            pid = p.get("pid") if isinstance(p, dict) else None
-            if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-                raise _FakeNvmlError("fake process without a positive integer pid")
-            out.append(SimpleNamespace(pid=pid, usedGpuMemory=_bytes(p.get("used_memory"))))
-        return out
-
-    @staticmethod
-    def _working(h) -> dict:
-        if h[1].get("error"):
-            raise _FakeNvmlError(str(h[1]["error"]))
-        return h[1]
-
-
-def _number(v: object) -> int | None:
-    """A YAML number as an int; anything else (text, bool, NaN) as N/A."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return int(v) if math.isfinite(v) else None
-
-
-def _bytes(mib: object) -> int | None:
-    n = _number(mib)
-    return None if n is None else n << 20
-
-
 def open_source(fake: Path | None) -> GpuSource | None:
     """The GPU source to poll, or None for a CPU-only machine."""
     if fake is not None:
+        from .fakegpus import FakeGpus  # it builds on this module
+
         return FakeGpus(fake)
     try:
         src = NvmlGpus()

@@ -18,8 +18,9 @@ import yaml
 from conftest import REPO, fake_gpu_list, wait_for
 from test_multiuser import users  # noqa: F401  (a fixture)
 
-from spoold import gpus
-from spoold.gpus import FakeGpus, GpuProcess, GpuReading, NvmlGpus, busy_reason, foreign
+from spoold import fakegpus, gpus
+from spoold.fakegpus import FakeGpus
+from spoold.gpus import GpuProcess, GpuReading, NvmlGpus, busy_reason, foreign, health_problem
 
 MiB = 1 << 20
 
@@ -44,6 +45,14 @@ class NVMLError_FunctionNotFound(NVMLError):  # noqa: N801
     text = "Function Not Found"
 
 
+class NVMLError_ResetRequired(NVMLError):  # noqa: N801
+    text = "GPU requires restart"
+
+
+class NVMLError_Timeout(NVMLError):  # noqa: N801
+    text = "Timeout"
+
+
 class NVMLLibraryMismatchError(Exception):
     """pynvml's unversioned calls raise this, not an NVMLError, for an old driver."""
 
@@ -62,6 +71,13 @@ class Dev:
     compute: list = field(default_factory=list)
     graphics: list = field(default_factory=list)
     fail: dict = field(default_factory=dict)
+    # Health and energy; None: NotSupported. ``rows``: nvmlDeviceGetRemappedRows's
+    # (corrected, uncorrected, pending, failure occurred).
+    ecc: int | None = None
+    pages: int | None = None
+    rows: tuple | None = None
+    energy: int | None = None
+    lost: bool = False  # every call says "GPU is lost"
 
 
 def proc(pid: int, mib: int | None = None, **extra) -> SimpleNamespace:
@@ -69,14 +85,32 @@ def proc(pid: int, mib: int | None = None, **extra) -> SimpleNamespace:
                            gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF, **extra)
 
 
+HEALTH_CALLS = ("nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRetiredPagesPendingStatus",
+                "nvmlDeviceGetRemappedRows", "nvmlDeviceGetTotalEnergyConsumption",
+                "nvmlEventSetCreate", "nvmlDeviceRegisterEvents", "nvmlEventSetWait_v2",
+                "nvmlDeviceGetIndex")
+
+
 class FakePynvml(ModuleType):
     """The calls spoold makes, answered from ``devs``; ``calls`` counts them.
-    ``versions`` names the process-list calls this binding has."""
+    ``versions`` names the process-list calls this binding has; ``without``
+    names health calls it lacks (an older binding). ``events`` is the driver's
+    queue of (GPU, event type, data): a registered GPU's wait for them."""
 
     def __init__(self, devs: list[Dev], versions=("", "_v2", "_v3"), missing=(),
-                 mig_call: bool = True):
+                 mig_call: bool = True, without=()):
         super().__init__("pynvml")
         self.devs, self.calls = devs, []
+        self.events: list[tuple[int, int, int]] = []
+        self.registered: list[tuple[int, int]] = []
+        self.waits: list[int] = []  # each wait's timeout
+        self.NVMLError_ResetRequired = NVMLError_ResetRequired
+        self.NVMLError_Timeout = NVMLError_Timeout
+        self.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, self.NVML_VOLATILE_ECC = 1, 0
+        self.nvmlEventTypeXidCriticalError = 8
+        for name in HEALTH_CALLS:
+            if name not in without:
+                setattr(self, name, getattr(self, "_" + name))
         if mig_call:  # older bindings lack it
             self.nvmlDeviceGetMigMode = self._mig_mode
         self.NVMLError = NVMLError
@@ -92,9 +126,53 @@ class FakePynvml(ModuleType):
     def _dev(self, call: str, h) -> Dev:
         self.calls.append(call)
         dev = self.devs[h]
+        if dev.lost:
+            raise NVMLError_GpuIsLost()
         if call in dev.fail:
             raise dev.fail[call]
         return dev
+
+    def _known(self, call: str, h, value):
+        self._dev(call, h)
+        if value is None:
+            raise NVMLError_NotSupported()
+        return value
+
+    def _nvmlDeviceGetTotalEccErrors(self, h, error_type, counter):
+        assert (error_type, counter) == (1, 0)  # uncorrected, volatile
+        return self._known("nvmlDeviceGetTotalEccErrors", h, self.devs[h].ecc)
+
+    def _nvmlDeviceGetRetiredPagesPendingStatus(self, h):
+        return self._known("nvmlDeviceGetRetiredPagesPendingStatus", h, self.devs[h].pages)
+
+    def _nvmlDeviceGetRemappedRows(self, h):
+        return self._known("nvmlDeviceGetRemappedRows", h, self.devs[h].rows)
+
+    def _nvmlDeviceGetTotalEnergyConsumption(self, h):
+        return self._known("nvmlDeviceGetTotalEnergyConsumption", h, self.devs[h].energy)
+
+    def _nvmlEventSetCreate(self):
+        self.calls.append("nvmlEventSetCreate")
+        return "the set"
+
+    def _nvmlDeviceRegisterEvents(self, h, types, event_set):
+        assert event_set == "the set"
+        self._dev("nvmlDeviceRegisterEvents", h)
+        self.registered.append((h, types))
+
+    def _nvmlEventSetWait_v2(self, event_set, timeout_ms):
+        assert event_set == "the set"
+        self.waits.append(timeout_ms)
+        mine = {h for h, types in self.registered}
+        for n, (h, kind, data) in enumerate(self.events):
+            if h in mine:
+                del self.events[n]
+                return SimpleNamespace(device=h, eventType=kind, eventData=data,
+                                       gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+        raise NVMLError_Timeout()
+
+    def _nvmlDeviceGetIndex(self, h):
+        return self._dev("nvmlDeviceGetIndex", h) and h
 
     def _lister(self, name: str, attr: str, missing: bool):
         def listed(h):
@@ -271,17 +349,31 @@ def fake(tmp_path, entries) -> FakeGpus:
 
 
 def test_fake_file_and_fake_nvml_give_the_same_readings(tmp_path, nvml):
-    entries = fake_gpu_list(3, {1: {"utilization": 40, "memory_used": 1000, "processes": [
-        {"pid": 4242, "used_memory": 900}, {"pid": 17}]}, 2: {"error": "GPU is lost"}})
+    entries = fake_gpu_list(4, {
+        1: {"utilization": 40, "memory_used": 1000, "energy_mj": 5_000_000,
+            "ecc_uncorrected": 2, "retired_pages_pending": True, "xid": [48, 79],
+            "processes": [{"pid": 4242, "used_memory": 900}, {"pid": 17}]},
+        2: {"error": "Unknown Error", "ecc_uncorrected": 0, "retired_pages_pending": False},
+        3: {"lost": True}})
     from_file = fake(tmp_path, entries).read()
     devs = [Dev(name=e["name"], uuid=e["uuid"], used=e["memory_used"] * MiB,
                 util=e["utilization"],
                 compute=[proc(p["pid"], p.get("used_memory")) for p in e.get("processes", [])],
-                fail={"nvmlDeviceGetMemoryInfo": NVMLError_GpuIsLost()} if "error" in e else {})
+                fail={"nvmlDeviceGetMemoryInfo": NVMLError()} if "error" in e else {},
+                ecc=e.get("ecc_uncorrected"), energy=e.get("energy_mj"),
+                pages=None if "retired_pages_pending" not in e else
+                int(e["retired_pages_pending"]), lost=e.get("lost", False))
             for e in entries]
-    src, _ = nvml(devs)
+    src, nv = nvml(devs)
+    src.read()  # registers for events: what the driver reports comes later
+    nv.events += [(1, 8, 48), (1, 8, 79)]
     assert src.read() == from_file
     assert from_file[1].processes == (GpuProcess(17, None), GpuProcess(4242, 900))
+    assert [(r.ecc_uncorrected, r.retired_pages_pending, r.energy_mj, r.xid, r.lost)
+            for r in from_file] == [(None, None, None, (), False),
+                                    (2, True, 5_000_000, (48, 79), False),
+                                    (0, False, None, (), False), (None, None, None, (), True)]
+    assert (from_file[3].error, from_file[2].error) == ("GPU is lost", "Unknown Error")
 
 
 def test_fake_file_keeps_its_meanings(tmp_path):
@@ -318,10 +410,10 @@ def test_every_fake_field_is_documented_and_every_documented_one_read():
     from test_docs import FORMAT, _first_column, _section
 
     doc = _section(FORMAT, "FAKE GPUS")
-    assert _first_column(doc) == set(gpus.FAKE_FIELDS) | {
-        f"processes[].{k}" for k in gpus.FAKE_PROCESS_FIELDS}
-    code = (REPO / "spoold" / "gpus.py").read_text()
-    for k in (*gpus.FAKE_FIELDS, *gpus.FAKE_PROCESS_FIELDS):
+    assert _first_column(doc) == set(fakegpus.FAKE_FIELDS) | {
+        f"processes[].{k}" for k in fakegpus.FAKE_PROCESS_FIELDS}
+    code = (REPO / "spoold" / "fakegpus.py").read_text()
+    for k in (*fakegpus.FAKE_FIELDS, *fakegpus.FAKE_PROCESS_FIELDS):
         assert f'"{k}"' in code.split("class _FileBinding", 1)[1], k
 
 
