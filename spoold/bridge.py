@@ -14,19 +14,38 @@ Invariants (see docs/spool-format.md for the local executor's):
 - The mapping spool id -> SLURM id lives only in the records.
 - Dependencies on jobs not yet handed to SLURM wait; on jobs in done/ are
   dropped; on failed or cancelled jobs cancel the dependent, as locally.
+- How a job ended never depends on SLURM still remembering it. Each handoff
+  gets ``state/slurm/<id>``, created here (O_EXCL, no links) and owned by the
+  job's user, to which the batch script appends its real start and its end
+  and exit status (``slurm.read_status``). Sources, first that knows wins:
+  that file (exit code), scontrol, sacct, jobcomp/filetxt; when all are
+  silent the outcome is ``node_fail`` with a reason that says so, never a
+  guessed failure. Times: SLURM's when it still has them, else the file's,
+  clamped to [handoff, now] (the file is the user's word).
+- The record keeps SLURM's view while the job is in running/: ``slurm_state``
+  and ``slurm_reason`` (saved only when they change), ``slurm_queued_at``
+  (the handoff), ``started_at`` (the real start, once it ran) and
+  ``assigned_gpus`` (scontrol -d's IDX, else the script's CUDA_VISIBLE_DEVICES).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import time
 
 from . import runner, slurm
 from .executor import Ended, LaunchError, spawn_hook
-from .records import owner_of
+from .records import finite, owner_of
 from .scheduler import Decision, gate_only
 
 log = logging.getLogger("spoold")
+
+
+FINAL = ("done", "failed", "cancelled")
+CANCELS = ("CANCELLED", "REVOKED", "PREEMPTED")
 
 
 class _SlurmDeps:
@@ -52,6 +71,9 @@ class SlurmExecutor:
         self.up = slurm.available()
         self.next_query = 0.0
         self.description = "slurm (sbatch, scontrol, scancel)"
+        self.ends: dict[int, float] = {}  # job id -> when it ended, by the best source
+        self.jobcomp: str | None = None  # jobcomp/filetxt's file ("" none), asked once
+        self.started: set[int] = set()  # jobs whose real start is in their record
         if not self.up:
             log.warning("SLURM does not answer (sbatch/scontrol ping): jobs wait in pending/")
 
@@ -73,11 +95,41 @@ class SlurmExecutor:
         deps = [runs[a].record["slurm_id"] for a in job.after
                 if a in runs and runs[a].record.get("slurm_id")]
         try:
-            sid = slurm.submit(job, sp.root, log_path, deps, creds=creds)
+            status = self.make_status(run_id, creds)
+            sid = slurm.submit(job, sp.root, log_path, deps, creds=creds, status=status)
         except slurm.SlurmError as e:
             raise LaunchError(f"sbatch refused the job: {e}") from None
+        except OSError as e:
+            raise LaunchError(f"could not create its status file: {e}") from None
         log.info("job %d handed to SLURM as job %s", run_id, sid)
-        return {"slurm_id": sid}
+        fields = {"slurm_id": sid, "slurm_state": "PENDING", "slurm_queued_at": time.time()}
+        if job.time_limit is not None:  # SLURM keeps whole minutes: say what it enforces
+            fields["time_limit"] = math.ceil(job.time_limit / 60) * 60.0
+        return fields
+
+    # ---- the batch script's status file ---------------------------------------------
+    def status_path(self, job_id: int):
+        return self.lc.spool.state / "slurm" / str(job_id)
+
+    def make_status(self, job_id: int, creds):
+        """A fresh, empty ``state/slurm/<id>`` the job's user may append to.
+        The folder is the daemon's (no one else can add, replace or link a
+        name there); the file is the user's alone (0600), so only the job's
+        own user can speak for the job, as its exit code already does."""
+        folder = self.status_path(job_id).parent
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o755 if self.lc.uid == 0 else 0o700)
+        path = self.status_path(job_id)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # an earlier handoff's
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            if creds is not None and os.geteuid() == 0:
+                os.fchown(fd, creds.uid, creds.gid)
+        finally:
+            os.close(fd)
+        return path
 
     def poll(self, runs: dict, now: float) -> list[Ended]:
         if now < self.next_query:
@@ -85,26 +137,106 @@ class SlurmExecutor:
         self.next_query = now + self.lc.o.poll
         self.up = slurm.available()
         by_sid = {r.record["slurm_id"]: r for r in runs.values() if r.record.get("slurm_id")}
-        if not self.up or not by_sid:
+        if not by_sid:
             return []
+        infos = slurm.details(list(by_sid)) if self.up else {}
         ended = []
-        for sid, (state, code, why) in slurm.query(list(by_sid)).items():
-            run = by_sid[sid]
-            if state in ("done", "failed", "cancelled"):
-                ended.append(Ended(run, code, (state, None if state == "done"
-                                                else f"SLURM: {why or state}")))
-            elif state == "unknown":
-                ended.append(Ended(run, None, ("failed", "SLURM no longer knows the job (purged "
-                                                         "before spoold looked); exit code "
-                                                         "unknown")))
-            elif state == "running" and not run.record.get("assigned_gpus") and \
-                    run.record.get("gpus"):
-                gpus = slurm.allocated_gpus(sid)
-                if gpus is not None:
-                    run.record["assigned_gpus"] = gpus
-                    self.lc.records.save(self.lc.spool.record("running", run.id), run.record,
-                                         sync=False)
+        for sid, run in by_sid.items():
+            info = infos.get(sid)
+            status = slurm.read_status(self.status_path(run.id))  # after SLURM: no race
+            if status.end is not None or info is not None and info.state in FINAL:
+                ended.append(self.ended(run, status, info, now))
+            elif info is not None and info.state == "unknown":
+                ended.append(self.ended(run, status, self.forgotten(sid, run), now))
+            else:
+                self.follow(run, status, info)
         return ended
+
+    def forgotten(self, sid: str, run) -> slurm.Info:
+        """scontrol and sacct no longer know the job: jobcomp/filetxt, if any."""
+        if self.jobcomp is None:
+            self.jobcomp = slurm.jobcomp_file() or ""
+        uid = run.record.get("uid", self.lc.uid)
+        found = slurm.from_jobcomp(self.jobcomp, {sid: uid}).get(sid) if self.jobcomp else None
+        return found or slurm.Info("unknown", None, None, source="")
+
+    def follow(self, run, status: slurm.Status, info: slurm.Info | None) -> None:
+        """A job SLURM has not ended: keep its state, reason, real start and
+        GPUs in the record (saved only when one changed)."""
+        rec = run.record
+        new = {}
+        if info is not None:
+            word = info.word or info.state.upper()
+            reason = None if info.reason in (None, word) else info.reason
+            new = {"slurm_state": word, "slurm_reason": reason}
+        self.add_start_and_gpus(run, status, info, new)
+        changed = {k: v for k, v in new.items() if rec.get(k) != v}
+        if changed:
+            rec.update(changed)
+            if rec.get("slurm_reason") is None:
+                rec.pop("slurm_reason", None)
+            self.lc.records.save(self.lc.spool.record("running", run.id), rec, sync=False)
+
+    def add_start_and_gpus(self, run, status: slurm.Status, info, new: dict) -> None:
+        rec = run.record
+        ran = status.start is not None or info is not None and info.start is not None
+        if not ran:
+            return
+        start = info.start if info is not None and info.start is not None else \
+            self.clamp(rec, status.start)
+        if start is not None and run.id not in self.started:
+            new["started_at"] = start
+            self.started.add(run.id)
+        if rec.get("gpus") and not rec.get("assigned_gpus"):
+            gpus = None
+            if info is not None and info.state == "running":
+                with contextlib.suppress(slurm.SlurmError):
+                    gpus = slurm.allocated_gpus(rec["slurm_id"])
+            if gpus is None and status.gpus is not None and len(status.gpus) == rec["gpus"]:
+                gpus = status.gpus  # the script's CUDA_VISIBLE_DEVICES (the user's word)
+            if gpus is not None:
+                new["assigned_gpus"] = gpus
+
+    def ended(self, run, status: slurm.Status, info: slurm.Info | None, now: float) -> Ended:
+        """How the job ended, from the sources in the module docstring's order."""
+        rec = run.record
+        new: dict = {}
+        self.add_start_and_gpus(run, status, info, new)
+        rec.update(new)
+        self.started.discard(run.id)
+        word = info.word if info is not None else ""
+        slurm_end = info.end if info is not None and info.state in FINAL else None
+        self.ends[run.id] = slurm_end or self.clamp(rec, status.end) or now
+        rec["slurm_state"] = word or rec.get("slurm_state")
+        if status.end is not None:
+            code = status.code
+            if word in slurm.OUTCOME and word not in ("COMPLETED", "FAILED"):
+                return Ended(run, code, ("cancelled" if word in CANCELS else "failed",
+                                         f"SLURM: {info.reason or word}", slurm.OUTCOME[word]))
+            return Ended(run, code)
+        if info is not None and info.state in FINAL:
+            folder = info.state
+            name = slurm.OUTCOME.get(word, "completed" if folder == "done" else folder)
+            why = None if folder == "done" else f"SLURM: {info.reason or word}"
+            if info.source == "jobcomp":
+                why = why and f"{why} (from SLURM's job completion log)"
+            return Ended(run, info.code, (folder, why, name))
+        return Ended(run, None, ("failed", "SLURM no longer knows the job and no source "
+                                 "recorded how it ended (its status file "
+                                 + ("says it started but not that it ended" if status.start
+                                    else "is empty") + "; no sacct, no jobcomp entry): "
+                                 "the node or the batch script was lost", "node_fail"))
+
+    def clamp(self, rec: dict, t: float | None) -> float | None:
+        """A time from the status file, kept between the handoff and now."""
+        if t is None:
+            return None
+        lo = rec.get("slurm_queued_at") or rec.get("started_at")
+        return min(max(t, lo) if finite(lo) else t, time.time())
+
+    def queued(self, run) -> bool:
+        """Handed to SLURM but not started: gcancel may still cancel it."""
+        return run.record.get("slurm_state") == "PENDING"
 
     def wake_at(self, runs: dict, now: float) -> float:
         return self.next_query if runs else float("inf")
@@ -140,7 +272,7 @@ class SlurmExecutor:
         return False
 
     def end_time(self, run, code: int | None) -> float | None:
-        return None
+        return self.ends.pop(run.id, None)
 
     def usage(self, run) -> dict:
         return run.gpu_usage()
@@ -153,4 +285,5 @@ class SlurmExecutor:
         return None  # SLURM's jobs run elsewhere
 
     def release(self, run) -> None:
-        pass
+        with contextlib.suppress(FileNotFoundError):
+            self.status_path(run.id).unlink()

@@ -53,7 +53,7 @@ SUBMIT_FIELDS: dict[str, str] = {
     "submitted_at": _NUM, "time_limit": _NUM, "cpus": _INT, "mem": _INT,
     "after": "list", "hold": _BOOL, "log": _STR, "on_finish": _STR,
     "pin_host": _STR, "requeue": _BOOL, "array_id": _INT, "array_index": _INT,
-    "array_limit": _INT, "env": "mapping", "requeued_from": _INT,
+    "array_limit": _INT, "env": "mapping", "requeued_from": _INT, "slurm": "mapping",
 }
 # Fields the daemon adds as the job moves; known, so a record put back in
 # pending/ after a crash still parses.
@@ -62,6 +62,7 @@ DAEMON_FIELDS: dict[str, str] = {
     "host": _STR, "claimed_at": _NUM, "started_at": _NUM, "ended_at": _NUM,
     "exit_code": _INT, "reason": _STR, "kill_reason": _STR, "original_name": _STR,
     "enforced": "mapping", "slurm_id": _STR, "executor": _STR, "hook_started_at": _NUM,
+    "slurm_state": _STR, "slurm_reason": _STR, "slurm_queued_at": _NUM,
     "outcome": _STR, "usage": "mapping",
 }
 KNOWN_FIELDS = {**SUBMIT_FIELDS, **DAEMON_FIELDS}
@@ -193,8 +194,27 @@ def validate(data: dict[str, Any]) -> Job:
     cwd = data.get("cwd")
     if cwd is not None and not cwd.startswith("/"):
         raise JobError("`cwd` must be an absolute path")
+    _check_slurm(data.get("slurm"))
     job.name = str(data.get("name") or _default_name(job))
     return job
+
+
+# `slurm:` pass-through options (sbatch --KEY=VALUE; only the SLURM executor
+# runs such a job). One word of what SLURM's names and constraint expressions
+# use: never a leading dash, a space, '=' or a quote.
+SLURM_OPTIONS = ("partition", "account", "qos", "constraint")
+_SLURM_VALUE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.,:|&*!()\[\]+-]{0,199}")
+
+
+def _check_slurm(slurm) -> None:
+    if slurm is None:
+        return
+    for k, v in slurm.items():
+        if k not in SLURM_OPTIONS:
+            raise JobError(f"`slurm` takes {', '.join(SLURM_OPTIONS)}, not {str(k)[:40]!r}")
+        if not (isinstance(v, str) and _SLURM_VALUE.fullmatch(v)):
+            raise JobError(f"`slurm.{k}` must be one word of letters, digits and _.,:|&*!()[]+- "
+                           "(not starting with - or +)")
 
 
 def _default_name(job: Job) -> str:

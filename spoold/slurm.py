@@ -31,9 +31,13 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
+import time
 from pathlib import Path
+from typing import NamedTuple
 
+from . import job as jobmod
 from . import runner
 
 # spoold priority p (0-9999, smaller first) -> sbatch --nice=p*NICE_PER_PRIORITY.
@@ -60,6 +64,12 @@ _STATES = {
     "CANCELLED": "cancelled", "REVOKED": "cancelled",
 }
 _ID = re.compile(r"[0-9]+")
+# SLURM's final JobState -> the records' outcome name (records.OUTCOMES)
+OUTCOME = {"COMPLETED": "completed", "FAILED": "failed", "TIMEOUT": "timeout",
+           "DEADLINE": "timeout", "OUT_OF_MEMORY": "out_of_memory", "NODE_FAIL": "node_fail",
+           "BOOT_FAIL": "node_fail", "CANCELLED": "cancelled", "REVOKED": "cancelled",
+           "PREEMPTED": "cancelled"}
+_TRAPPED = b"HUP INT QUIT TERM USR1 USR2"  # what scancel --signal and SLURM's limits send
 _SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space: safe in one-line output
 
 
@@ -96,15 +106,27 @@ def sbatch_argv(job, spool_root, log_path, dep_slurm_ids: list[str], *,
         argv.append(f"--mem={job.mem}M")
     if job.time_limit is not None:
         argv.append(f"--time={slurm_time(job.time_limit)}")
+    for key in jobmod.SLURM_OPTIONS:  # validated by job.py (one word, no leading dash)
+        value = (job.get("slurm") or {}).get(key)
+        if value:
+            argv.append(f"--{key}={value}")
     if dep_slurm_ids:
         argv += ["--dependency=afterok:" + ":".join(_check_id(i) for i in dep_slurm_ids),
                  "--kill-on-invalid-dep=yes"]  # a failed dependency cancels, as in spoold
     return argv
 
 
-def batch_script(job, spool_root, *, creds: runner.Creds | None = None) -> bytes:
+def batch_script(job, spool_root, *, creds: runner.Creds | None = None,
+                 status: os.PathLike | str | None = None) -> bytes:
     """The ``#!/bin/sh`` batch script: keep SLURM's allocation variables, drop
-    the rest, cd to the job's cwd, exec the job's argv with its environment."""
+    the rest, cd to the job's cwd, run the job's argv with its environment.
+
+    With ``status`` (a file the daemon created for the job's user, see
+    ``read_status``) the script appends ``start TIME SLURM_JOB_ID GPUS`` before
+    the job and ``end TIME CODE`` after it (code as sh gives it, 128+N for
+    signal N), then ends the way the job did, so SLURM sees the same. A trap
+    (a handler, which children do not inherit, unlike an ignored signal) keeps
+    the script alive while a signal SLURM sent to every process ends the job."""
     env = runner.job_env(job, Path(spool_root), (), creds)
     for k in ("CUDA_VISIBLE_DEVICES", "SPOOLD_GPUS"):
         env.pop(k)
@@ -116,6 +138,15 @@ def batch_script(job, spool_root, *, creds: runner.Creds | None = None) -> bytes
         b"# spoold job %d, written by spoold/slurm.py: SLURM runs it as the batch step." % job.id,
         b"CR=$(printf '\\r')  # sbatch refuses scripts holding CR LF: quoted as \"$CR\"",
         b"set -f",
+    ]
+    if status is not None:
+        lines += [
+            b"unset spoold_s spoold_c; spoold_s=" + _q(os.fsencode(status)),
+            b"printf 'start %s %s %s\\n' \"$(command -p date +%s.%N)\" \"${SLURM_JOB_ID:--}\" "
+            b"\"${CUDA_VISIBLE_DEVICES:--}\" >> \"$spoold_s\"",
+            b"trap : " + _TRAPPED,
+        ]
+    lines += [
         b"cd -- " + _q(os.fsencode(_cwd(job, creds))) + b" || exit 1",
         b"# Keep only what SLURM says about this allocation (not PWD, HOSTNAME, ...).",
         b"IFS='\n'",
@@ -124,7 +155,6 @@ def batch_script(job, spool_root, *, creds: runner.Creds | None = None) -> bytes
         b"    case $v in " + keep.encode() + b") ;; *) unset \"$v\" ;; esac ;;",
         b"  esac",
         b"done",
-        b"exec /usr/bin/env -u _ -u SHLVL --",  # bash as /bin/sh exports these
     ]
     words = [_q(os.fsencode(f"{k}={v}")) for k, v in env.items()]
     words += [b'"CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-}"',
@@ -132,21 +162,36 @@ def batch_script(job, spool_root, *, creds: runner.Creds | None = None) -> bytes
     if b"=" in argv[0]:  # env(1) would take it for a variable: let sh exec it
         words += [b"/bin/sh", b"-c", b"'exec \"$@\"'", b"spoold-exec"]
     words += [_q(a) for a in argv]
-    return b"\n".join(lines[:-1]) + b"\n" + b" \\\n  ".join([lines[-1], *words]) + b"\n"
+    run = b"/usr/bin/env -u _ -u SHLVL --"  # bash as /bin/sh exports these
+    if status is None:
+        return b"\n".join(lines) + b"\n" + b" \\\n  ".join([b"exec " + run, *words]) + b"\n"
+    tail = [
+        b"spoold_c=$?",
+        b"printf 'end %s %s\\n' \"$(command -p date +%s.%N)\" \"$spoold_c\" >> \"$spoold_s\"",
+        b"if [ \"$spoold_c\" -gt 128 ] && [ \"$spoold_c\" -le 192 ]; then  # die as it died",
+        b"  trap - " + _TRAPPED + b"; kill -s \"$(kill -l \"$spoold_c\")\" $$ 2>/dev/null",
+        b"fi",
+        b"exit \"$spoold_c\"",
+    ]
+    return (b"\n".join(lines) + b"\n" + b" \\\n  ".join([run, *words]) + b"\n"
+            + b"\n".join(tail) + b"\n")
 
 
 def submit(job, spool_root, log_path, dep_slurm_ids: list[str], run=subprocess.run, *,
-           creds: runner.Creds | None = None) -> str:
+           creds: runner.Creds | None = None, status=None) -> str:
     """sbatch the job; return its SLURM id. Raises SlurmError with sbatch's message.
 
     The caller creates ``log_path`` first (owned by the job's user, 0600, as
     ``runner.launch`` does): SLURM appends to it as that user. As root with
-    ``creds`` of another user, sbatch runs as that user, so the job does too."""
+    ``creds`` of another user, sbatch runs as that user, so the job does too.
+    sbatch runs in the job's cwd (``SLURM_SUBMIT_DIR``): a ``sh`` already
+    running as the user changes there (``/`` where it cannot), so no path the
+    user named is touched with the daemon's privileges."""
     argv = sbatch_argv(job, spool_root, log_path, dep_slurm_ids, creds=creds)
-    kw = {}
+    kw = {"workdir": _cwd(job, creds)}
     if creds is not None and os.geteuid() == 0 and creds.uid != 0:
         kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
-    out = _run(run, argv, input=batch_script(job, spool_root, creds=creds), **kw)
+    out = _run(run, argv, input=batch_script(job, spool_root, creds=creds, status=status), **kw)
     slurm_id = out.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
     if not _ID.fullmatch(slurm_id):
         raise SlurmError(f"sbatch printed {out.strip()[:200]!r}, not a job id")
@@ -154,8 +199,38 @@ def submit(job, spool_root, log_path, dep_slurm_ids: list[str], run=subprocess.r
 
 
 # ---- watching ---------------------------------------------------------------------
+class Info(NamedTuple):
+    """What one source says about a job. ``state``: pending, running, done,
+    failed, cancelled or unknown; ``word``: SLURM's JobState (COMPLETED,
+    TIMEOUT, ...); ``start``/``end``: epoch seconds or None; ``source``: who said it."""
+
+    state: str
+    code: int | None
+    reason: str | None
+    word: str = ""
+    start: float | None = None
+    end: float | None = None
+    source: str = "scontrol"
+
+
+class Status(NamedTuple):
+    """The batch script's own account (``batch_script(status=)``): the last
+    start, and the end after it, if any."""
+
+    start: float | None = None
+    slurm_id: str | None = None
+    gpus: list[int] | None = None
+    end: float | None = None
+    code: int | None = None
+
+
 def query(slurm_ids: list[str], run=subprocess.run) -> dict[str, tuple[str, int | None,
                                                                         str | None]]:
+    """``details`` as (state, exit_code, reason) tuples."""
+    return {i: tuple(v[:3]) for i, v in details(slurm_ids, run).items()}
+
+
+def details(slurm_ids: list[str], run=subprocess.run) -> dict[str, Info]:
     """{id: (state, exit_code, reason)}: state is pending, running, done, failed,
     cancelled or unknown; exit_code is spoold's (None until the job ended, and for
     a job cancelled before it ran); reason is SLURM's state and reason, e.g.
@@ -176,11 +251,13 @@ def query(slurm_ids: list[str], run=subprocess.run) -> dict[str, tuple[str, int 
             raise
         f = _fields(out)
         if f.get("JobId") == i:
-            found[i] = _result(f.get("JobState", ""), f.get("ExitCode"), f.get("Reason"))
+            found[i] = _result(f.get("JobState", ""), f.get("ExitCode"), f.get("Reason"),
+                               f.get("StartTime"), f.get("EndTime"))
     missing = [i for i in ids if i not in found]
     if missing:
         found.update(_from_sacct(missing, run))
-    return {i: found.get(i, ("unknown", None, "not known to SLURM (any more)")) for i in ids}
+    return {i: found.get(i, Info("unknown", None, "not known to SLURM (any more)", source=""))
+            for i in ids}
 
 
 def exit_code(slurm_exit: str | None) -> int | None:
@@ -297,9 +374,18 @@ def _sbatch_env() -> dict:
     return env
 
 
-def _run(run, argv: list[str], input: bytes | None = None, **kw) -> str:
+# Runs a command in a folder it changes to itself, "/" where it cannot.
+IN_DIR = ["/bin/sh", "-c", 'cd -- "$0" 2>/dev/null || cd /; exec "$@"']
+
+
+def _run(run, argv: list[str], input: bytes | None = None, workdir: str | None = None,
+         **kw) -> str:
+    """Run a SLURM command with ``_sbatch_env``; its output, or SlurmError.
+    ``workdir``: the command runs there (through ``IN_DIR``, so the change of
+    folder happens as the user ``kw`` names, never with the daemon's rights)."""
+    full = argv if workdir is None else [*IN_DIR, workdir, *argv]
     try:
-        p = run(argv, input=input, capture_output=True, env=_sbatch_env(), cwd="/",
+        p = run(full, input=input, capture_output=True, env=_sbatch_env(), cwd="/",
                 timeout=TIMEOUT, check=False, **kw)
     except (OSError, subprocess.SubprocessError) as e:
         raise SlurmError(f"{argv[0]}: {e}") from None
@@ -321,27 +407,122 @@ def _fields(line: str) -> dict[str, str]:
     return out
 
 
-def _result(slurm_state: str, slurm_exit: str | None, why: str | None):
+def _result(slurm_state: str, slurm_exit: str | None, why: str | None, start=None, end=None,
+            source: str = "scontrol") -> Info:
     word = slurm_state.split()[0] if slurm_state else ""
     state = _STATES.get(word, "unknown")
     code = exit_code(slurm_exit) if state in ("done", "failed", "cancelled") else None
     if state == "cancelled" and slurm_exit == "0:0":
         code = None  # cancelled before it ran (or it said nothing)
     why = None if why in (None, "", "None", "(null)") else why
+    t0, t1 = _epoch(start), _epoch(end) if state in ("done", "failed", "cancelled") else None
+    if state == "pending":
+        t0 = None  # an expected start time, not a start
     if state in ("running", "done") and why is None:
-        return state, code, None
-    return state, code, f"{word or '?'} ({why})" if why else word or "no state"
+        return Info(state, code, None, word, t0, t1, source)
+    return Info(state, code, f"{word or '?'} ({why})" if why else word or "no state", word,
+                t0, t1, source)
+
+
+def _epoch(text: str | None) -> float | None:
+    """SLURM's local-time ``2024-05-01T10:00:00`` as epoch seconds; None for
+    Unknown, None, N/A and anything else."""
+    try:
+        return time.mktime(time.strptime(text or "", "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _from_sacct(ids: list[str], run) -> dict:
     try:
         out = _run(run, ["sacct", "--noheader", "--parsable2", "--allocations",
-                         "--jobs=" + ",".join(ids), "--format=JobIDRaw,State,ExitCode,Reason"])
+                         "--jobs=" + ",".join(ids),
+                         "--format=JobIDRaw,State,ExitCode,Reason,Start,End"])
     except SlurmError:
         return {}  # no accounting database
     found = {}
     for line in out.splitlines():
         f = line.split("|")
-        if len(f) == 4 and f[0] in ids:
-            found[f[0]] = _result(f[1], f[2], f[3])
+        if len(f) == 6 and f[0] in ids:
+            found[f[0]] = _result(f[1], f[2], f[3], f[4], f[5], source="sacct")
     return found
+
+
+def jobcomp_file(run=subprocess.run) -> str | None:
+    """Where ``jobcomp/filetxt`` writes (``JobCompLoc``), or None when SLURM
+    keeps no such file."""
+    try:
+        out = _run(run, ["scontrol", "show", "config"])
+    except SlurmError:
+        return None
+    conf = {k.strip(): v for k, _, v in (line.partition(" = ") for line in out.splitlines())}
+    if conf.get("JobCompType", "").strip() != "jobcomp/filetxt":
+        return None
+    loc = conf.get("JobCompLoc", "").strip()
+    return loc if loc.startswith("/") else None
+
+
+def from_jobcomp(path, wanted: dict[str, int], limit: int = 64 << 20) -> dict[str, Info]:
+    """{id: Info} from a jobcomp/filetxt file, for ``wanted`` = {SLURM id: uid}.
+
+    The file is slurmctld's, but other users' job names and work dirs are in
+    it and may hold newlines: a line counts only when it starts with
+    ``JobId=ID UserId=NAME(UID)`` of the job's own uid, and an id with two such
+    lines is not believed at all (a forged line next to the real one). Only
+    the last ``limit`` bytes are read (the newest jobs)."""
+    lines: dict[str, list[dict]] = {}
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            for raw in f:
+                if not raw.startswith(b"JobId="):
+                    continue
+                fields = _fields(raw.decode("utf-8", "replace"))
+                sid = fields.get("JobId")
+                if sid in wanted and fields.get("UserId", "").endswith(f"({wanted[sid]})"):
+                    lines.setdefault(sid, []).append(fields)
+    except OSError:
+        return {}
+    return {sid: _result(f[0].get("JobState", ""), f[0].get("ExitCode"), None,
+                         f[0].get("StartTime"), f[0].get("EndTime"), source="jobcomp")
+            for sid, f in lines.items() if len(f) == 1}
+
+
+def read_status(path, max_bytes: int = 64 << 10) -> Status:
+    """The batch script's lines in ``path`` (see ``batch_script``): the last
+    ``start`` line and the ``end`` line after it. The file is the job user's
+    to write, so this is that user's word: the daemon opens it without
+    following links, reads at most ``max_bytes`` and skips what does not
+    parse. A missing or unreadable file is an empty Status."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return Status()
+    try:  # a regular file only (a FIFO would block, a device could be anything)
+        data = os.read(fd, max_bytes) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
+    st = Status()
+    for line in data.decode("ascii", "replace").splitlines():
+        w = line.split(" ")
+        try:
+            if w[0] == "start" and len(w) == 4:
+                gpus = None if w[3] == "-" else [int(g) for g in w[3].split(",")]
+                st = Status(_seconds(w[1]), w[2] if _ID.fullmatch(w[2]) else None, gpus)
+            elif w[0] == "end" and len(w) == 3 and st.start is not None:
+                code = int(w[2])
+                if 0 <= code <= 255:
+                    st = st._replace(end=_seconds(w[1]), code=code)
+        except ValueError:
+            continue
+    return st
+
+
+def _seconds(text: str) -> float:
+    """``date +%s.%N`` (``%N`` left as is where date has no nanoseconds)."""
+    whole, _, frac = text.partition(".")
+    t = float(f"{whole}.{frac}" if frac.isdigit() else whole)
+    if not 0 < t < 2**40:
+        raise ValueError(text)
+    return t

@@ -146,6 +146,134 @@ def test_sbatch_argv_full():
     assert not any(a.startswith("--error") for a in argv)  # stderr joins --output
 
 
+def test_sbatch_argv_slurm_pass_through_options():
+    job = make_job({"argv": ["x"], "slurm": {"partition": "gpu", "account": "proj_1",
+                                             "qos": "high", "constraint": "a100&ib"}})
+    argv = slurm.sbatch_argv(job, "/sp", "/sp/logs/7.log", [])
+    assert {"--partition=gpu", "--account=proj_1", "--qos=high",
+            "--constraint=a100&ib"} <= set(argv)
+
+
+@pytest.mark.parametrize("slurm_opts", [{"partition": "-x"}, {"partition": "a b"},
+                                        {"qos": "a=b"}, {"qos": 3}, {"nodes": "2"},
+                                        {"account": "+1"}])
+def test_job_refuses_bad_slurm_options(slurm_opts):
+    with pytest.raises(jobmod.JobError, match="slurm"):
+        make_job({"argv": ["x"], "slurm": slurm_opts})
+
+
+def test_submit_runs_sbatch_in_the_jobs_cwd_as_the_user(tmp_path):
+    """SLURM_SUBMIT_DIR is sbatch's cwd: a sh (already the user) changes there."""
+    job = make_job({"argv": ["x"], "cwd": str(tmp_path / "d i r")})
+    run = FakeRun({"sbatch": (0, "44\n", "")})
+    slurm.submit(job, "/sp", "/l/7.log", [], run=run)
+    (_, kw), = run.calls
+    assert kw["workdir"] == str(tmp_path / "d i r") and kw["cwd"] == "/"
+    (tmp_path / "d i r").mkdir()
+    for where, want in ((tmp_path / "d i r", tmp_path / "d i r"), (tmp_path / "gone", "/")):
+        p = subprocess.run([*slurm.IN_DIR, str(where), "pwd"], capture_output=True, text=True)
+        assert p.stdout.strip() == str(want)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+@pytest.mark.parametrize("cmd,code", [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137),
+                                      ("kill -TERM $$", 143)])
+def test_script_records_start_end_and_code_in_the_status_file(tmp_path, shell, cmd, code):
+    status = tmp_path / "status"
+    status.touch()
+    job = make_job({"cmd": cmd, "shell": "/bin/sh", "cwd": str(tmp_path), "gpus": 2})
+    script = tmp_path / "batch"
+    script.write_bytes(slurm.batch_script(job, tmp_path, status=status))
+    t0 = time.time()
+    p = subprocess.run([*shell, str(script)], env={"SLURM_JOB_ID": "77",
+                                                  "CUDA_VISIBLE_DEVICES": "1,3"},
+                       capture_output=True, timeout=30)
+    st = slurm.read_status(status)
+    assert (st.slurm_id, st.gpus, st.code) == ("77", [1, 3], code), status.read_text()
+    assert t0 - 1 <= st.start <= st.end <= time.time() + 1
+    # the script ends as the job did, so SLURM's state agrees (signal, not exit 128+N)
+    assert p.returncode == (code if code < 128 else -(code - 128))
+
+
+def test_script_with_status_keeps_argv_env_byte_exact(tmp_path):
+    status = tmp_path / "status"
+    status.touch()
+    job = make_job({"argv": [sys.executable, "-c", DUMP, *HOSTILE_ARGV], "cwd": str(tmp_path),
+                    "env": HOSTILE_ENV, "gpus": 1})
+    (tmp_path / "batch").write_bytes(slurm.batch_script(job, tmp_path, status=status))
+    slurm_env = {"SLURM_JOB_ID": "5", "CUDA_VISIBLE_DEVICES": "2", "PATH": "/usr/bin:/bin"}
+    p = subprocess.run(["/bin/sh", str(tmp_path / "batch")], env=slurm_env,
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    argv, env = decode(json.loads(p.stdout))
+    assert argv == runner.job_argv(job)
+    assert env == expected_env(job, tmp_path, "2", slurm_env)  # no spoold_s, no spoold_c
+    assert slurm.read_status(status).code == 0
+
+
+def test_script_trap_does_not_reach_the_job(tmp_path):
+    """The script survives a TERM sent to every process; the job still dies of it."""
+    status = tmp_path / "status"
+    status.touch()
+    job = make_job({"cmd": "kill -TERM 0; sleep 5", "shell": "/bin/sh", "cwd": str(tmp_path)})
+    (tmp_path / "batch").write_bytes(slurm.batch_script(job, tmp_path, status=status))
+    p = subprocess.run(["/bin/sh", str(tmp_path / "batch")], env={}, capture_output=True,
+                       timeout=30, start_new_session=True)
+    assert slurm.read_status(status).code == 143 and p.returncode == -15
+
+
+@pytest.mark.parametrize("text,want", [
+    ("", slurm.Status()),
+    ("start 100.5 9 -\n", slurm.Status(100.5, "9", None)),
+    ("start 100.5 9 0,1\nend 101.25 3\n", slurm.Status(100.5, "9", [0, 1], 101.25, 3)),
+    ("start 100.%N 9 -\nend 105 0\n", slurm.Status(100.0, "9", None, 105.0, 0)),
+    # requeued by SLURM: the last start counts, and only an end after it
+    ("start 1 9 -\nend 2 1\nstart 3 10 -\n", slurm.Status(3.0, "10", None)),
+    ("end 2 0\n", slurm.Status()),  # no start: nothing
+    ("start x 9 -\nstart 5 9 a,b\nend 6 999\njunk\n", slurm.Status()),
+])
+def test_read_status(tmp_path, text, want):
+    (tmp_path / "s").write_text(text)
+    assert slurm.read_status(tmp_path / "s") == want
+
+
+def test_read_status_never_follows_a_link_nor_reads_a_fifo(tmp_path):
+    (tmp_path / "real").write_text("start 1 2 -\nend 3 0\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    os.mkfifo(tmp_path / "fifo")
+    assert slurm.read_status(tmp_path / "link") == slurm.Status()
+    assert slurm.read_status(tmp_path / "fifo") == slurm.Status()
+    assert slurm.read_status(tmp_path / "missing") == slurm.Status()
+
+
+def jobcomp_line(sid, uid, state="COMPLETED", code="0:0", name="x"):
+    return (f"JobId={sid} UserId=u({uid}) GroupId=u({uid}) Name={name} JobState={state} "
+            f"Partition=p TimeLimit=1 StartTime=2024-05-01T10:00:00 "
+            f"EndTime=2024-05-01T10:00:10 NodeList=n NodeCnt=1 ProcCnt=1 WorkDir=/ "
+            f"DerivedExitCode=0:0 ExitCode={code} \n")
+
+
+def test_from_jobcomp_believes_one_line_of_the_jobs_own_user(tmp_path):
+    log = tmp_path / "jobcomp.log"
+    forged_name = "x\n" + jobcomp_line(12, 1000, "FAILED", "1:0").rstrip("\n")
+    log.write_text(jobcomp_line(11, 1000) + jobcomp_line(12, 1000) + jobcomp_line(13, 1001)
+                   + jobcomp_line(99, 1002, name=forged_name)
+                   + jobcomp_line(14, 1000, "FAILED", "2:0"))
+    got = slurm.from_jobcomp(log, {"11": 1000, "12": 1000, "13": 1000, "14": 1000, "15": 1000})
+    assert set(got) == {"11", "14"}  # 12: two lines (one forged); 13: another user's
+    assert got["11"][:3] == ("done", 0, None) and got["11"].source == "jobcomp"
+    assert got["11"].end - got["11"].start == 10
+    assert got["14"][:2] == ("failed", 2)
+    assert slurm.from_jobcomp(tmp_path / "none", {"11": 1000}) == {}
+
+
+def test_jobcomp_file_from_scontrol_show_config():
+    conf = "JobCompLoc              = /var/log/slurm/jobcomp.log\nJobCompType = jobcomp/filetxt\n"
+    assert slurm.jobcomp_file(FakeRun({"scontrol": (0, conf, "")})) == "/var/log/slurm/jobcomp.log"
+    none = conf.replace("filetxt", "none")
+    assert slurm.jobcomp_file(FakeRun({"scontrol": (0, none, "")})) is None
+
+
 def test_sbatch_argv_minimal():
     job = make_job({"argv": ["x"], "gpus": 0, "cwd": "/tmp", "requeue": True})
     argv = slurm.sbatch_argv(job, "/sp", "/sp/logs/7.log", [])
@@ -188,6 +316,8 @@ class FakeRun:
         self.answers, self.calls = answers, []
 
     def __call__(self, argv, **kw):
+        if argv[:3] == slurm.IN_DIR:  # run in a folder: note which, answer for the command
+            argv, kw = argv[4:], {**kw, "workdir": argv[3]}
         self.calls.append((argv, kw))
         a = self.answers.get(argv[0], (127, "", f"{argv[0]}: not found"))
         rc, out, err = a(argv) if callable(a) else a
@@ -269,7 +399,7 @@ def test_query_asks_one_id_at_a_time_and_falls_back_to_sacct():
         if argv[-1] == "1":
             return 0, scontrol_line(1, "RUNNING"), ""
         return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
-    sacct = (0, "2|CANCELLED by 0|0:15|None\n", "")
+    sacct = (0, "2|CANCELLED by 0|0:15|None|2024-05-01T10:00:00|2024-05-01T10:00:07\n", "")
     run = FakeRun({"scontrol": scontrol, "sacct": sacct})
     assert slurm.query(["1", "2", "3"], run=run) == {
         "1": ("running", None, None), "2": ("cancelled", 143, "CANCELLED"),
