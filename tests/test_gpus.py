@@ -341,6 +341,97 @@ def test_no_nvml_means_cpu_only(nvml, monkeypatch):
     assert gpus.open_source(None) is None
 
 
+# ---- health and energy through the binding ----------------------------------
+def health(r: GpuReading) -> tuple:
+    return r.ecc_uncorrected, r.retired_pages_pending, r.energy_mj, r.lost, r.xid
+
+
+def test_health_counters_are_read_and_not_supported_is_unknown_per_gpu(nvml):
+    src, _ = nvml([Dev(ecc=0, pages=0, energy=123_456_789),
+                   Dev(),  # a GPU without ECC or an energy counter: all NotSupported
+                   Dev(ecc=3, rows=(0, 0, 1, 0), energy=1),  # Ampere: remapped rows
+                   Dev(ecc=0, pages=0, rows=(2, 1, 0, 1)),  # a remapping failed
+                   Dev(ecc=5, fail={"nvmlDeviceGetMemoryInfo": NVMLError()})])
+    r = src.read()
+    assert [health(x) for x in r] == [(0, False, 123_456_789, False, ()),
+                                      (None, None, None, False, ()),
+                                      (3, True, 1, False, ()), (0, True, None, False, ()),
+                                      (5, None, None, False, ())]  # read despite the error
+    assert idle(r[1]) and health_problem(None, r[1]) is None  # unknown is never unhealthy
+    assert r[4].error == "Unknown Error" and not r[4].lost
+    assert r[0].as_dict() == {
+        "index": 0, "uuid": "GPU-00000000-aaaa", "name": "NVIDIA A100-SXM4-40GB",
+        "memory_total": 40960, "memory_used": 0, "utilization": 0, "error": None,
+        "processes": [], "ecc_uncorrected": 0, "retired_pages_pending": False,
+        "energy_mj": 123_456_789}
+    assert not {"ecc_uncorrected", "retired_pages_pending", "energy_mj", "lost", "xid"} & set(
+        r[1].as_dict())
+
+
+def test_a_binding_without_the_health_calls_reads_as_before(nvml):
+    src, nv = nvml([Dev(ecc=1, pages=1, rows=(0, 0, 1, 0), energy=5)], without=HEALTH_CALLS)
+    nv.events.append((0, 8, 79))
+    for _ in range(2):
+        r = src.read()[0]
+        assert health(r) == (None, None, None, False, ()) and idle(r)
+
+
+def test_a_gpu_lost_mid_run_from_any_call_is_lost_and_keeps_its_name(nvml):
+    src, nv = nvml([Dev(uuid="GPU-a", ecc=0), Dev(uuid="GPU-b", ecc=0, energy=7),
+                    Dev(uuid="GPU-c")])
+    before = src.read()
+    assert not any(r.lost for r in before)
+    nv.devs[1].lost = True  # fell off the bus: even the handle is refused
+    nv.devs[2].fail = {"nvmlDeviceGetTotalEnergyConsumption": NVMLError_GpuIsLost()}
+    after = src.read()
+    assert after[0] == before[0]
+    assert [(r.uuid, r.error, r.lost, r.ecc_uncorrected, r.processes_error)
+            for r in after[1:]] == [("GPU-b", "GPU is lost", True, None, "not read"),
+                                    ("GPU-c", "GPU is lost", True, None, "not read")]
+    assert busy_reason(after[1], 0.1, 0.1) == "reading failed: GPU is lost"
+    assert [health_problem(b, a) for b, a in zip(before, after, strict=True)] == [
+        None, "GPU is lost", "GPU is lost"]
+    assert after[1].as_dict()["lost"] is True
+    again = src.read()
+    assert [health_problem(a, b) for a, b in zip(after, again, strict=True)] == [None] * 3
+    nv.devs[2].fail = {"nvmlDeviceGetMigMode": NVMLError_ResetRequired()}
+    r = src.read()[2]
+    assert (r.lost, r.error) == (True, "GPU requires restart")
+    nv.devs[1].lost, nv.devs[2].fail = False, {}
+    assert src.read() == before  # back when the driver answers again
+
+
+def test_xid_events_are_drained_each_reading_without_waiting(nvml):
+    src, nv = nvml([Dev(), Dev(), Dev(fail={"nvmlDeviceRegisterEvents": NVMLError_NotSupported()})])
+    first = src.read()
+    assert [x.xid for x in first] == [(), (), ()]
+    assert nv.registered == [(0, 8), (1, 8)]  # GPU 2 refused; no retry either
+    nv.events += [(1, 8, 79), (1, 1, 0), (0, 8, 13), (1, 8, 48), (1, 8, 79), (2, 8, 79)]
+    r = src.read()
+    assert [x.xid for x in r] == [(13,), (79, 48, 79), ()]  # the single-bit ECC event is not one
+    assert health_problem(first[1], r[1]) == (
+        "Xid 79 (fell off the bus); Xid 48 (double-bit ECC error)")
+    assert health_problem(first[0], r[0]) is None  # Xid 13: the application's fault
+    assert r[1].as_dict()["xid"] == [79, 48, 79]
+    assert [x.xid for x in src.read()] == [(), (), ()]  # each event is reported once
+    assert set(nv.waits) == {0} and nv.calls.count("nvmlEventSetCreate") == 1
+    assert nv.calls.count("nvmlDeviceRegisterEvents") == 3  # once per GPU, for good
+    nv.events += [(0, 8, 94)] * 5000  # a flood is drained over several readings
+    assert len(src.read()[0].xid) == gpus._MAX_EVENTS
+
+
+def test_no_event_set_means_no_xid_and_is_not_asked_again(nvml, monkeypatch):
+    src, nv = nvml([Dev()])
+
+    def refused():
+        nv.calls.append("nvmlEventSetCreate")
+        raise NVMLError_NotSupported()
+    monkeypatch.setattr(nv, "nvmlEventSetCreate", refused)
+    nv.events.append((0, 8, 79))
+    assert [src.read()[0].xid for _ in range(3)] == [(), (), ()]
+    assert nv.calls.count("nvmlEventSetCreate") == 1 and not nv.registered
+
+
 # ---- the fake file: the same calls, from YAML -------------------------------
 def fake(tmp_path, entries) -> FakeGpus:
     path = tmp_path / "gpus.yaml"
@@ -399,6 +490,52 @@ def test_fake_file_keeps_its_meanings(tmp_path):
         x.error.startswith("fake GPU file unreadable") for x in again.values())
 
 
+def test_fake_health_fields_and_their_unknowns(tmp_path):
+    path = tmp_path / "gpus.yaml"
+    path.write_text("- {ecc_uncorrected: 4, retired_pages_pending: false, energy_mj: 9.5}\n"
+                    "- {ecc_uncorrected: -1, retired_pages_pending: 1, energy_mj: x, lost: yes,"
+                    " xid: 79}\n"
+                    "- {ecc_uncorrected: true, retired_pages_pending: null, lost: 1,"
+                    " xid: [true, 48, x, 1.5, 79]}\n")
+    r = FakeGpus(path).read()
+    assert [health(x) for x in r] == [(4, False, 9, False, ()),
+                                      (None, None, None, True, ()),  # YAML's yes is true
+                                      (None, None, None, False, (48, 79))]
+
+
+def test_fake_xid_is_a_log_each_entry_reported_once(tmp_path):
+    entries = fake_gpu_list(2, {1: {"xid": [79]}})
+    src = fake(tmp_path, entries)
+    assert [r.xid for r in src.read()] == [(), (79,)]  # there at the first reading
+    assert [r.xid for r in src.read()] == [(), ()]
+    entries[1]["xid"] += [48, 79]
+    entries[0]["xid"] = [13]
+    src.path.write_text(yaml.safe_dump(entries))
+    assert [r.xid for r in src.read()] == [(13,), (48, 79)]
+    entries[1]["xid"] = [94]  # shorter: taken as reported, the count starts over
+    src.path.write_text(yaml.safe_dump(entries))
+    assert [r.xid for r in src.read()] == [(), ()]
+    entries[1]["xid"] = [94, 95]
+    src.path.write_text(yaml.safe_dump(entries))
+    assert [r.xid for r in src.read()] == [(), (95,)]
+
+
+def test_fake_lost_gpu_keeps_its_last_names_and_comes_back(tmp_path):
+    entries = fake_gpu_list(2, {1: {"energy_mj": 10, "ecc_uncorrected": 0}})
+    src = fake(tmp_path, entries)
+    before = src.read()
+    entries[1]["lost"] = True
+    src.path.write_text(yaml.safe_dump(entries))
+    now = src.read()
+    assert now[0] == before[0]
+    assert (now[1].uuid, now[1].name, now[1].error, now[1].lost, now[1].energy_mj) == (
+        "GPU-fake-1", "Fake A100", "GPU is lost", True, None)
+    assert health_problem(before[1], now[1]) == "GPU is lost"
+    entries[1]["lost"] = False
+    src.path.write_text(yaml.safe_dump(entries))
+    assert src.read() == before
+
+
 def test_fake_processes_must_name_pids(tmp_path):
     for bad in ("x", [{"used_memory": 5}], [{"pid": True}], [{"pid": "12"}], [7]):
         r = fake(tmp_path, fake_gpu_list(1, {0: {"processes": bad}})).read()[0]
@@ -415,6 +552,48 @@ def test_every_fake_field_is_documented_and_every_documented_one_read():
     code = (REPO / "spoold" / "fakegpus.py").read_text()
     for k in (*fakegpus.FAKE_FIELDS, *fakegpus.FAKE_PROCESS_FIELDS):
         assert f'"{k}"' in code.split("class _FileBinding", 1)[1], k
+
+
+# ---- health_problem: what drains a GPU -------------------------------------------
+def R(**kw) -> GpuReading:  # noqa: N802  (a reading, briefly)
+    return GpuReading(index=0, memory_total=100, memory_used=0, utilization=0, **kw)
+
+
+@pytest.mark.parametrize("prev, now, why", [
+    (None, R(), None),
+    (None, R(ecc_uncorrected=0, retired_pages_pending=False, energy_mj=5), None),
+    (R(ecc_uncorrected=0), R(ecc_uncorrected=2), "uncorrected ECC errors rose from 0 to 2"),
+    (None, R(ecc_uncorrected=2), "2 uncorrected ECC errors"),  # first seen, above 0
+    (R(), R(ecc_uncorrected=2), "2 uncorrected ECC errors"),  # first known
+    (R(ecc_uncorrected=2), R(ecc_uncorrected=2), None),  # no rise: reported once
+    (R(ecc_uncorrected=3), R(ecc_uncorrected=1), None),  # reset by a driver reload
+    (R(ecc_uncorrected=3), R(), None),  # unknown now
+    (R(retired_pages_pending=False), R(retired_pages_pending=True),
+     "retired pages or remapped rows pending a GPU reset"),
+    (None, R(retired_pages_pending=True), "retired pages or remapped rows pending a GPU reset"),
+    (R(retired_pages_pending=True), R(retired_pages_pending=True), None),
+    (R(), R(xid=(79,)), "Xid 79 (fell off the bus)"),
+    (R(xid=(79,)), R(xid=(79,)), "Xid 79 (fell off the bus)"),  # a new event each time
+    (None, R(xid=(48, 63, 64, 74, 92, 94, 95)),
+     "Xid 48 (double-bit ECC error); Xid 63 (page retirement or row remapping recorded); "
+     "Xid 64 (page retirement or row remapping failed); Xid 74 (NVLink error); "
+     "Xid 92 (high single-bit ECC error rate); Xid 94 (contained ECC error); "
+     "Xid 95 (uncontained ECC error)"),
+    (None, R(xid=(119, 119)), "Xid 119"),
+    (None, R(xid=(13, 31, 43, 45, 68)), None),  # the application's, not the GPU's
+    (None, R(xid=(45, 62)), "Xid 62"),
+    (R(), GpuReading(index=0, error="GPU is lost", lost=True), "GPU is lost"),
+    (GpuReading(index=0, error="GPU is lost", lost=True),
+     GpuReading(index=0, error="GPU is lost", lost=True), None),
+    (None, GpuReading(index=0, error="GPU requires restart", lost=True, xid=(79,)),
+     "GPU requires restart; Xid 79 (fell off the bus)"),
+    (None, R(error="Unknown Error"), None),  # a failed reading is busy, not unhealthy
+    (R(ecc_uncorrected=0), R(ecc_uncorrected=1, retired_pages_pending=True, xid=(94,)),
+     "Xid 94 (contained ECC error); uncorrected ECC errors rose from 0 to 1; "
+     "retired pages or remapped rows pending a GPU reset"),
+])
+def test_health_problem(prev, now, why):
+    assert health_problem(prev, now) == why
 
 
 # ---- processes that are not jobs --------------------------------------------
@@ -460,16 +639,22 @@ def _has_user(uid: int) -> bool:
     return True
 
 
-def test_the_heartbeat_publishes_each_gpus_processes(spool, daemon):
+def test_the_heartbeat_publishes_each_gpus_processes_and_known_counters(spool, daemon):
     spool.set_gpus(fake_gpu_list(4, {1: {"processes": [{"pid": os.getpid(),
                                                         "used_memory": 5000}]},
+                                     2: {"ecc_uncorrected": 0, "energy_mj": 5000,
+                                         "retired_pages_pending": False},
                                      3: {"processes": "garbage"}}))
+    counters = ("ecc_uncorrected", "retired_pages_pending", "energy_mj", "lost", "xid")
 
     def published():
         for beat in (spool.root / "state" / "hosts").glob("*.yaml"):
-            return [g["processes"] for g in yaml.safe_load(beat.read_text())["gpus"]]
-    wait_for(lambda: published() == [[], [[os.getpid(), 5000, "C"]], [], None],
-             what="the heartbeat to list the process")
+            return [(g["processes"], {k: g[k] for k in counters if k in g})
+                    for g in yaml.safe_load(beat.read_text())["gpus"]]
+    wait_for(lambda: published() == [
+        ([], {}), ([[os.getpid(), 5000, "C"]], {}),
+        ([], {"ecc_uncorrected": 0, "energy_mj": 5000, "retired_pages_pending": False}),
+        (None, {})], what="the heartbeat to list the process and GPU 2's counters")
 
 
 # ---- real NVML (pytest -m gpu); skipped without a GPU ------------------------
