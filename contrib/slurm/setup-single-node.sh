@@ -8,6 +8,16 @@
 #   sh contrib/slurm/setup-single-node.sh          # install, configure, start
 #   SPOOLD_SLURM_NO_INSTALL=1 sh ...                # never call apt-get
 #   SPOOLD_SLURM_GPUS=8 sh ...                      # number of fake GPUs (default 4)
+#   SPOOLD_SLURM_MIN_JOB_AGE=10 sh ...              # MinJobAge (default 300 s)
+#   SPOOLD_SLURM_CONF_DIR=/opt/t/etc sh ...         # where its files go: see env.sh
+#   sh contrib/slurm/stop-single-node.sh            # stop slurmd and slurmctld
+#
+# It writes slurm.conf and gres.conf only where they are missing or were
+# written by it (first line "# Written by spoold ..."): another slurm.conf is
+# never overwritten. A changed slurm.conf alone is applied with `scontrol
+# reconfigure` (running jobs and the controller stay); a changed gres.conf
+# restarts the daemons. With SPOOLD_SLURM_CONF_DIR other than /etc/slurm,
+# clients need SLURM_CONF=$SPOOLD_SLURM_CONF_DIR/slurm.conf (printed at the end).
 #
 # Prints one status line on success, e.g.
 #   slurm: node vm idle, 2 CPUs, 23081 MiB, gpu:4 (/dev/fakegpu[0-3]); setup took 3s
@@ -21,17 +31,19 @@ set -eu
 
 START=$(date +%s)
 NGPU=${SPOOLD_SLURM_GPUS:-4}
-CONF_DIR=/etc/slurm
-CONF=$CONF_DIR/slurm.conf
-GRES=$CONF_DIR/gres.conf
-LOG_DIR=/var/log/slurm
-CTLD_STATE=/var/spool/slurmctld
-SLURMD_SPOOL=/var/spool/slurmd
-CTLD_PID=/run/slurmctld.pid
-SLURMD_PID=/run/slurmd.pid
+MIN_JOB_AGE=${SPOOLD_SLURM_MIN_JOB_AGE:-300}
+. "$(dirname "$0")/env.sh"
 
 say() { printf '%s\n' "setup-single-node: $*" >&2; }
 die() { say "error: $*"; exit 1; }
+case $MIN_JOB_AGE in '' | *[!0-9]*) die "SPOOLD_SLURM_MIN_JOB_AGE must be whole seconds" ;; esac
+MARK="# Written by spoold contrib/slurm/setup-single-node.sh"
+for f in "$CONF" "$GRES"; do
+    if [ -e "$f" ] && [ "$(head -n 1 "$f")" != "$MARK: a one-node TEST cluster." ] &&
+        [ "$(head -n 1 "$f")" != "$MARK: fake GPUs (char devices)." ]; then
+        die "$f exists and was not written by this script: left alone (set SPOOLD_SLURM_CONF_DIR)"
+    fi
+done
 
 [ "$(id -u)" = 0 ] || die "run me as root"
 
@@ -98,21 +110,22 @@ MEM=$((MEM - MEM / 20 - 256))
 [ "$MEM" -gt 256 ] || MEM=256
 
 install -d -o root -g root -m 0755 "$CONF_DIR" "$SLURMD_SPOOL"
+mkdir -p "$RUN_DIR"
 install -d -o slurm -g slurm -m 0755 "$LOG_DIR" "$CTLD_STATE"
 
-CHANGED=0
+CHANGED=""
 write_if_changed() {  # $1 = target; new content on stdin
     cat >"$1.new"
     if cmp -s "$1.new" "$1"; then
         rm -f "$1.new"
     else
         mv "$1.new" "$1"
-        CHANGED=1
+        CHANGED="$CHANGED $1"
     fi
 }
 
 write_if_changed "$CONF" <<EOF
-# Written by spoold contrib/slurm/setup-single-node.sh: a one-node TEST cluster.
+$MARK: a one-node TEST cluster.
 ClusterName=spoold-test
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=slurm
@@ -132,7 +145,7 @@ SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 PriorityType=priority/basic
 # Completed jobs stay in slurmctld's memory (scontrol show job) this long:
 # spoold reads exit codes from there; the text file below is its fallback.
-MinJobAge=300
+MinJobAge=$MIN_JOB_AGE
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOG_DIR/jobcomp.log
 AccountingStorageType=accounting_storage/none
@@ -154,7 +167,7 @@ PartitionName=spoold Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 
 write_if_changed "$GRES" <<EOF
-# Written by spoold contrib/slurm/setup-single-node.sh: fake GPUs (char devices).
+$MARK: fake GPUs (char devices).
 AutoDetect=off
 Name=gpu File=/dev/fakegpu[0-$LAST]
 EOF
@@ -177,13 +190,19 @@ stop() {  # $1 = pid file, $2 = program name
         i=$((i + 1)); [ $i -lt 300 ] || die "$2 (pid $p) does not stop"; sleep 0.1
     done
 }
-if [ "$CHANGED" = 1 ]; then
-    stop "$SLURMD_PID" slurmd
-    stop "$CTLD_PID" slurmctld
-fi
+case $CHANGED in
+    *"$GRES"*)
+        stop "$SLURMD_PID" slurmd
+        stop "$CTLD_PID" slurmctld ;;
+    ?*)
+        if alive "$CTLD_PID" slurmctld && alive "$SLURMD_PID" slurmd; then
+            say "slurm.conf changed: scontrol reconfigure"
+            scontrol reconfigure || { stop "$SLURMD_PID" slurmd; stop "$CTLD_PID" slurmctld; }
+        fi ;;
+esac
 if ! alive "$CTLD_PID" slurmctld; then
     say "starting slurmctld"
-    slurmctld
+    slurmctld -f "$CONF"
 fi
 i=0
 until scontrol ping 2>/dev/null | grep -q 'is UP'; do
@@ -198,7 +217,7 @@ SLURMD_SINCE=0
 if ! alive "$SLURMD_PID" slurmd; then
     say "starting slurmd"
     SLURMD_SINCE=$(date +%s)
-    slurmd
+    slurmd -f "$CONF"
 fi
 registered() {  # slurmctld has heard from the slurmd we started (not only from its state file)
     [ "$SLURMD_SINCE" = 0 ] && return 0
@@ -226,5 +245,6 @@ while :; do
     sleep 0.1
 done
 
-echo "slurm: node $NODE $STATE, $CPUS CPUs, $MEM MiB, gpu:$NGPU (/dev/fakegpu[0-$LAST]);" \
-    "setup took $(( $(date +%s) - START ))s"
+echo "slurm: node $NODE $STATE, $CPUS CPUs, $MEM MiB, gpu:$NGPU (/dev/fakegpu[0-$LAST])," \
+    "MinJobAge $MIN_JOB_AGE s; setup took $(( $(date +%s) - START ))s"
+[ "$CONF" = /etc/slurm/slurm.conf ] || echo "clients need: export SLURM_CONF=$CONF"
