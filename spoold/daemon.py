@@ -36,6 +36,7 @@ from . import spool as spoolmod
 from .bridge import SlurmExecutor
 from .executor import LocalExecutor
 from .gpus import GpuReading, busy_reason, open_source
+from .health import Health
 from .hosts import Hosts
 from .lifecycle import Lifecycle, Run
 from .metrics import Metrics
@@ -92,6 +93,7 @@ class Daemon:
         self.requests = Requests(self)
         self.hosts = Hosts(self)
         self.jobs = Lifecycle(self)
+        self.health = Health(self)
         self.executor = None  # set in setup_resources: the plug-in --executor names
         self.readings: list[GpuReading] = []
         self.next_poll = 0.0
@@ -195,6 +197,7 @@ class Daemon:
     # ---- the loop ------------------------------------------------------------
     def run(self) -> None:
         self.set_up()
+        self.guard(None, self.health.load)
         self.setup_logfile()
         self.setup_resources()
         self.guard(None, self.recover)
@@ -391,6 +394,7 @@ class Daemon:
         except Exception as e:  # a broken driver must not stop the queue
             log.warning("GPU reading failed: %s", e)
             self.readings = [GpuReading(index=i, error=str(e)) for i in self.managed]
+        self.guard(None, self.health.check, self.gpu_views())
         self.foreign = self.guard(None, self.jobs.sample_gpus, self.gpu_views()) or {}
         if self.o.foreign_procs != "busy":
             self.foreign = {}
@@ -399,8 +403,8 @@ class Daemon:
 
     def busy(self, r: GpuReading) -> str | None:
         """Why GPU ``r`` is busy for reasons other than our own jobs (None: free)."""
-        return busy_reason(r, self.o.max_load, self.o.max_memory,
-                           foreign=self.foreign.get(r.index, ()))
+        return self.health.reason(r.index) or busy_reason(
+            r, self.o.max_load, self.o.max_memory, foreign=self.foreign.get(r.index, ()))
 
     def write_metrics(self) -> None:
         """--metrics: the Prometheus text file, rewritten when something changed."""
@@ -468,6 +472,8 @@ class Daemon:
             self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
         for s in decision.start:
             self.guard(s.id, self.jobs.start, s)
+        if decision.start:  # gstat reads the jobs and shares from the heartbeat: now
+            self.hosts.heartbeat()
 
 
 class _Limits(Mapping):

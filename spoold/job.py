@@ -63,7 +63,7 @@ DAEMON_FIELDS: dict[str, str] = {
     "exit_code": _INT, "reason": _STR, "kill_reason": _STR, "original_name": _STR,
     "enforced": "mapping", "slurm_id": _STR, "executor": _STR, "hook_started_at": _NUM,
     "slurm_state": _STR, "slurm_reason": _STR, "slurm_queued_at": _NUM,
-    "outcome": _STR, "usage": "mapping",
+    "outcome": _STR, "usage": "mapping", "energy_start_mj": "mapping",
 }
 KNOWN_FIELDS = {**SUBMIT_FIELDS, **DAEMON_FIELDS}
 

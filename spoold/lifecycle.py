@@ -275,6 +275,10 @@ class Lifecycle:
             self.finish_claimed(s.id, path, "failed", str(e))
             return
         rec.update(fields, started_at=started)
+        if s.gpus and not job.gpu_mem:  # energy counters count whole GPUs only
+            energy = self.d.health.energy_at_start(s.gpus)
+            if energy:
+                rec["energy_start_mj"] = energy
         self.records.save(path, rec, sync=False)
         if finite(rec.get("submitted_at")):
             self.d.metrics.observe_start(max(0.0, started - rec["submitted_at"]))
@@ -369,6 +373,9 @@ class Lifecycle:
         state, reason, rec["outcome"] = outcome_of(rec, code, outcome)
         rec.update(ended_at=self.executor.end_time(run, code) or time.time())
         usage = self.executor.usage(run)
+        energy = self.d.health.energy_j(rec)
+        if energy is not None:
+            usage["energy_j"] = energy
         if usage:
             rec["usage"] = usage
         if code is not None:
@@ -386,6 +393,7 @@ class Lifecycle:
         spoolmod.fsync_dir(self.spool.dir(state))
         self.executor.release(run)
         self.runs.pop(run.id, None)
+        self.d.health.job_ended(rec, rec["outcome"])
         self.records.final_count += 1
         self.d.metrics.observe_finish(rec["outcome"])
         log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,

@@ -21,7 +21,7 @@ import sysconfig
 from datetime import date
 from pathlib import Path
 
-SH_TOOLS = ("gsub", "gkill", "gcancel", "ghold", "grelease", "gpause", "gresume", "gprio")
+SH_TOOLS = ("gsub", "gkill", "gcancel", "ghold", "grelease", "gpause", "gresume", "gprio", "gdrain")
 PY_TOOLS = {"gstat": "spoold.tools:gstat_main", "ghist": "spoold.tools:ghist_main",
             "glog": "spoold.tools:glog_main", "grequeue": "spoold.tools:grequeue_main",
             "spoold": "spoold.daemon:main"}
@@ -29,7 +29,7 @@ SUMMARY = {
     "gsub": "submit a job to the spool", "gkill": "kill running or cancel pending jobs",
     "gcancel": "cancel pending jobs", "ghold": "hold pending jobs",
     "grelease": "release held jobs", "gpause": "pause the queue", "gresume": "resume the queue",
-    "gprio": "change a pending job's priority",
+    "gprio": "change a pending job's priority", "gdrain": "drain a GPU, or return it",
     "gstat": "GPUs, running and pending jobs", "ghist": "finished jobs",
     "glog": "a job's output", "grequeue": "submit finished jobs again",
     "spoold": "the GPU job scheduler daemon",

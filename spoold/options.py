@@ -53,6 +53,7 @@ class Options:
     stop: bool = False  # spoold --stop: signal the running daemon (control.stop), run none
     stop_timeout: float | None = None  # --stop's wait; None: no limit
     foreign_procs: str = "busy"  # or "ignore": processes on a GPU that are no job's
+    blackhole: int = 3  # drain a GPU after this many quick failures in a row (0: never)
     metrics: Path | None = None  # Prometheus text file (None: none)
 
 
@@ -101,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--policy", type=Path, default=None, metavar="FILE",
                     help="per-user and per-group caps and admin groups (SPOOL/policy.yaml; "
                          "root's only in a shared spool; docs/scheduling.md)")
+    ap.add_argument("--blackhole", type=int, default=3, metavar="N",
+                    help="drain a GPU after N jobs in a row failed on it within 60 s of their "
+                         "start while the same commands succeeded on other GPUs (3; 0: never)")
     ap.add_argument("--foreign-procs", choices=("busy", "ignore"), default="busy",
                     help="a process on a managed GPU that is no job of ours makes the GPU busy "
                          "(busy, the default) or is ignored")
@@ -192,7 +196,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    drain=a.drain, host_timeout=a.host_timeout, polling=a.polling,
                    executor=a.executor, fairshare_halflife=halflife,
                    max_gpus_per_user=a.max_gpus_per_user, max_cpus_per_user=a.max_cpus_per_user,
-                   policy=a.policy, foreign_procs=a.foreign_procs,
+                   policy=a.policy, foreign_procs=a.foreign_procs, blackhole=a.blackhole,
                    stop=a.stop is not False,
                    stop_timeout=a.stop if a.stop not in (False, None, math.inf) else (
                        None if a.drain else control.STOP_WAIT_S),

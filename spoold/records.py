@@ -32,7 +32,7 @@ KEPT = {*jobmod.DAEMON_FIELDS, "id", "name", "gpus", "gpu_mem", "cpus", "mem", "
         "on_finish", "pin_host", "submitted_at"}
 # What a run adds to a record; a job put back in pending/ sheds them.
 RUN_FIELDS = ("pid", "host", "claimed_at", "started_at", "ended_at", "exit_code", "kill_reason",
-              "assigned_gpus", "assigned_cpus", "slurm_id", "hook_started_at")
+              "assigned_gpus", "assigned_cpus", "slurm_id", "hook_started_at", "energy_start_mj")
 
 
 def read_record(path: Path) -> dict:
@@ -66,6 +66,7 @@ OUTCOMES = ("completed", "failed", "timeout", "out_of_memory", "cancelled", "nod
 KILL_TIME = "time limit"
 KILL_REQUEST = "killed on request"
 KILL_GPU_MEM = "out of GPU memory"  # a kill reason starting with "out of" is out_of_memory
+KILL_NODE_FAIL = "node failure"  # its GPU was lost under it
 
 
 def outcome_of(rec: dict, code: int | None, known: tuple | None = None) -> Outcome:
@@ -79,6 +80,8 @@ def outcome_of(rec: dict, code: int | None, known: tuple | None = None) -> Outco
         return Outcome("failed", f"time limit{limit} exceeded{tail}", "timeout")
     if isinstance(kill_reason, str) and kill_reason.startswith("out of"):
         return Outcome("failed", kill_reason + tail, "out_of_memory")
+    if isinstance(kill_reason, str) and kill_reason.startswith(KILL_NODE_FAIL):
+        return Outcome("failed", kill_reason + tail, "node_fail")
     if kill_reason:
         return Outcome("cancelled", kill_reason + tail, "cancelled")
     if known is not None:

@@ -53,6 +53,18 @@ class Requests:
             log.warning("requests/%s: not a regular file (uid %d); removed", name, st.st_uid)
             spoolmod.remove_entry(path)
             return
+        gpu = spoolmod.parse_gpu_request(name)
+        if gpu is not None:
+            if gpu[2] != self.d.o.host:
+                return  # another host's GPU: that host's daemon consumes it
+            if self.d.queue.owner_ok(st.st_uid) and not (self.d.shared and st.st_uid != 0) \
+                    and st.st_nlink == 1:
+                if self.d.guard(None, self.gpu_request, path, *gpu[:2]) is False:
+                    return  # gdrain is still writing the reason: next pass
+            else:
+                log.warning("requests/%s: only root may drain a GPU; removed", name)
+            spoolmod.remove_entry(path)
+            return
         if self.d.shared and st.st_nlink > 1:
             log.warning("requests/%s: a hard link (uid %d); removed", name, st.st_uid)
         elif parsed is None:
@@ -114,6 +126,21 @@ class Requests:
         else:
             PENDING[kind](self, p)
         return None
+
+    def gpu_request(self, path, kind: str, gpu: int) -> bool:
+        """gdrain GPU [--reason TEXT] / gdrain --undo GPU (root's, checked above)."""
+        if kind == "undrain":
+            self.d.health.undrain(gpu)
+            return True
+        try:
+            raw = spoolmod.read_untrusted(path, 4096, check_closed=True)
+        except spoolmod.StillOpen:
+            return False
+        except spoolmod.LeaseUnsupported:
+            raw = spoolmod.read_untrusted(path, 4096)
+        text = raw.decode("utf-8", "replace")
+        self.d.health.drain(gpu, " ".join(text.split()) or "drained by hand", "admin")
+        return True
 
     def host_of(self, job_id: int) -> str | None:
         try:

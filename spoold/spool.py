@@ -145,6 +145,20 @@ def printable_name(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+_GPU_REQUEST_RE = re.compile(r"(drain|undrain)-g([0-9]{1,4})\.([A-Za-z0-9][A-Za-z0-9._-]{0,62})")
+
+
+def gpu_request_name(kind: str, gpu: int, host: str) -> str:
+    """requests/drain-g2.HOST: drain (or undrain) GPU 2 of HOST (gdrain)."""
+    return f"{kind}-g{gpu}.{check_host(host)}"
+
+
+def parse_gpu_request(name: str) -> tuple[str, int, str] | None:
+    """('drain', 2, 'vm') for drain-g2.vm; None for any other name."""
+    m = _GPU_REQUEST_RE.fullmatch(name)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
 def parse_request_name(name: str) -> tuple[str, int | None] | None:
     """('kill', 7) for kill-7; ('pause', None) for queue-wide requests; None if malformed."""
     if name in QUEUE_REQUESTS:
@@ -245,6 +259,10 @@ class Spool:
     def host_file(self, host: str) -> Path:
         """The host's heartbeat: time, pid, GPU readings, limits."""
         return self.state / "hosts" / f"{host}.yaml"
+
+    def drain_dir(self, host: str) -> Path:
+        """Drained GPUs of a host: ``GPU.yaml`` each, written by its daemon."""
+        return self.state / "drain" / host
 
     def host_lock(self, host: str) -> Path:
         """flock held by the host's daemon: one daemon per host and spool."""

@@ -54,7 +54,8 @@ def test_every_state_file_documented_is_one_the_code_names():
         sp.paused_flag, sp.daemon_log, sp.state / "next-id", sp.state / "next-id.lock",
         sp.daemon_log.with_name("spoold.log.N"),  # its rotations (RotatingFileHandler)
         sp.state / "max-pending", sp.state / "arrays.lock", sp.state_ids / "ID",
-        sp.state / "hosts" / "HOST.prom", sp.state / "priority" / "ID")}
+        sp.state / "hosts" / "HOST.prom", sp.state / "priority" / "ID",
+        sp.drain_dir("HOST") / "GPU.yaml")}
     documented = {n for n in _first_column(_section(FORMAT, "STATE")) if n.startswith("state/")}
     assert documented == made
     code = "".join(p.read_text() for p in (REPO / "spoold").glob("*.py"))
@@ -105,7 +106,7 @@ def test_every_daemon_option_is_documented():
 PLACEHOLDERS = {
     "ID": r"0*[1-9][0-9]{0,7}", "IIIIIIII": r"[0-9]{8}", "PPPP": r"[0-9]{4}",
     "NNNN": r"[0-9]{1,4}", "HOST": r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "NAME": r"[^/]+",
-    "XXXXXXXX": r"[A-Za-z0-9]{8}", "N": r"[1-9]",
+    "XXXXXXXX": r"[A-Za-z0-9]{8}", "N": r"[1-9]", "GPU": r"0|[1-9][0-9]{0,3}",
 }
 
 
@@ -265,9 +266,13 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
     in_tmp |= {str(sp.tmp_path(name).relative_to(root)) for name in ("7.yaml", "requeue-8")}
     assert not unmatched(in_tmp, files | folders), "names in tmp/ the doc never names"
     never_seen = {"state/spoold.log.N": "rotated after 1 MiB of log",
-                  "state/priority/ID": "only once root raises a priority (gprio)"}
+                  "state/priority/ID": "only once root raises a priority (gprio)",
+                  "state/drain/HOST/GPU.yaml": "only once a GPU is drained",
+                  "requests/drain-gGPU.HOST": "gdrain (tests/test_health.py)",
+                  "requests/undrain-gGPU.HOST": "gdrain --undo (tests/test_health.py)"}
     if os.geteuid() != 0:
         never_seen["state/ids/ID"] = "made only in a shared spool (a root daemon)"
     seen = entries | in_tmp
     assert set(files) - matched(seen, files) == set(never_seen)
-    assert set(folders) - matched(subfolders | in_tmp, folders) <= {"state/priority"}
+    assert set(folders) - matched(subfolders | in_tmp, folders) <= {
+        "state/priority", "state/drain", "state/drain/HOST"}

@@ -24,11 +24,12 @@ _spoold_tool() {
                  --spool --help" ;;
     glog) opts="-f --follow --spool --help" ;;
     gpause|gresume|gprio) opts="--spool --help" ;;
+    gdrain) opts="--spool --host --reason --undo --help" ;;
     spoold) opts="--spool --gpus --max-pending --max-pending-per-user --keep --limit --max-load
                   --max-memory --poll --fake-gpus --cpus --mem --kill-grace --host
                   --default-time-limit --host-timeout --hook-limit --fairshare-halflife
                   --max-gpus-per-user --max-cpus-per-user --policy --executor --polling
-                  --no-polling --drain --foreign-procs --metrics --stop --completion
+                  --no-polling --drain --foreign-procs --blackhole --metrics --stop --completion
                   --verbose --help" ;;
   esac
   case $prev in
@@ -52,4 +53,4 @@ _spoold_tool() {
   fi
 }
 complete -F _spoold_tool gsub gkill gcancel ghold grelease grequeue gstat ghist glog \
-  gpause gresume gprio spoold
+  gpause gresume gprio gdrain spoold
