@@ -962,6 +962,23 @@ def test_a_job_is_refused_only_when_no_live_host_fits_it(spool, tmp_path):
     assert run(spool, "-n", "64", "--cpus", "999", "true").returncode == 0
 
 
+@pytest.mark.parametrize("slurm", [False, True], ids=["local", "slurm"])
+def test_a_heartbeat_is_read_whatever_the_order_of_its_keys(spool, slurm):
+    """With the running jobs and shares last, gsub stops reading there; what
+    it decides is the same."""
+    beat = live_host(spool, gpus=2)
+    data = yaml.safe_load(beat.read_text())
+    if slurm:
+        data["enforced"]["gpus"] = "SLURM (--gres, CUDA_VISIBLE_DEVICES)"
+    data["jobs"] = data["jobs"] * 500
+    data = {k: v for k, v in data.items() if k not in ("jobs", "shares")} | {
+        "jobs": data["jobs"], "shares": []}
+    beat.write_bytes(jobmod.dump(data))
+    p = run(spool, "-n", "3", "true")
+    assert (p.returncode, p.stderr.decode()) == ((0, "") if slurm else (
+        2, "gsub: no host can run this job: it asks for 3 GPUs, the largest host (vm) has 2\n"))
+
+
 def test_lock_that_can_not_be_opened_is_an_error(spool):
     (spool / "state" / "next-id.lock").mkdir()  # can not be opened, even by root
     p = run(spool, "true")

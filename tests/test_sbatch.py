@@ -126,9 +126,10 @@ def test_editing_the_script_after_submission_changes_nothing(bare, tmp_path):
     ("# SBATCH -J disabled", "job.sh"), ("#SBATCHx -J no", "job.sh"),
     ("#GSUB -J gsubs-own", "gsubs-own"), ("#GSUB --name=eq", "eq"),
 ])
-def test_directive_words_are_split_as_sbatch_splits_them(bare, tmp_path, line, name):
+@pytest.mark.parametrize("shell", SHELLS)
+def test_directive_words_are_split_as_sbatch_splits_them(bare, tmp_path, line, name, shell):
     script(tmp_path, f"#!/bin/sh\n#SBATCH --time=5\n{line}\ntrue\n")
-    p = gsub(bare, "job.sh", cwd=tmp_path)
+    p = gsub(bare, "job.sh", cwd=tmp_path, shell=shell)
     assert p.returncode == 0, p.stderr
     assert jobs(bare)[0]["name"] == name
 
