@@ -146,9 +146,12 @@ def test_busy_gpu_holds_job_until_idle(spool, daemon):
 
 def test_over_limit_and_absent_gpus_fail_at_once(spool, daemon_factory):
     daemon_factory("--limit", "2")
-    big = spool.gsub("-n", "3", "--", "true")
-    huge = spool.gsub("-n", "64", "--", "true")
+    # gsub refuses these itself now; files other programs drop get the daemon's check
+    spool.drop("0010-big.yaml", "argv: ['true']\ngpus: 3\n")
+    spool.drop("0010-huge.yaml", "argv: ['true']\ngpus: 64\n")
     small = spool.gsub("-n", "2", "--", "true")
+    big, huge = (wait_for(lambda n=n: _renamed(spool, n), what=f"{n} named")
+                 for n in ("0010-big.yaml", "0010-huge.yaml"))
     assert "limit of 2" in spool.wait_state(big, "failed")["reason"]
     assert "manages only 4" in spool.wait_state(huge, "failed")["reason"]
     spool.wait_state(small, "done")
@@ -157,7 +160,8 @@ def test_over_limit_and_absent_gpus_fail_at_once(spool, daemon_factory):
 def test_cpu_only_machine_fails_gpu_jobs_and_runs_cpu_jobs(spool, daemon_factory):
     spool.set_gpus([])
     daemon_factory()
-    g = spool.gsub("-n", "1", "--", "true")
+    spool.drop("0010-g.yaml", "argv: ['true']\ngpus: 1\n")  # gsub would refuse it itself
+    g = wait_for(lambda: _renamed(spool, "0010-g.yaml"), what="the file named")
     c = spool.gsub("-n", "0", "--", "true")
     assert "manages none" in spool.wait_state(g, "failed")["reason"]
     spool.wait_state(c, "done")
@@ -243,3 +247,12 @@ def test_concurrent_gsub_get_distinct_ids(spool, daemon, n):
     assert len(set(ids)) == n
     for j in ids:
         spool.wait_state(j, "done")
+
+
+def _renamed(spool, name: str) -> int | None:
+    """The id the daemon gave pending/NAME, from its log line."""
+    import re
+
+    m = re.search(rf"pending/{re.escape(name)}: dropped without an id; now job (\d+)",
+                  spool.root.joinpath("state", "spoold.log").read_text())
+    return int(m.group(1)) if m else None

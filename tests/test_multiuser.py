@@ -129,8 +129,11 @@ def test_other_users_cannot_touch_a_job(shared):
     wait_for(lambda: sp.where(j) == "running" and sp.record(j).get("pid"))
     bob = lambda *cmd: as_user("spoold-bob", *cmd, check=False)  # noqa: E731
     gkill = str(base / "bin" / "gkill")
-    assert bob("dash", gkill, "--spool", str(sp.root), str(j)).returncode == 0
-    assert bob("dash", gkill, "--spool", str(sp.root), str(p)).returncode == 0
+    # gkill tells bob at once; a request he writes himself is refused by the daemon
+    refused = bob("dash", gkill, "--spool", str(sp.root), str(p))  # her pending file
+    assert refused.returncode == 1 and b"not yours" in refused.stderr
+    for job_id in (j, p):
+        assert bob("sh", "-c", f": > {sp.root}/requests/kill-{job_id}").returncode == 0
     wait_for(lambda: not list((sp.root / "requests").iterdir()), what="requests consumed")
     assert sp.where(j) == "running" and sp.where(p) == "pending"
     pend = next((sp.root / "pending").iterdir())
