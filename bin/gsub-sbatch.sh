@@ -29,11 +29,13 @@
 # text (_gcl, name, _gsb=1).  Status 1, nothing done, if it has none.
 _gscript() {
   [ -n "$_gCT" ] || _ginit
-  _gsf=$1 _gtext= _gln=0 _ghead=1 _gdirs=0 _gfirst=
+  _gsf=$1 _gtq= _glen=0 _gln=0 _ghead=1 _gdirs=0 _gfirst=
   while IFS= read -r _gl; _gst=$?; [ "$_gst" -eq 0 ] || [ -n "$_gl" ]; do
     _gln=$((_gln + 1))
     [ "$_gln" -gt 1 ] || _gfirst=$_gl
-    case $_gl in *"$_gcr") _gbad "$_gsf: line $_gln ends with a DOS line break (\\r\\n): convert the script first (dos2unix), as sbatch asks" ;; esac
+    case $_gl in
+      *"$_gcr") _gbad "$_gsf: line $_gln ends with a DOS line break (\\r\\n): convert the script first (dos2unix), as sbatch asks" ;;
+    esac
     if [ -n "$_ghead" ]; then
       _gat="$_gsf:$_gln: "
       case $_gl in
@@ -52,10 +54,15 @@ _gscript() {
       _gat= _gdir=
       [ -n "$_ghead" ] || [ "$_gdirs" -gt 0 ] || return 1
     fi
-    _gtext=$_gtext$_gl
-    [ "$_gst" -ne 0 ] || _gtext=$_gtext$_gnl
+    # The text, quoted a line at a time (_gq's time grows faster than the
+    # length of what it quotes) -> _gtq, a YAML double-quoted scalar's inside
+    _gq "$_gl" || _gbad "$_gsf: line $_gln is not valid UTF-8 text"
+    _gr=${_gr#\"}
+    _gtq=$_gtq${_gr%\"}
+    [ "$_gst" -ne 0 ] || _gtq=$_gtq\\n
     # one argv string: Linux takes at most 128 KiB (MAX_ARG_STRLEN)
-    [ ${#_gtext} -lt 131072 ] || _gbad "$_gsf: over 128 KiB: too long to save in a job"
+    _glen=$((_glen + ${#_gl} + 1))
+    [ "$_glen" -le 131072 ] || _gbad "$_gsf: over 128 KiB: too long to save in a job"
   done < "$_gsf"
   [ "$_gdirs" -gt 0 ] || return 1
   shift
@@ -82,8 +89,7 @@ _gargv() {
     _genvword $_garg
     set +f
   fi
-  _gq "$_gtext" || _gbad "$_gsf is not valid UTF-8 text"
-  _gt=$_gr
+  _gt=\"$_gtq\"
   _gq "$_gsf" || _gbad "$_gsf: its name is not valid UTF-8 text"
   case $_gkind in
     sh | bash | dash | zsh | ksh | ksh93 | mksh | ash | yash | posh) _gt="$_gt, $_gr" ;;

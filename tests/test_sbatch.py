@@ -118,6 +118,22 @@ def test_editing_the_script_after_submission_changes_nothing(bare, tmp_path):
     assert (bare / "pending" / os.listdir(bare / "pending")[0]).read_bytes() == before
 
 
+HOSTILE_LINES = ["", " ", "\t", '"', "'", "\\", '\\"', "$HOME `id` $(id)", "a: b", "- x",
+                 "#SBATCH -J not-a-directive-here", "mid\rcr", "\x01\x1b[31m\x7f", "caf\u00e9",
+                 "\u4e2d\u6587", "\U0001f680", "\u2028\u2029", "\u0085\u00a0", "\ufeff\ufffe",
+                 "x" * 3000, '"' * 300 + "\\" * 300]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("end", ["\n", "", "\n\n"], ids=["newline", "none", "blank line"])
+def test_the_saved_text_is_the_file_byte_for_byte(bare, tmp_path, shell, end):
+    text = "#!/bin/sh\n#SBATCH -J t\necho start\n" + "\n".join(HOSTILE_LINES) + end
+    (tmp_path / "job.sh").write_bytes(text.encode())
+    p = gsub(bare, "job.sh", cwd=tmp_path, shell=shell)
+    assert p.returncode == 0, p.stderr
+    assert jobs(bare)[0]["argv"][2] == text
+
+
 @pytest.mark.parametrize("line, name", [
     ("#SBATCH -J plain", "plain"), ("#SBATCH -Jglued", "glued"), ("#SBATCH --job-name sep", "sep"),
     ('#SBATCH --job-name="two words"', "two words"), ("#SBATCH -J 'single q'", "single q"),
@@ -201,7 +217,7 @@ def test_a_bad_directive_is_refused_with_its_line(bare, tmp_path, text, message)
 @pytest.mark.parametrize("text, error", [
     ("#!/usr/bin/Rscript\n#SBATCH -J r\ncat(1)\n", "job.sh: #! names 'Rscript': gsub runs the "
      "text of sh, bash, zsh, ksh and python scripts (run another with gsub Rscript job.sh)"),
-    ("#!/bin/sh\n#SBATCH -J x\necho \xff\n", "job.sh is not valid UTF-8 text"),
+    ("#!/bin/sh\n#SBATCH -J x\necho \xff\n", "job.sh: line 3 is not valid UTF-8 text"),
     ("#!/bin/sh\n#SBATCH -J \xff\n", "job.sh:2: --name: not valid UTF-8 text"),
     ("#!/bin/sh\n#SBATCH -J big\n" + "#" * 140000 + "\n", "job.sh: over 128 KiB: too long to "
      "save in a job"),
