@@ -694,6 +694,33 @@ def test_real_nvml_readings_match_the_driver():
             (str(r.index), r.uuid) for r in readings]
 
 
+@pytest.mark.gpu
+def test_real_nvml_health_readings_match_the_driver():
+    """A healthy GPU: known counters agree with pynvml's own answers, the
+    energy counter only rises, no Xid event, nothing that drains it."""
+    nv, n = real_nvml()
+    src = NvmlGpus()
+    first, second = src.read(), src.read()
+    for a, b in zip(first, second, strict=True):
+        h = nv.nvmlDeviceGetHandleByIndex(a.index)
+
+        def direct(call, *args, h=h):
+            try:
+                return getattr(nv, call)(h, *args)
+            except nv.NVMLError:
+                return None
+        assert not a.lost and a.xid == () and health_problem(a, b) is None, (a, b)
+        assert b.ecc_uncorrected == direct("nvmlDeviceGetTotalEccErrors",
+                                           nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                                           nv.NVML_VOLATILE_ECC)
+        assert a.energy_mj is None or b.energy_mj >= a.energy_mj > 0
+        rows, pages = direct("nvmlDeviceGetRemappedRows"), direct(
+            "nvmlDeviceGetRetiredPagesPendingStatus")
+        assert a.retired_pages_pending == (None if rows is None and pages is None else
+                                           bool(pages) or bool(rows and (rows[2] or rows[3])))
+    assert src._devices._events is not None  # the event set was tried
+
+
 CUDA_CHILD = """
 import ctypes, sys
 cu = ctypes.CDLL("libcuda.so.1")
