@@ -30,12 +30,7 @@ from collections import deque
 
 from . import job as jobmod
 from . import spool as spoolmod
-
-try:
-    from .gpus import health_problem
-except ImportError:  # TEMPORARY while gpus.py gains its health readings
-    def health_problem(prev, now):
-        return None
+from .gpus import health_problem
 from .records import KILL_NODE_FAIL
 
 log = logging.getLogger("spoold")
@@ -146,7 +141,7 @@ class Health:
     # ---- energy -------------------------------------------------------------------------
     def energy_at_start(self, gpus) -> dict | None:
         """{GPU: mJ} of the job's whole GPUs now (recorded at its start)."""
-        now = {r.index: getattr(r, "energy_mj", None) for r in self.d.readings}
+        now = {r.index: r.energy_mj for r in self.d.readings}
         start = {str(g): now.get(g) for g in gpus}
         return start if start and all(v is not None for v in start.values()) else None
 
@@ -155,7 +150,7 @@ class Health:
         start = rec.get("energy_start_mj")
         if not isinstance(start, dict) or not start:
             return None
-        now = {str(r.index): getattr(r, "energy_mj", None) for r in self.d.readings}
+        now = {str(r.index): r.energy_mj for r in self.d.readings}
         used = [now.get(g) - v for g, v in start.items()
                 if isinstance(v, int) and isinstance(now.get(g), int) and now[g] >= v]
         return round(sum(used) / 1000.0, 1) if len(used) == len(start) else None

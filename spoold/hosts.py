@@ -89,10 +89,12 @@ class Hosts:
         now = time.time()
         # Rewritten when something changed, else often enough to stay alive.
         shares = self.d.share_table()
-        if (snap, jobs, shares) == self._last_beat[1] and now - self._last_beat[0] < min(
+        # Energy counters move at every poll: they alone do not make a rewrite.
+        same = [{k: v for k, v in g.items() if k != "energy_mj"} for g in snap]
+        if (same, jobs, shares) == self._last_beat[1] and now - self._last_beat[0] < min(
                 5.0, self.d.o.host_timeout / 4):
             return False
-        self._last_beat = (now, (snap, jobs, shares))
+        self._last_beat = (now, (same, jobs, shares))
         data = jobmod.dump({"host": self.d.o.host, "time": now, "pid": os.getpid(),
                             "gpus": snap, "jobs": jobs, "shares": shares,
                             "max_load": self.d.o.max_load,

@@ -7,6 +7,14 @@ import yaml
 from conftest import fake_gpu_list, wait_for
 
 
+def _running_on(spool, j: int) -> int:
+    """The GPU job ``j`` runs on, once its record says it started."""
+    def started():
+        rec = spool.where(j) == "running" and spool.record(j, "running")
+        return rec and rec.get("started_at") and rec["assigned_gpus"]
+    return wait_for(started, what=f"job {j} to start")[0]
+
+
 def _busy(spool) -> dict:
     beat = next((spool.root / "state" / "hosts").glob("*.yaml"))
     return {g["index"]: g["busy"] for g in yaml.safe_load(beat.read_text())["gpus"]}
@@ -58,3 +66,38 @@ def test_only_root_drains_a_gpu_in_a_shared_spool_and_requests_name_their_host(s
     assert (spool.root / "requests" / "drain-g0.otherhost").exists()
     assert _busy(spool).get(0) is None
     spool.set_gpus(fake_gpu_list(4))
+
+
+def test_an_ecc_error_drains_its_gpu_within_two_polls_and_jobs_avoid_it(spool, daemon):
+    spool.gpus_seen(set())
+    spool.set_gpus(fake_gpu_list(4, {1: {"ecc_uncorrected": 2}}))
+    wait_for(lambda: "ECC" in (_busy(spool).get(1) or ""), 5, "GPU 1 drained for ECC errors")
+    jobs = [spool.gsub("-n", "1", "-c", "echo $CUDA_VISIBLE_DEVICES") for _ in range(5)]
+    assert all(spool.log(j).strip() != "1" for j in jobs if spool.wait_state(j, "done"))
+
+
+def test_a_lost_gpu_ends_its_job_as_node_fail(spool, daemon, tmp_path):
+    j = spool.gsub("-n", "1", "--", "sleep", "60")
+    gpu = _running_on(spool, j)
+    spool.set_gpus(fake_gpu_list(4, {gpu: {"lost": True}}))
+    rec = spool.wait_state(j, timeout=30)
+    assert rec["outcome"] == "node_fail" and "lost" in rec["reason"], rec
+
+
+def test_energy_per_job_is_the_rise_of_its_gpus_counters(spool, daemon, tmp_path):
+    go = tmp_path / "go"
+    spool.set_gpus(fake_gpu_list(4, {i: {"energy_mj": 1_000_000} for i in range(4)}))
+    wait_for(lambda: all(g.get("energy_mj") for g in yaml.safe_load(next(
+        (spool.root / "state" / "hosts").glob("*.yaml")).read_text())["gpus"]),
+        what="energy readings")
+    j = spool.gsub("-n", "1", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    gpu = _running_on(spool, j)
+    assert spool.record(j, "running")["energy_start_mj"] == {str(gpu): 1_000_000}
+    spool.set_gpus(fake_gpu_list(4, {i: {"energy_mj": 1_000_000 + (5_000_000 if i == gpu
+                                                                    else 9)} for i in range(4)}))
+    wait_for(lambda: any(g.get("energy_mj") == 6_000_000 for g in yaml.safe_load(next(
+        (spool.root / "state" / "hosts").glob("*.yaml")).read_text())["gpus"]),
+        what="the new energy reading")
+    go.touch()
+    rec = spool.wait_state(j, "done")
+    assert abs(rec["usage"]["energy_j"] - 5000) <= 50, rec["usage"]
