@@ -11,6 +11,8 @@
 # tests/test_conformance.py runs these and the Python side on the same
 # spools.  Plain POSIX sh, builtins only; every name starts with _g.
 
+_gat=   # (never from the environment)
+
 _gdie() { # exit status, message
   printf '%s: %s\n' "$_gme" "$2" >&2
   exit "$1"

@@ -25,6 +25,8 @@
 # read when it starts.  Plain POSIX sh, builtins only (`id -un` for %u);
 # every name starts with _g.
 
+_guser= _gpatw=   # (never from the environment: %u is the uid's name)
+
 # _gscript SCRIPT [ARG...]: apply SCRIPT's directives; make the job run its
 # text (_gcl, name, _gsb=1).  Status 1, nothing done, if it has none.
 _gscript() {
@@ -287,10 +289,10 @@ _gpat() {
       A*) if [ -n "$_garr" ]; then _gr=$_gr$_gid; else _gr=$_gr$2; fi ;;
       a*) _gr=$_gr${3:-0} ;;
       x*) _gr=$_gr$_gnraw ;;
-      u*) [ -n "${_guser-}" ] || _guser=$(id -un)
+      u*) [ -n "$_guser" ] || _guser=$(id -un)
         _gr=$_gr$_guser ;;
       *) _gr=$_gr%
-        [ -n "${_gpatw-}" ] || _gwarn "-o: only %j %x %A %a %u %% are filled in: '$1'"
+        [ -n "$_gpatw" ] || _gwarn "-o: only %j %x %A %a %u %% are filled in: '$1'"
         _gpatw=1
         continue ;;
     esac

@@ -235,7 +235,8 @@ def test_an_array_gets_slurms_variables_and_file_names(bare, tmp_path):
 #SBATCH --output=%x-%j-%u-%N-%%.txt
 true
 """, name="sweep.sh")
-    p = gsub(bare, "sweep.sh", cwd=tmp_path)
+    # %u is the uid's name, never $USER (nor gsub's own variables)
+    p = gsub(bare, "sweep.sh", cwd=tmp_path, environ=env(USER="evil", _guser="evil"))
     assert p.returncode == 0 and p.stdout == b"1\n2\n3\n"
     assert warnings(p, bare) == ["gsub: -o: only %j %x %A %a %u %% are filled in: "
                                  "'" + str(tmp_path) + "/%x-%j-%u-%N-%%.txt'"]
