@@ -75,7 +75,7 @@ def history(sp: Spool, states: tuple[str, ...], user: str | None = None,
     return rows
 
 
-USAGE_KEYS = ("cpu_s", "max_rss_mib", "gpu_mem_peak_mib", "gpu_util_mean")
+USAGE_KEYS = ("cpu_s", "max_rss_mib", "gpu_mem_peak_mib", "gpu_util_mean", "energy_j")
 
 
 def usage_of(rec: dict) -> dict:
@@ -89,7 +89,7 @@ def usage_of(rec: dict) -> dict:
 def render_ghist(rows: list[dict], width: int = 100, long: bool = False) -> str:
     """The table; ``long`` (-l) adds what each job used: CPU time, peak RAM and
     peak GPU memory (over what it booked), mean GPU utilization."""
-    usage_cols = ["CPU", "MAXRSS", "GPUMEM", "GPUUTIL"] if long else []
+    usage_cols = ["CPU", "MAXRSS", "GPUMEM", "GPUUTIL", "ENERGY"] if long else []
     cells = [["ID", "STATE", "EXIT", "NAME", "USER", "GPUS", "ENDED", "ELAPSED", *usage_cols,
               "COMMAND/REASON"]]
     for r in rows:
@@ -106,6 +106,15 @@ def _size(mib) -> str:
     return "-" if mib is None else f"{mib:.0f}M" if mib < 1024 else f"{mib / 1024:.1f}G"
 
 
+def _energy(joules) -> str:
+    if joules is None:
+        return "-"
+    for unit, size in (("MJ", 1e6), ("kJ", 1e3)):
+        if joules >= size:
+            return f"{joules / size:.1f}{unit}"
+    return f"{joules:.0f}J"
+
+
 def _usage_cells(r: dict) -> list[str]:
     u = r.get("usage") or {}
     cpu, util = u.get("cpu_s"), u.get("gpu_util_mean")
@@ -113,7 +122,7 @@ def _usage_cells(r: dict) -> list[str]:
     return ["-" if cpu is None else f"{cpu:.1f}s" if cpu < 60 else fmt_duration(cpu),
             f"{rss}/{_size(r['mem'])}" if r.get("mem") else rss,
             f"{gmem}/{_size(r['gpu_mem'])}" if r.get("gpu_mem") else gmem,
-            "-" if util is None else f"{util:.0f}%"]
+            "-" if util is None else f"{util:.0f}%", _energy(u.get("energy_j"))]
 
 
 # ---- ghist --users ------------------------------------------------------------------------
@@ -129,8 +138,9 @@ def users_summary(rows: list[dict]) -> list[dict]:
     waits: dict[str, list[float]] = {}
     for r in rows:
         name = r["user"] or "?"
-        u = by.setdefault(name, {"user": name, "jobs": 0, "gpu_hours": 0.0, "failed": 0,
-                                 "cancelled": 0, "mean_wait": None})
+        u = by.setdefault(name, {"user": name, "jobs": 0, "gpu_hours": 0.0, "energy_j": 0.0,
+                                 "failed": 0, "cancelled": 0, "mean_wait": None})
+        u["energy_j"] += (r.get("usage") or {}).get("energy_j") or 0.0
         u["jobs"] += 1
         u["gpu_hours"] += max(0.0, r["elapsed"] or 0.0) * len(r["assigned_gpus"] or ()) / 3600
         u["failed"] += r["state"] == "failed"
@@ -143,9 +153,9 @@ def users_summary(rows: list[dict]) -> list[dict]:
 
 
 def render_users(summary: list[dict], since: float | None, width: int = 100) -> str:
-    cells = [["USER", "JOBS", "GPU-HOURS", "FAILED", "CANCELLED", "MEAN-WAIT"]]
-    cells += [[u["user"], u["jobs"], f"{u['gpu_hours']:.2f}", u["failed"], u["cancelled"],
-               fmt_duration(u["mean_wait"])] for u in summary]
+    cells = [["USER", "JOBS", "GPU-HOURS", "ENERGY", "FAILED", "CANCELLED", "MEAN-WAIT"]]
+    cells += [[u["user"], u["jobs"], f"{u['gpu_hours']:.2f}", _energy(u["energy_j"] or None),
+               u["failed"], u["cancelled"], fmt_duration(u["mean_wait"])] for u in summary]
     total = (f"# {len(summary)} user(s), {sum(u['jobs'] for u in summary)} job(s), "
              f"{sum(u['gpu_hours'] for u in summary):.2f} GPU-hours, "
              + (f"ended since {when(since)}" if since else "all finished records"))

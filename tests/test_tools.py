@@ -295,7 +295,7 @@ JSON_SCHEMA_KEYS = {
               "mem", "gpu_mem", "usage", "host", "submitted_at", "started_at", "ended_at",
               "elapsed", "reason", "command"},
     "usage": set(ghist_mod.USAGE_KEYS),
-    "users": {"user", "jobs", "gpu_hours", "failed", "cancelled", "mean_wait"},
+    "users": {"user", "jobs", "gpu_hours", "energy_j", "failed", "cancelled", "mean_wait"},
 }
 
 
@@ -538,14 +538,16 @@ def test_ghist_users_sums_a_period_per_user(tmp_path, capsys):
     _finished(sp, "cancelled", 3, submitted_at=now - 600, ended_at=now - 300)  # never ran
     _finished(sp, "done", 4, **_ran(now - 30 * 86400, 10.0, [0]))  # a month ago
     (u,) = json.loads(_ghist(sp, capsys, "--users", "--since", "1d", "--json"))
-    assert u == {"user": me, "jobs": 3, "gpu_hours": pytest.approx(2.5), "failed": 1,
+    assert u == {"user": me, "jobs": 3, "gpu_hours": pytest.approx(2.5), "energy_j": 0.0,
+                 "failed": 1,
                  "cancelled": 1, "mean_wait": pytest.approx(120)}
     (u,) = json.loads(_ghist(sp, capsys, "--users", "--json"))
     assert (u["jobs"], u["gpu_hours"]) == (4, pytest.approx(12.5))
     assert set(u) == JSON_SCHEMA_KEYS["users"]
     text = _ghist(sp, capsys, "--users", "--since", "1d").splitlines()
-    assert text[0].split() == ["USER", "JOBS", "GPU-HOURS", "FAILED", "CANCELLED", "MEAN-WAIT"]
-    assert text[1].split() == [me, "3", "2.50", "1", "1", "2m00s"]
+    assert text[0].split() == ["USER", "JOBS", "GPU-HOURS", "ENERGY", "FAILED", "CANCELLED",
+                               "MEAN-WAIT"]
+    assert text[1].split() == [me, "3", "2.50", "-", "1", "1", "2m00s"]
     assert text[2].startswith("# 1 user(s), 3 job(s), 2.50 GPU-hours, ended since ")
     assert json.loads(_ghist(sp, capsys, "--users", "-u", "nobody-here", "--json")) == []
 
