@@ -67,6 +67,7 @@ class Executor(Protocol):
 
     def decide(self, queue, running, res, now: float, deps) -> Decision: ...
     def claim_fields(self, start) -> dict: ...
+    def queued(self, run) -> bool: ...
     def launch(self, run_id: int, job, rec: dict, creds, start) -> dict: ...
     def poll(self, runs: dict, now: float) -> list[Ended]: ...
     def kill(self, run) -> None: ...
@@ -125,7 +126,13 @@ class LocalExecutor:
     def claim_fields(self, start) -> dict:
         return {"assigned_gpus": list(start.gpus), "assigned_cpus": list(start.cpus)}
 
+    def queued(self, run) -> bool:
+        return False  # a local job runs as soon as it is started
+
     def launch(self, run_id: int, job, rec: dict, creds, start) -> dict:
+        if job.get("slurm"):
+            raise LaunchError("slurm: options (partition, account, qos, constraint) need "
+                              "spoold --executor slurm")
         try:
             pid = runner.launch(self.spool, self.run_path(run_id), job, start.gpus, start.cpus,
                                 creds, self.spool.log_path(run_id), cgroups=self.cgroups,

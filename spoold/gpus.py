@@ -450,8 +450,10 @@ class NvmlGpus:
         return self._devices.read(range(self._count))
 
 
-def open_source(fake: Path | None) -> GpuSource | None:
-    """The GPU source to poll, or None for a CPU-only machine."""
+def open_source(fake: Path | None, why_none: str = "jobs asking for GPUs will fail"
+                ) -> GpuSource | None:
+    """The GPU source to poll, or None for a CPU-only machine (logged, with
+    ``why_none``: what that means for this daemon's jobs)."""
     if fake is not None:
         from .fakegpus import FakeGpus  # it builds on this module
 
@@ -459,9 +461,9 @@ def open_source(fake: Path | None) -> GpuSource | None:
     try:
         src = NvmlGpus()
     except (ImportError, RuntimeError, OSError) as e:
-        log.info("no GPUs found (%s): running CPU-only; jobs asking for GPUs will fail", e)
+        log.info("no GPUs found (%s): running CPU-only; %s", e, why_none)
         return None
     if not src.read():
-        log.info("NVML found no GPUs: running CPU-only; jobs asking for GPUs will fail")
+        log.info("NVML found no GPUs here; %s", why_none)
         return None
     return src

@@ -28,6 +28,8 @@ from .spool import BadFile
 
 log = logging.getLogger("spoold")
 
+SLURM_KEYS = ("slurm_id", "slurm_state", "slurm_reason", "slurm_queued_at")  # SLURM's view
+
 
 
 def _count(value) -> int | None:
@@ -85,7 +87,9 @@ class Hosts:
                  "gpu_mem": r.record.get("gpu_mem") or 0, "mem": r.record.get("mem") or 0,
                  "gpu_mem_mib": r.gpu_mem_now,
                  "started_at": r.record.get("started_at"),
-                 "time_limit": r.record.get("time_limit")} for r in self.d.runs.values()]
+                 "time_limit": r.record.get("time_limit"),
+                 **{k: r.record[k] for k in SLURM_KEYS if k in r.record}}
+                for r in self.d.runs.values()]
         now = time.time()
         # Rewritten when something changed, else often enough to stay alive.
         shares = self.d.share_table()

@@ -160,6 +160,13 @@ class Requests:
     def kill(self, run) -> None:
         self.d.jobs.kill(run, KILL_REQUEST)
 
+    def cancel_queued(self, run) -> None:
+        """gcancel of a job its executor has not started yet (queued in SLURM)."""
+        if self.d.jobs.executor.queued(run):
+            self.d.jobs.kill(run, "cancel requested before it started")
+        else:
+            log.info("job %d is running: cancel request ignored (gkill kills it)", run.id)
+
     def cancel(self, p, kind: str) -> None:
         self.d.jobs.end_pending(p.job_id, "cancelled", f"{kind} requested before it started", p)
 
@@ -183,6 +190,6 @@ class Requests:
 
 # What each request does: to the queue, to a running job, to a pending one.
 QUEUE = {"pause": Requests.pause, "resume": Requests.resume}
-RUNNING = {"kill": Requests.kill}
+RUNNING = {"kill": Requests.kill, "cancel": Requests.cancel_queued}
 PENDING = {"kill": lambda r, p: r.cancel(p, "kill"), "cancel": lambda r, p: r.cancel(p, "cancel"),
            "hold": lambda r, p: r.set_hold(p, True), "release": lambda r, p: r.set_hold(p, False)}

@@ -165,8 +165,8 @@ def test_queued_job_is_not_running_and_gkill_cancels_it_before_it_runs(spool, br
     assert not marker.exists() and rec["outcome"] == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, reason="needs requests.py to send `cancel` of a job SLURM "
-                   "has not started to the executor (docs/slurm.md, issue 18)")
+@pytest.mark.xfail(strict=True, reason="gcancel refuses a job in running/ before writing the "
+                   "request; it must let one SLURM has queued through (bin/gkill)")
 def test_gcancel_of_a_job_slurm_has_not_started(spool, bridge, tmp_path):
     go, hog_ran, marker = tmp_path / "go", tmp_path / "hog", tmp_path / "ran"
     hog = spool.gsub("-n", "4", "-c", f"touch {hog_ran}; while [ ! -e {go} ]; do sleep 0.1; done")
