@@ -179,6 +179,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                  "host_timeout", "hook_limit"):
         if getattr(a, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("blackhole", "max_gpus_per_user", "max_cpus_per_user"):
+        if (getattr(a, name) or 0) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be 0 or more")
     if a.cpus is not None and a.cpus < 1:
         ap.error("--cpus must be positive")
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
