@@ -100,12 +100,13 @@ class Hosts:
             return False
         self._last_beat = (now, (same, jobs, shares))
         data = jobmod.dump({"host": self.d.o.host, "time": now, "pid": os.getpid(),
-                            "gpus": snap, "jobs": jobs, "shares": shares,
-                            "max_load": self.d.o.max_load,
+                            "gpus": snap, "max_load": self.d.o.max_load,
                             "max_memory": self.d.o.max_memory, "cpus": len(self.d.cpu_ids),
                             "mem": self.d.mem, "limit": self.d.limit,
                             "host_timeout": self.d.o.host_timeout, "draining": self.d.draining,
-                            "enforced": self.d.executor.enforced()})
+                            "enforced": self.d.executor.enforced(),
+                            # last: gsub reads a heartbeat with sh builtins and stops here
+                            "jobs": jobs, "shares": shares})
         try:
             self.d.spool.replace_atomic(self.d.spool.host_file(self.d.o.host), data, sync=False)
         except OSError as e:
