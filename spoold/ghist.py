@@ -9,7 +9,11 @@ every user-controlled text is escaped before it is printed; a failure to
 remove a record is one line and exit 1, with what was removed so far. A
 usage figure the record does not carry is absent (shown as ``-``), never
 guessed; the STATE column is the record's ``outcome:`` in capitals (as
-sacct), else the folder (records of older daemons).
+sacct), else the folder (records of older daemons). A job handed to SLURM
+(``spoold --executor slurm``) shows its SLURM id, and its WAIT is the time
+SLURM queued it (``started_at - slurm_queued_at``); other jobs wait from
+submission. The SLURMID and WAIT columns appear only when a row was handed to
+SLURM, so a local spool's table is as it always was.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .toolbase import (
     num,
     open_spool,
     read_owned,
+    slurm_view,
     spool_arg,
     table,
     tty_width,
@@ -59,6 +64,7 @@ def history(sp: Spool, states: tuple[str, ...], user: str | None = None,
                 continue
             code, outcome, held = rec.get("exit_code"), rec.get("outcome"), rec.get(
                 "assigned_gpus")
+            slurm = slurm_view(rec)
             rows.append({"id": job_id, "state": d,
                          "outcome": outcome if isinstance(outcome, str) else None,
                          "exit_code": code if isinstance(code, int) else None,
@@ -70,9 +76,20 @@ def history(sp: Spool, states: tuple[str, ...], user: str | None = None,
                          "host": rec.get("host"), "submitted_at": num(rec.get("submitted_at")),
                          "started_at": started, "ended_at": ended,
                          "elapsed": ended - started if started and ended else None,
+                         "wait": wait_of(started, slurm["slurm_queued_at"],
+                                         num(rec.get("submitted_at"))),
+                         "slurm_id": slurm["slurm_id"],
+                         "slurm_queued_at": slurm["slurm_queued_at"],
                          "reason": rec.get("reason"), "command": command_text(rec)})
     rows.sort(key=lambda r: (r["ended_at"] or 0, r["id"]))
     return rows
+
+
+def wait_of(started, slurm_queued, submitted) -> float | None:
+    """How long it waited to start: in SLURM's queue (from the handoff) when it
+    was handed to SLURM, else from submission; None if it never started."""
+    since = slurm_queued or submitted
+    return max(0.0, started - since) if started and since else None
 
 
 USAGE_KEYS = ("cpu_s", "max_rss_mib", "gpu_mem_peak_mib", "gpu_util_mean", "energy_j")
@@ -90,13 +107,18 @@ def render_ghist(rows: list[dict], width: int = 100, long: bool = False) -> str:
     """The table; ``long`` (-l) adds what each job used: CPU time, peak RAM and
     peak GPU memory (over what it booked), mean GPU utilization."""
     usage_cols = ["CPU", "MAXRSS", "GPUMEM", "GPUUTIL", "ENERGY"] if long else []
-    cells = [["ID", "STATE", "EXIT", "NAME", "USER", "GPUS", "ENDED", "ELAPSED", *usage_cols,
-              "COMMAND/REASON"]]
+    # SLURM's columns only where a row was handed to SLURM (a local table stays as it was).
+    sid = any(r.get("slurm_id") for r in rows)
+    waits = any(r.get("slurm_queued_at") for r in rows)
+    cells = [["ID", *(["SLURMID"] if sid else []), "STATE", "EXIT", "NAME", "USER", "GPUS",
+              "ENDED", *(["WAIT"] if waits else []), "ELAPSED", *usage_cols, "COMMAND/REASON"]]
     for r in rows:
         gp = ",".join(map(str, r["assigned_gpus"] or [])) or "-"
         state = r["outcome"].upper() if r.get("outcome") else r["state"]
-        cells.append([r["id"], state, "-" if r["exit_code"] is None else r["exit_code"],
+        cells.append([r["id"], *([r.get("slurm_id") or "-"] if sid else []), state,
+                      "-" if r["exit_code"] is None else r["exit_code"],
                       r["name"][:20], r["user"][:12], gp, when(r["ended_at"]),
+                      *([fmt_duration(r.get("wait"))] if waits else []),
                       fmt_duration(r["elapsed"]), *(_usage_cells(r) if long else []),
                       r["reason"] if r["state"] != "done" and r["reason"] else r["command"]])
     return "\n".join(table(cells, width)) + "\n"

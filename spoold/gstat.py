@@ -17,6 +17,12 @@ Invariants:
   all from what the heartbeat's ``shares:`` publishes and root's overrides
   in ``state/priority/`` (read with ``policy.Shares.overrides``, the
   daemon's own reader). Pending rows are listed in that order.
+- SLURM's view (``spoold --executor slurm``, docs/slurm.md): running/ holds
+  every job handed to SLURM. One SLURM still queues (``slurm_state`` PENDING)
+  is not running: it stays in the JSON's ``running`` list (it is in running/)
+  with no GPUs, CPUs, start or elapsed time, and the table lists it under
+  ``# queued in SLURM`` with SLURM's reason. Elapsed time counts from
+  ``started_at``, which the bridge sets to SLURM's real start.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from .policy import Shares
 from .scheduler import request_of, running_of, schedule
 from .spool import BadFile, Spool
 from .toolbase import (
+    SLURM_STATE_QUEUED,
     Color,
     command_text,
     esc,
@@ -47,6 +54,8 @@ from .toolbase import (
     open_spool,
     owner_of,
     read_owned,
+    slurm_view,
+    slurm_why,
     spool_arg,
     table,
     tty_width,
@@ -112,6 +121,8 @@ def running_view(sp: Spool, hosts: list[dict], now: float) -> tuple[list[dict], 
                    "started_at": row["started_at"], "time_limit": row["time_limit"]}
         else:
             row = _running_row(job_id, rec, uid, now)
+        if queued_in_slurm(row):  # SLURM has not started it: it holds nothing yet
+            rec = {**rec, "assigned_gpus": [], "assigned_cpus": []}
         # What its processes hold on its GPUs now, if its daemon measures it
         # (the heartbeat's gpu_mem_mib; absent: not known, never a guess).
         row["gpu_mem_used"] = _mib(published.get(job_id, (None, {}))[1].get("gpu_mem_mib"))
@@ -146,9 +157,23 @@ def _elapsed(started, now: float) -> float | None:
     return now - started if started else None
 
 
+def queued_in_slurm(row: dict) -> bool:
+    return row.get("slurm_state") == SLURM_STATE_QUEUED
+
+
+def _with_slurm(row: dict, src: dict) -> dict:
+    """``row`` with SLURM's view from its record or heartbeat entry; a job
+    SLURM still queues has no GPUs, CPUs, start or elapsed time (the record's
+    ``started_at`` is then the handoff, not a start)."""
+    row.update(slurm_view(src))
+    if queued_in_slurm(row):
+        row.update(assigned_gpus=[], assigned_cpus=[], started_at=None, elapsed=None)
+    return row
+
+
 def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
     started = num(rec.get("started_at"))
-    return {
+    return _with_slurm({
         "id": job_id, "name": str(rec.get("name") or ""), "user": user_name(uid, rec.get("user")),
         "gpus": rec.get("gpus", jobmod.DEFAULT_GPUS),
         "assigned_gpus": ints(rec.get("assigned_gpus")),
@@ -158,21 +183,21 @@ def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
         "pid": rec.get("pid"), "started_at": started, "elapsed": _elapsed(started, now),
         "time_limit": num(rec.get("time_limit")), "command": command_text(rec),
         "killing": rec.get("kill_reason"), "private": False,
-    }
+    }, rec)
 
 
 def _private_row(job_id: int, host: str | None, e: dict, now: float) -> dict:
     """Another user's running job, from its host's heartbeat (empty: an older daemon)."""
     gpus, cpus, started = ints(e.get("gpus")), ints(e.get("cpus")), num(e.get("started_at"))
     uid = _uid(e.get("uid"))
-    return {
+    return _with_slurm({
         "id": job_id, "name": str(e.get("name") or ""),
         "user": user_name(uid, e.get("user")) if e else "", "gpus": len(gpus) if e else None,
         "assigned_gpus": gpus, "gpu_mem": num(e.get("gpu_mem")), "cpus": len(cpus) if e else None,
         "assigned_cpus": cpus, "mem": num(e.get("mem")), "priority": None, "host": host,
         "pid": None, "started_at": started, "elapsed": _elapsed(started, now),
         "time_limit": num(e.get("time_limit")), "command": "", "killing": None, "private": True,
-    }
+    }, e)
 
 
 # ---- pending --------------------------------------------------------------------------
@@ -402,6 +427,41 @@ def _cap(e: dict) -> str:
     return (", ".join(caps) or "none") + ("; admin" if e.get("admin") else "")
 
 
+def _slurm_id(rows: list[dict]) -> tuple[list[str], object]:
+    """The SLURMID header and cell maker: none unless a row has a SLURM id."""
+    if not any(r.get("slurm_id") for r in rows):
+        return [], lambda r: []
+    return ["SLURMID"], lambda r: [r.get("slurm_id") or "-"]
+
+
+def _running_table(rows: list[dict], width: int) -> list[str]:
+    head, sid = _slurm_id(rows)
+    cells = [["ID", *head, "NAME", "USER", "GPUS", "GPUMEM", "ELAPSED", "LIMIT", "COMMAND"]]
+    for r in rows:
+        gp = ",".join(map(str, r["assigned_gpus"])) or "-"
+        command = "(private)" if r.get("private") else r["command"]
+        state = r.get("slurm_state")  # SUSPENDED, COMPLETING, ...: said, as "[killing]" is
+        flags = ("[killing] " if r["killing"] else "") + (
+            f"[{state}] " if state and state != "RUNNING" else "")
+        cells.append([r["id"], *sid(r), r["name"][:20], r["user"][:12], gp, _gpu_mem(r),
+                      fmt_duration(r["elapsed"]), fmt_duration(r["time_limit"]),
+                      flags + command])
+    return table(cells, width) if rows else []
+
+
+def _queued_table(rows: list[dict], now: float, width: int) -> list[str]:
+    """Jobs handed to SLURM that it has not started: how long SLURM has held
+    them (WAIT, from the handoff) and SLURM's reason; GPUS is what they ask."""
+    cells = [["ID", "SLURMID", "NAME", "USER", "GPUS", "WAIT", "LIMIT", "REASON"]]
+    for r in rows:
+        queued_at = r.get("slurm_queued_at")
+        gp = f"{r['gpu_mem']}M" if r.get("gpu_mem") else "-" if r["gpus"] is None else r["gpus"]
+        cells.append([r["id"], r.get("slurm_id") or "-", r["name"][:20], r["user"][:12], gp,
+                      fmt_duration(now - queued_at if queued_at else None),
+                      fmt_duration(r["time_limit"]), slurm_why(r)])
+    return table(cells, width)
+
+
 def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> str:
     c = color or Color(False)
     lines = []
@@ -417,15 +477,13 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
     lines += [_gpu_line(g, multi, c) for g in snap["gpus"]]
     if snap["gpus"]:
         lines.append("")
-    rows = [["ID", "NAME", "USER", "GPUS", "GPUMEM", "ELAPSED", "LIMIT", "COMMAND"]]
-    for r in snap["running"]:
-        gp = ",".join(map(str, r["assigned_gpus"])) or "-"
-        command = "(private)" if r.get("private") else r["command"]
-        rows.append([r["id"], r["name"][:20], r["user"][:12], gp, _gpu_mem(r),
-                     fmt_duration(r["elapsed"]), fmt_duration(r["time_limit"]),
-                     ("[killing] " if r["killing"] else "") + command])
-    lines.append(c("1", f"# running: {len(snap['running'])}"))
-    lines += table(rows, width) if len(rows) > 1 else []
+    running = [r for r in snap["running"] if not queued_in_slurm(r)]
+    queued = [r for r in snap["running"] if queued_in_slurm(r)]
+    lines.append(c("1", f"# running: {len(running)}"))
+    lines += _running_table(running, width)
+    if queued:
+        lines.append(c("1", f"# queued in SLURM: {len(queued)}"))
+        lines += _queued_table(queued, snap["time"], width)
     rows = [["ID", "PRIO", "NAME", "USER", "GPUS", "WAIT", "REASON"]]
     for p in snap["pending"]:
         gp = f"{p['gpu_mem']}M" if p.get("gpu_mem") else str(p["gpus"])

@@ -29,6 +29,8 @@ import pwd
 import sys
 from pathlib import Path
 
+import yaml
+
 from . import job as jobmod
 from . import spool as spoolmod
 from .records import owner_of
@@ -84,6 +86,35 @@ def ints(value) -> list[int]:
     """The whole numbers of an untrusted list (no bools), [] if it is not a list."""
     return [x for x in value if isinstance(x, int) and not isinstance(x, bool)] if isinstance(
         value, list) else []
+
+
+def text_or_none(value) -> str | None:
+    """A non-empty string from an untrusted field (a whole number as text), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+SLURM_STATE_QUEUED = "PENDING"  # SLURM holds the job in its queue: it has not started
+
+
+def slurm_view(rec: dict) -> dict:
+    """SLURM's view of a job as a record or heartbeat entry keeps it (the
+    bridge's ``slurm_*`` fields, docs/slurm.md), each checked: all None for a
+    job the local executor ran."""
+    return {"slurm_id": text_or_none(rec.get("slurm_id")),
+            "slurm_state": text_or_none(rec.get("slurm_state")),
+            "slurm_reason": text_or_none(rec.get("slurm_reason")),
+            "slurm_queued_at": num(rec.get("slurm_queued_at"))}
+
+
+def slurm_why(row: dict) -> str:
+    """SLURM's reason for a table: ``Resources`` from the recorded
+    ``PENDING (Resources)`` (the state is the section it is listed in)."""
+    state, reason = row.get("slurm_state") or "", row.get("slurm_reason") or ""
+    if state and reason.startswith(f"{state} (") and reason.endswith(")"):
+        return reason[len(state) + 2:-1]
+    return reason or "-"
 
 
 def json_text(data) -> str:
@@ -179,8 +210,8 @@ def read_owned(path: Path) -> tuple[dict | None, int | None]:
     try:
         st_uid = os.lstat(path).st_uid
         data = jobmod.load_record(spoolmod.read_untrusted(path, RECORD_CAP))
-    except (OSError, BadFile, jobmod.JobError, ValueError):
-        return None, None
+    except (OSError, BadFile, jobmod.JobError, ValueError, yaml.YAMLError):
+        return None, None  # (a torn or hand-made file: the row says what is known)
     data = finite(data)
     return data, owner_of(st_uid, data)
 
