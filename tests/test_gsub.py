@@ -1215,3 +1215,52 @@ def test_bash_exported_functions_and_options_do_not_interfere(spool):
     assert job["cmd"] == "a\tb" and job_id == 1
     assert job["umask"] == "0022"
     assert pending_file(spool, job_id).stat().st_mode & 0o777 == 0o600
+
+
+# ---------------------------------------------------------------- SLURM options
+SLURM_VALUES = ["gpu", "123", "null", "true", "1.5", ".x", "_x", "a|b&c", "x(y)[1]*2!z",
+                "a,b:c+d-e", "x" * 200, "x" * 201, "", "-x", "+x", "*x", "(x)", "a b", "a'b",
+                'a"b', "a=b", "a\nb", "a\tb", "caf\u00e9", "a/b", "a\\b", "a;b", "$x", "a%b"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_slurm_options_written_as_a_mapping(spool, shell):
+    """--partition/--account/--qos/--constraint become `slurm:`; on the
+    command line the last one wins; job.py takes the file as it is."""
+    _, job = submit(spool, "-n", "0", "--partition", "p1", "--partition=spoold",
+                    "--account=123", "--qos", "null", "--constraint", "a|b&(c*2)", "true",
+                    shell=shell)
+    assert job["slurm"] == {"partition": "spoold", "account": "123", "qos": "null",
+                            "constraint": "a|b&(c*2)"}
+    jobmod.parse(yaml.safe_dump(job).encode())
+    _, job = submit(spool, "-n", "0", "--qos", "q", "true", shell=shell)
+    assert job["slurm"] == {"qos": "q"}
+    assert "slurm" not in submit(spool, "-n", "0", "true", shell=shell)[1]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_slurm_options_refused_as_job_py_refuses_them(spool, shell):
+    """gsub refuses exactly the values job.py's _SLURM_VALUE refuses (exit 2,
+    nothing queued, the option named) and queues the others."""
+    for value in SLURM_VALUES:
+        ok = bool(jobmod._SLURM_VALUE.fullmatch(value))
+        for opt in ("--partition", "--constraint"):
+            p = run(spool, "-n", "0", opt, value, "true", shell=shell)
+            if ok:
+                assert p.returncode == 0, (value, p.stderr)
+                job = load_both(pending_file(spool, int(p.stdout)).read_bytes())
+                assert job["slurm"] == {opt[2:]: value}
+            else:
+                assert p.returncode == 2 and p.stderr.startswith(
+                    f"gsub: {opt}: ".encode()), (value, p.stderr)
+    assert sorted(os.listdir(spool / "pending")) and all(
+        jobmod.parse((spool / "pending" / f).read_bytes()).data.get("slurm")
+        for f in os.listdir(spool / "pending"))
+
+
+def test_slurm_options_from_gsub_lines(spool, tmp_path):
+    """#GSUB lines take them too; the command line wins."""
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\n#GSUB --partition=a\n#GSUB --qos q\necho hi\n")
+    _, job = submit(spool, "-n", "0", "--partition", "b", str(script))
+    assert job["slurm"] == {"partition": "b", "qos": "q"}

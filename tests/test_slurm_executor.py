@@ -196,3 +196,24 @@ def test_submit_dir_time_rounding_and_gpus_of_a_short_job(spool, bridge, tmp_pat
     assert rec["time_limit"] == 60  # what SLURM enforces, as SLURM rounds it
     assert rec["started_at"] <= rec["ended_at"] < rec["started_at"] + 30
     assert not (spool.root / "state" / "slurm" / str(j)).exists()  # released
+
+
+def test_slurm_options_from_gsub_reach_sbatch(spool, bridge):
+    """gsub --partition/--qos ... reach sbatch: a job for the real partition
+    runs there; one for a partition SLURM does not have fails with sbatch's
+    message and never runs."""
+    ok = spool.gsub("-n", "0", "--partition", "spoold", "-c", "echo p=$SLURM_JOB_PARTITION")
+    bad = spool.gsub("-n", "0", "--partition", "nosuchpart", "--", "true")
+    rec = spool.wait_state(ok, "done", timeout=60)
+    assert rec["slurm"] == {"partition": "spoold"} and "p=spoold" in spool.log(ok)
+    rec = spool.wait_state(bad, "failed", timeout=60)
+    assert "sbatch refused" in rec["reason"] and "partition" in rec["reason"].lower()
+    assert "slurm_id" not in rec
+
+
+def test_the_local_executor_refuses_slurm_options(spool, daemon):
+    """Without --executor slurm a job with slurm: options fails at launch,
+    with the reason, and never runs."""
+    job = spool.gsub("-n", "0", "--account", "proj", "-c", "echo ran")
+    rec = spool.wait_state(job, "failed", timeout=30)
+    assert "need spoold --executor slurm" in rec["reason"] and "ran" not in spool.log(job)
