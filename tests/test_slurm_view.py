@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from test_tools import JSON_SCHEMA_KEYS, _columns, _finished, _ghist
 
 from spoold import gstat as gstat_mod
 from spoold import job as jobmod
 from spoold import spool as spoolmod
 
-NOW = time.time()
+NOW = time.time()  # when this module was imported: compare with a snapshot's own "time"
 
 
 def _spool(tmp_path, running: dict, jobs: list | None = None):
@@ -64,7 +65,8 @@ def test_gstat_lists_a_job_slurm_has_queued_apart_from_the_running_ones(tmp_path
     assert (rows[2]["assigned_gpus"], rows[2]["started_at"], rows[2]["elapsed"]) == ([], None,
                                                                                      None)
     assert (rows[1]["slurm_id"], rows[1]["slurm_state"]) == ("101", "RUNNING")
-    assert 30 <= rows[1]["elapsed"] < 60 and rows[1]["started_at"] == RUNS["started_at"]
+    assert rows[1]["started_at"] == RUNS["started_at"]  # SLURM's start, not the handoff
+    assert rows[1]["elapsed"] == pytest.approx(snap["time"] - RUNS["started_at"])
     assert {g["index"]: g["jobs"] for g in snap["gpus"]} == {0: [1], 1: []}
 
     text = _gstat(sp, capsys)
