@@ -26,6 +26,8 @@ Invariants (see docs/spool-format.md for the local executor's):
   and ``slurm_reason`` (saved only when they change), ``slurm_queued_at``
   (the handoff), ``started_at`` (the real start, once it ran) and
   ``assigned_gpus`` (scontrol -d's IDX, else the script's CUDA_VISIBLE_DEVICES).
+- A priority change after the handoff (gprio -> requests/prio-ID) renices a
+  job SLURM still queues, and its record's ``priority`` follows.
 """
 
 from __future__ import annotations
@@ -237,6 +239,20 @@ class SlurmExecutor:
     def queued(self, run) -> bool:
         """Handed to SLURM but not started: gcancel may still cancel it."""
         return run.record.get("slurm_state") == "PENDING"
+
+    def renice(self, run, prio: int) -> None:
+        """gprio of a job SLURM still queues (a prio-ID request): its nice in
+        SLURM, then its record, so that the spool says what SLURM does."""
+        sid, rec = run.record.get("slurm_id"), run.record
+        try:
+            slurm.renice(sid, prio)
+        except slurm.SlurmError as e:  # it just started, or SLURM is down: nothing changes
+            log.warning("job %d: SLURM job %s not reniced: %s", run.id, sid, e)
+            return
+        log.info("job %d: priority %s -> %d (SLURM job %s reniced)", run.id,
+                 rec.get("priority"), prio, sid)
+        rec["priority"] = prio
+        self.lc.records.save(self.lc.spool.record("running", run.id), rec, sync=False)
 
     def wake_at(self, runs: dict, now: float) -> float:
         return self.next_query if runs else float("inf")

@@ -1,7 +1,9 @@
 """Requests: files in requests/ that ask the daemon to act on a job or the queue.
 
-Owns: reading requests/ (``kill-ID cancel-ID hold-ID release-ID pause
-resume``), deciding who may ask what, and applying it.
+Owns: reading requests/ (``kill-ID cancel-ID hold-ID release-ID prio-ID
+pause resume``), deciding who may ask what, and applying it. ``prio-ID``
+holds the new priority: gprio writes it for a job handed to SLURM and not
+started yet (the executor's ``queued``), which the executor renices.
 
 Invariants:
 - Only a regular file with one link counts; anything else a user planted
@@ -11,7 +13,8 @@ Invariants:
   shared queue only from root. The owner of a job is the kernel's word:
   ``records.owner_of`` of its pending file, or the uid its record got at
   the claim.
-- Requests are never opened; one for a job another host runs is left for
+- Requests are never opened, except prio-ID and gdrain's, read once closed,
+  capped, without following links; one for a job another host runs is left for
   that host's daemon; every other one is removed once handled.
 """
 
@@ -25,6 +28,7 @@ import time
 
 from . import job as jobmod
 from . import spool as spoolmod
+from .fairshare import effective_priority
 from .pending import SETTLE_S, Slim, Taken
 from .records import KILL_REQUEST, read_record
 from .spool import BadFile
@@ -35,6 +39,7 @@ log = logging.getLogger("spoold")
 class Requests:
     def __init__(self, d):
         self.d = d  # the daemon: its runs, queue, kill and end_pending
+        self.prio: int | None = None  # the prio-ID request being handled
 
     def handle_all(self) -> None:
         for name in self.d.spool.list_requests():
@@ -69,7 +74,7 @@ class Requests:
             log.warning("requests/%s: a hard link (uid %d); removed", name, st.st_uid)
         elif parsed is None:
             log.warning("requests/%s: not a request (kill-ID, cancel-ID, hold-ID, release-ID,"
-                        " pause, resume); removed", name)
+                        " prio-ID, pause, resume); removed", name)
         elif not self.d.queue.owner_ok(st.st_uid):
             log.warning("requests/%s: owned by uid %d, not ours; removed", name, st.st_uid)
         elif self.d.shared and st.st_uid != 0 and parsed[1] is None:
@@ -81,6 +86,8 @@ class Requests:
                         parsed[1])
         else:
             kind, job_id = parsed
+            if kind == "prio" and self.d.guard(None, self.read_prio, path, st.st_uid) is False:
+                return  # gprio is still writing it: next pass
             if self.apply_request(kind, job_id) == "elsewhere":
                 return  # for a job another host runs: that host's daemon consumes it
         spoolmod.remove_entry(path)
@@ -132,14 +139,34 @@ class Requests:
         if kind == "undrain":
             self.d.health.undrain(gpu)
             return True
-        try:
-            raw = spoolmod.read_untrusted(path, 4096, check_closed=True)
-        except spoolmod.StillOpen:
+        raw = read_closed(path, 4096)
+        if raw is None:
             return False
-        except spoolmod.LeaseUnsupported:
-            raw = spoolmod.read_untrusted(path, 4096)
         text = raw.decode("utf-8", "replace")
         self.d.health.drain(gpu, " ".join(text.split()) or "drained by hand", "admin")
+        return True
+
+    def read_prio(self, path, sender: int) -> bool:
+        """prio-ID's content -> ``self.prio`` (None: not a priority). False:
+        still being written. In a shared spool only root and admins may go
+        below the default, as for a pending file (fairshare.effective_priority)."""
+        self.prio = None
+        try:
+            raw = read_closed(path, 16)
+        except BadFile as e:  # over the cap, or replaced by something else
+            log.warning("requests/%s: not a priority: %s", path.name, e)
+            return True
+        if raw is None:
+            return False
+        text = raw.decode("ascii", "replace").strip()
+        self.prio = int(text) if text.isdigit() and len(text) <= 4 else None
+        if self.prio is None:
+            log.warning("requests/%s: not a priority (0-9999): %r", path.name, text)
+        else:
+            self.prio = effective_priority(
+                self.prio, sender, self.d.shared,
+                self.d.shared and self.d.shares.is_admin(sender), None,
+                jobmod.DEFAULT_PRIORITY)
         return True
 
     def host_of(self, job_id: int) -> str | None:
@@ -167,6 +194,15 @@ class Requests:
         else:
             log.info("job %d is running: cancel request ignored (gkill kills it)", run.id)
 
+    def renice(self, run) -> None:
+        """gprio of a job its executor has not started yet (queued in SLURM)."""
+        if self.prio is None:
+            return  # not a priority: logged when read
+        if self.d.jobs.executor.queued(run):
+            self.d.jobs.executor.renice(run, self.prio)
+        else:
+            log.info("job %d is running: priority request ignored", run.id)
+
     def cancel(self, p, kind: str) -> None:
         self.d.jobs.end_pending(p.job_id, "cancelled", f"{kind} requested before it started", p)
 
@@ -190,6 +226,18 @@ class Requests:
 
 # What each request does: to the queue, to a running job, to a pending one.
 QUEUE = {"pause": Requests.pause, "resume": Requests.resume}
-RUNNING = {"kill": Requests.kill, "cancel": Requests.cancel_queued}
+RUNNING = {"kill": Requests.kill, "cancel": Requests.cancel_queued, "prio": Requests.renice}
 PENDING = {"kill": lambda r, p: r.cancel(p, "kill"), "cancel": lambda r, p: r.cancel(p, "cancel"),
-           "hold": lambda r, p: r.set_hold(p, True), "release": lambda r, p: r.set_hold(p, False)}
+           "hold": lambda r, p: r.set_hold(p, True), "release": lambda r, p: r.set_hold(p, False),
+           "prio": lambda r, p: log.info("priority request for pending job %d ignored: gprio "
+                                         "renames its file", p.job_id)}
+
+
+def read_closed(path, cap: int) -> bytes | None:
+    """A request's content once its writer closed it (None: still open)."""
+    try:
+        return spoolmod.read_untrusted(path, cap, check_closed=True)
+    except spoolmod.StillOpen:
+        return None
+    except spoolmod.LeaseUnsupported:
+        return spoolmod.read_untrusted(path, cap)

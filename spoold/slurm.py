@@ -301,7 +301,7 @@ def cancel(slurm_id: str, sig: str | None = None, run=subprocess.run) -> None:
 
 
 def renice(slurm_id: str, priority: int, run=subprocess.run) -> None:
-    """Re-prioritise a pending job (a renamed pending/ file)."""
+    """Re-prioritise a job SLURM still queues (gprio after the handoff)."""
     _run(run, ["scontrol", "update", f"JobId={_check_id(slurm_id)}",
                f"Nice={priority * NICE_PER_PRIORITY}"])
 

@@ -67,7 +67,7 @@ _FOREIGN_PRIO_RE = re.compile(r"([0-9]{1,4})-.*\.yaml", re.DOTALL)
 _RECORD_RE = re.compile(r"0*([0-9]+)\.yaml")
 _REQUEST_RE = re.compile(r"([a-z]+)-0*([0-9]+)")
 # (fullmatch and [0-9]: "$" takes a final newline, and \d other scripts' digits)
-REQUEST_KINDS = ("kill", "cancel", "hold", "release")
+REQUEST_KINDS = ("kill", "cancel", "hold", "release", "prio")  # prio-ID holds PRIO
 QUEUE_REQUESTS = ("pause", "resume")
 _HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 

@@ -668,3 +668,33 @@ def test_slurm_runs_as_the_owner(bridge):
 def test_slurm_refusal_is_a_slurm_error(bridge):
     with pytest.raises(slurm.SlurmError, match="sbatch failed"):
         bridge.submit({"argv": ["true"], "gpus": 5})
+
+
+def test_renice_argv():
+    run = FakeRun({"scontrol": (0, "", "")})
+    slurm.renice("12", 70, run=run)
+    assert run.calls[0][0] == ["scontrol", "update", "JobId=12",
+                               f"Nice={70 * slurm.NICE_PER_PRIORITY}"]
+    with pytest.raises(slurm.SlurmError):
+        slurm.renice("12 Nice=-1", 1, run=run)
+
+
+def test_a_prio_request_for_a_job_the_local_executor_runs_is_ignored(spool, daemon, tmp_path):
+    """requests/prio-ID is read (content capped) and removed; the local
+    executor never has a job queued, so nothing changes and the log says so.
+    A request that holds no priority is removed with a warning."""
+    from conftest import wait_for
+
+    go = tmp_path / "go"
+    job = spool.gsub("-n", "0", "-p", "30", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done")
+    spool.wait_state(job, "running")
+    assert spool.run("gprio", str(job), "70", check=False).returncode == 1
+    req = spool.root / "requests" / f"prio-{job}"
+    for text, said in (("70\n", "priority request ignored"), ("x" * 100, "not a priority"),
+                       ("-1", "not a priority (0-9999): '-1'")):
+        req.write_text(text)
+        wait_for(lambda: not req.exists(), 20, "the request handled")
+        wait_for(lambda s=said: s in daemon.output(), 20, said)
+    assert spool.record(job)["priority"] == 30
+    go.touch()
+    assert spool.wait_state(job, "done")["priority"] == 30

@@ -217,3 +217,31 @@ def test_the_local_executor_refuses_slurm_options(spool, daemon):
     job = spool.gsub("-n", "0", "--account", "proj", "-c", "echo ran")
     rec = spool.wait_state(job, "failed", timeout=30)
     assert "need spoold --executor slurm" in rec["reason"] and "ran" not in spool.log(job)
+
+
+def squeue_nice(sid: str) -> int:
+    return int(subprocess.run(["squeue", "-h", "-j", sid, "-o", "%y"], capture_output=True,
+                              text=True, check=True).stdout.strip())
+
+
+def test_gprio_renices_a_job_slurm_still_queues(spool, bridge, tmp_path):
+    """A job handed to SLURM but queued behind busy GPUs: gprio writes
+    requests/prio-ID, the bridge renices it in SLURM (squeue's nice) and its
+    record says the new priority. Once a job runs, gprio refuses it."""
+    go = tmp_path / "go"
+    busy = spool.gsub("-n", "4", "-c", f"while [ ! -e {go} ]; do sleep 0.1; done")
+    queued = spool.gsub("-n", "4", "-p", "30", "--", "true")
+    rec = wait_for(lambda: spool.where(queued) == "running" and spool.record(queued).get(
+        "slurm_state") == "PENDING" and spool.record(queued), 30, "the job queued in SLURM")
+    assert squeue_nice(rec["slurm_id"]) == 30 * slurm.NICE_PER_PRIORITY
+    spool.run("gprio", str(queued), "70")
+    wait_for(lambda: squeue_nice(rec["slurm_id"]) == 70 * slurm.NICE_PER_PRIORITY, 20,
+             "SLURM's nice to follow gprio")
+    wait_for(lambda: spool.record(queued).get("priority") == 70, 20, "the record to follow")
+    assert not (spool.root / "requests" / f"prio-{queued}").exists()
+    wait_for(lambda: spool.record(busy).get("slurm_state") == "RUNNING", 30, "the first to run")
+    p = spool.run("gprio", str(busy), "5", check=False)
+    assert (p.returncode, p.stderr.decode()) == (
+        1, f"gprio: job {busy} is running: only pending jobs can be re-prioritised\n")
+    go.touch()
+    assert spool.wait_state(queued, "done", timeout=60)["priority"] == 70
