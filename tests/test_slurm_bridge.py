@@ -698,3 +698,24 @@ def test_a_prio_request_for_a_job_the_local_executor_runs_is_ignored(spool, daem
     assert spool.record(job)["priority"] == 30
     go.touch()
     assert spool.wait_state(job, "done")["priority"] == 30
+
+
+@pytest.mark.parametrize("shared, sender, admin, asked, got", [
+    (True, 1000, False, 5, 10), (True, 1000, False, 50, 50), (True, 1000, True, 5, 5),
+    (True, 0, False, 0, 0), (False, 1000, False, 5, 5)])
+def test_a_prio_request_follows_the_shared_spools_rule(tmp_path, shared, sender, admin, asked,
+                                                        got):
+    """In a shared spool only root and admins may go below the default (10),
+    as for a pending file; the content is a number 0-9999 or nothing."""
+    from types import SimpleNamespace
+
+    from spoold.requests import Requests
+
+    d = SimpleNamespace(shared=shared, shares=SimpleNamespace(is_admin=lambda uid: admin))
+    r = Requests(d)
+    req = tmp_path / "prio-7"
+    req.write_text(f"{asked}\n")
+    assert r.read_prio(req, sender) is True and r.prio == got
+    for bad in ("", "10000", "1e3", "x", "9" * 40):
+        req.write_text(bad)
+        assert r.read_prio(req, sender) is True and r.prio is None
