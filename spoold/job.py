@@ -274,8 +274,12 @@ def dump(data: dict[str, Any]) -> bytes:
 
 
 def load_record(raw: bytes) -> dict[str, Any]:
-    """Load a record the daemon itself wrote (still with the safe loader)."""
-    data = yaml.load(raw.decode("utf-8"), Loader=_SafeLoader)
+    """Load a record the daemon itself wrote (still with the safe loader);
+    JobError for anything that is not a YAML mapping in UTF-8."""
+    try:
+        data = yaml.load(raw.decode("utf-8"), Loader=_SafeLoader)
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+        raise JobError(f"record is not valid YAML: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(data, dict):
         raise JobError("record is not a mapping")
     return data
