@@ -63,7 +63,7 @@ _STATES = {
     "BOOT_FAIL": "failed", "DEADLINE": "failed", "PREEMPTED": "failed",
     "CANCELLED": "cancelled", "REVOKED": "cancelled",
 }
-_ID = re.compile(r"[0-9]+")
+_ID = re.compile(r"[0-9]+(?:_[0-9]+)?")  # a job, or an array task: 123_4
 # SLURM's final JobState -> the records' outcome name (records.OUTCOMES)
 OUTCOME = {"COMPLETED": "completed", "FAILED": "failed", "TIMEOUT": "timeout",
            "DEADLINE": "timeout", "OUT_OF_MEMORY": "out_of_memory", "NODE_FAIL": "node_fail",
@@ -250,7 +250,7 @@ def details(slurm_ids: list[str], run=subprocess.run) -> dict[str, Info]:
                 continue  # purged after MinJobAge
             raise
         f = _fields(out)
-        if f.get("JobId") == i:
+        if _is(f, i):
             found[i] = _result(f.get("JobState", ""), f.get("ExitCode"), f.get("Reason"),
                                f.get("StartTime"), f.get("EndTime"))
     missing = [i for i in ids if i not in found]
@@ -396,6 +396,17 @@ def _run(run, argv: list[str], input: bytes | None = None, workdir: str | None =
     return out
 
 
+def _is(f: dict[str, str], slurm_id: str) -> bool:
+    """Whether scontrol's record ``f`` is the job ``slurm_id``. An array task
+    ``123_4`` is ``ArrayJobId=123 ArrayTaskId=4`` (its own JobId once it is
+    split off the array, 123 while it still waits in it: checked on 22.05);
+    both come before JobName, so a forged name cannot supply them."""
+    job, _, task = slurm_id.partition("_")
+    if not task:
+        return f.get("JobId") == slurm_id
+    return f.get("ArrayJobId") == job and f.get("ArrayTaskId") == task
+
+
 def _fields(line: str) -> dict[str, str]:
     """``Key=value Key=value`` -> dict; the first of each key wins (JobName and
     WorkDir, the only free text before the fields we read, hold no spaces)."""
@@ -437,7 +448,7 @@ def _from_sacct(ids: list[str], run) -> dict:
     try:
         out = _run(run, ["sacct", "--noheader", "--parsable2", "--allocations",
                          "--jobs=" + ",".join(ids),
-                         "--format=JobIDRaw,State,ExitCode,Reason,Start,End"])
+                         "--format=JobID,State,ExitCode,Reason,Start,End"])  # JobID: 123_4
     except SlurmError:
         return {}  # no accounting database
     found = {}

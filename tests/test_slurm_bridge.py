@@ -288,7 +288,7 @@ def test_sbatch_argv_refuses_log_paths_slurm_cannot_express(log):
         slurm.sbatch_argv(make_job({"argv": ["x"]}), "/sp", log, [])
 
 
-@pytest.mark.parametrize("dep", ["", "1;2", "--x", "1_2", 5])
+@pytest.mark.parametrize("dep", ["", "1;2", "--x", "1_2_3", "_2", "1_", 5])  # 1_2: a task
 def test_sbatch_argv_refuses_bad_dependency_ids(dep):
     with pytest.raises(slurm.SlurmError, match="not a SLURM job id"):
         slurm.sbatch_argv(make_job({"argv": ["x"]}), "/sp", "/l", [dep])
@@ -719,3 +719,28 @@ def test_a_prio_request_follows_the_shared_spools_rule(tmp_path, shared, sender,
     for bad in ("", "10000", "1e3", "x", "9" * 40):
         req.write_text(bad)
         assert r.read_prio(req, sender) is True and r.prio is None
+
+
+def test_details_knows_array_tasks_by_array_job_and_task_id():
+    """``123_4`` is the record with ArrayJobId=123 ArrayTaskId=4, whatever its
+    JobId; a name that tries to say otherwise comes after them and is ignored."""
+    lines = {
+        "123_4": "JobId=123 ArrayJobId=123 ArrayTaskId=4 JobName=x JobState=PENDING "
+                 "Reason=JobArrayTaskLimit ExitCode=0:0\n",
+        "123_1": "JobId=124 ArrayJobId=123 ArrayTaskId=1 JobName=x JobState=FAILED "
+                 "Reason=NonZeroExitCode ExitCode=3:0\n",
+        "123_2": "JobId=125 ArrayJobId=123 ArrayTaskId=9 JobName=ArrayTaskId=2 "
+                 "JobState=COMPLETED Reason=None ExitCode=0:0\n",
+        "124": "JobId=124 ArrayJobId=123 ArrayTaskId=1 JobName=x JobState=FAILED "
+               "Reason=NonZeroExitCode ExitCode=3:0\n"}
+    run = FakeRun({"scontrol": lambda argv: (0, lines[argv[-1]], ""),
+                   "sacct": (1, "", "Slurm accounting storage is disabled\n")})
+    got = slurm.details(list(lines), run=run)
+    assert (got["123_4"].state, got["123_4"].reason) == ("pending",
+                                                         "PENDING (JobArrayTaskLimit)")
+    assert (got["123_1"].state, got["123_1"].code) == ("failed", 3)
+    assert got["124"] == got["123_1"]
+    assert got["123_2"].state == "unknown"
+    for bad in ("123_", "_4", "123_4_5", "123-4"):
+        with pytest.raises(slurm.SlurmError):
+            slurm.cancel(bad, run=run)
