@@ -116,8 +116,8 @@ def test_each_job_runs_as_its_owner_and_file_fields_do_not_change_that(shared):
     text = f"cmd: 'id -u > {liar}'\ngpus: 0\nuser: root\nuid: 0\n"
     as_user("spoold-alice", "sh", "-c", f"printf %s \"$0\" > {sp.root}/tmp/l.yaml && "
             f"mv {sp.root}/tmp/l.yaml {sp.root}/pending/0010-liar.yaml", text)
-    wait_for(liar.exists, what="the liar's job")
-    assert int(liar.read_text()) == users["spoold-alice"].pw_uid
+    ran_as = wait_for(lambda: liar.exists() and liar.read_text().strip(), what="the liar's job")
+    assert int(ran_as) == users["spoold-alice"].pw_uid
 
 
 def test_other_users_cannot_touch_a_job(shared):
