@@ -269,7 +269,8 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
                   "state/priority/ID": "only once root raises a priority (gprio)",
                   "state/drain/HOST/GPU.yaml": "only once a GPU is drained",
                   "requests/drain-gGPU.HOST": "gdrain (tests/test_health.py)",
-                  "requests/undrain-gGPU.HOST": "gdrain --undo (tests/test_health.py)"}
+                  "requests/undrain-gGPU.HOST": "gdrain --undo (tests/test_health.py)",
+                  "requests/prio-ID": "gprio of a job SLURM queues (test_slurm_executor.py)"}
     if os.geteuid() != 0:
         never_seen["state/ids/ID"] = "made only in a shared spool (a root daemon)"
     seen = entries | in_tmp

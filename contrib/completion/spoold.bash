@@ -17,7 +17,7 @@ _spoold_tool() {
   case ${COMP_WORDS[0]##*/} in
     gsub) opts="-n -p -J -t -c -o -h --gpus --priority --name --time --cpus --mem --gpu-mem
                 --after --hold --output --on-finish --host --requeue --array --file --wait
-                -D --chdir --spool --help" ;;
+                -D --chdir --partition --account --qos --constraint --spool --help" ;;
     gkill|gcancel|ghold|grelease|grequeue) opts="--spool --help" ;;
     gstat) opts="--json -u --user --watch --spool --help" ;;
     ghist) opts="-f --failed -n -u --user --since --json --clean --older-than --timeline
