@@ -63,6 +63,7 @@ class PendingQueue:
         self.cursor = 0  # where in self.names the reading stopped
         self.unsettled = False  # a file is still being written: look again soon
         self.hint = 0
+        self.not_jobs: set[str] = set()  # names in pending/ that are never jobs, as last seen
 
     def drain(self) -> None:
         """Take in what the watcher saw in pending/ (loop thread only)."""
@@ -88,7 +89,12 @@ class PendingQueue:
         if full or touched or self.names is None:
             # pending/ changed (or it is time to re-check): list it again, since
             # events are only a wake-up and inotify can drop them.
-            names = self.spool.list_pending()
+            others: set[str] = set()
+            names = self.spool.list_pending(others)
+            for name in others - self.not_jobs:  # said once per name, not each pass
+                log.warning("pending/%s: not a job file name (a job is NNNN-NAME.yaml or "
+                            "NAME.yaml; dot files are skipped); ignored", name)
+            self.not_jobs = others
             self.name_foreign(names, now)
             if any(not p.has_id for p in names):
                 names = self.spool.list_pending()

@@ -291,9 +291,21 @@ class Spool:
         with os.scandir(folder) as it:
             return sorted(x for x in map(parse, (e.name for e in it)) if x is not None)
 
-    def list_pending(self) -> list[PendingName]:
-        """pending/ in queue order."""
-        return self._scan(self.pending, parse_pending_name)
+    def list_pending(self, others: set | None = None) -> list[PendingName]:
+        """pending/ in queue order; names that are never jobs (dot files, not
+        ``*.yaml``) are added to ``others`` when it is given."""
+        if others is None:
+            return self._scan(self.pending, parse_pending_name)
+        found = []
+        with os.scandir(self.pending) as it:
+            for e in it:
+                p = parse_pending_name(e.name)
+                if p is not None:
+                    found.append(p)
+                elif not e.name.startswith("."):
+                    others.add(e.name)
+        found.sort()
+        return found
 
     def list_ids(self, state: str) -> list[int]:
         return self._scan(self.root / state, parse_record_name)

@@ -256,3 +256,16 @@ def _renamed(spool, name: str) -> int | None:
     m = re.search(rf"pending/{re.escape(name)}: dropped without an id; now job (\d+)",
                   spool.root.joinpath("state", "spoold.log").read_text())
     return int(m.group(1)) if m else None
+
+
+def test_files_in_pending_that_are_not_jobs_are_named_once(spool, daemon):
+    """issue 15 item 8: notes.txt and x.yaml~ in pending/ get one log line each."""
+    for name in ("notes.txt", "x.yaml~"):
+        (spool.root / "pending" / name).write_text("not a job\n")
+    log = spool.root / "state" / "spoold.log"
+    for _ in range(3):  # several passes
+        spool.wait_state(spool.gsub("-n", "0", "--", "true"), "done")
+    text = log.read_text()
+    for name in ("notes.txt", "x.yaml~"):
+        assert text.count(f"pending/{name}: not a job file name") == 1, text
+    assert (spool.root / "pending" / "notes.txt").exists()  # left alone
