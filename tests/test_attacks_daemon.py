@@ -93,7 +93,8 @@ def test_file_named_after_a_running_job_gets_a_fresh_id(lab, content):
     m, state = bobs_copy(lb, n, SETTLED[content])
     assert m != n, f"bob's file was handled as job {n} itself ({state}/)"
     check_bobs_job(lb, m, state, content)
-    assert log_says_renamed(lb, n, m), "no log line says the file was renamed"
+    # the daemon logs just after the rename it did: wait for the line
+    wait_for(lambda: log_says_renamed(lb, n, m), 10, "a log line saying the file was renamed")
     rec = load(lb.sp.root / "running" / f"{n}.yaml") or {}
     assert (lb.sp.where(n), rec.get("uid")) == ("running", lb.uid(ALICE))
     go.touch()
