@@ -321,14 +321,14 @@ class Lifecycle:
         mine: dict[int, int] = {}
         by_index = {r.index: r for r in readings}
         foreign = {}
+        jobs = {p.pid: self.executor.job_of(p.pid) for r in readings for p in r.processes}
         for r in readings:
-            procs = foreign_procs(r, lambda pid: self.executor.job_of(pid) in self.runs)
+            procs = foreign_procs(r, lambda pid: jobs.get(pid) in self.runs)
             if procs:
                 foreign[r.index] = procs
             for proc in r.processes:
-                job_id = self.executor.job_of(proc.pid)
-                if job_id in self.runs and proc.used_mib is not None:
-                    mine[job_id] = mine.get(job_id, 0) + proc.used_mib
+                if jobs[proc.pid] in self.runs and proc.used_mib is not None:
+                    mine[jobs[proc.pid]] = mine.get(jobs[proc.pid], 0) + proc.used_mib
         for run in list(self.runs.values()):
             utils = [by_index[i].utilization for i in run.record.get("assigned_gpus") or ()
                      if i in by_index and by_index[i].utilization is not None]

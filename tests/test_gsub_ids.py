@@ -9,29 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import fill
-from gsub_helpers import (  # noqa: F401 - spool, daemon, shared_spool: fixtures
-    FOLDERS,
-    GSUB,
-    HOSTILE,
-    HYPO,
-    ROOT,
-    SHELLS,
-    TEXT,
-    assert_nothing_written,
-    base_env,
-    daemon,
-    default_name,
-    fake_daemon,
-    live_host,
-    load_both,
-    make_spool,
-    pending_file,
-    run,
-    shared_spool,
-    spool,
-    submit,
-    wait_for,
-)
+from gsub_helpers import *  # noqa: F403 - the shared helpers and fixtures (spool, daemon)
 from test_reliability import tiny_spool  # noqa: F401 - a fixture: a spool on a small tmpfs
 
 from spoold import job as jobmod
