@@ -28,6 +28,23 @@ from .spool import BadFile
 
 log = logging.getLogger("spoold")
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or "-"
+    except OSError:
+        return "-"
+
+
+def _uptime() -> float:
+    """Seconds since boot as /proc/uptime counts them (suspend included)."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return 0.0
+
+
+BOOT_ID = _boot_id()  # this boot of this machine: other hosts' differ
 SLURM_KEYS = ("slurm_id", "slurm_state", "slurm_reason", "slurm_queued_at")  # SLURM's view
 
 
@@ -99,7 +116,8 @@ class Hosts:
                 5.0, self.d.o.host_timeout / 4):
             return False
         self._last_beat = (now, (same, jobs, shares))
-        data = jobmod.dump({"host": self.d.o.host, "time": now, "pid": os.getpid(),
+        data = jobmod.dump({"summary": self.summary(now, snap),
+                            "host": self.d.o.host, "time": now, "pid": os.getpid(),
                             "gpus": snap, "max_load": self.d.o.max_load,
                             "max_memory": self.d.o.max_memory, "cpus": len(self.d.cpu_ids),
                             "mem": self.d.mem, "limit": self.d.limit,
@@ -113,6 +131,23 @@ class Hosts:
             log.error("cannot write the heartbeat %s: %s (disk full or read-only?); retrying",
                       self.d.spool.host_file(self.d.o.host), e)
         return True
+
+    def summary(self, now: float, snap: list[dict]) -> str:
+        """The heartbeat's first line, for gsub: what it needs to judge the host
+        (alive? could it ever run this job? how long is the queue?) as
+        ``key=value`` words that sh builtins read without parsing the YAML below
+        (reading a file costs dash one syscall per byte). ``boot``/``up`` let a
+        gsub on this host tell the age from /proc/uptime, with no clock program;
+        ``pending`` is as of this write (gsub counts pending/ itself near the
+        cap). The keys are listed in docs/spool-format.md."""
+        gpumem = max((g.get("memory_total") or 0 for g in snap), default=0)
+        words = {"time": int(now), "timeout": int(self.d.o.host_timeout),
+                 "boot": BOOT_ID, "up": int(_uptime()), "gpus": len(snap),
+                 "limit": self.d.limit, "cpus": len(self.d.cpu_ids), "mem": self.d.mem,
+                 "gpumem": int(gpumem), "slurm": int(str(self.d.executor.enforced().get("gpus", "")).startswith("SLURM")),
+                 "pending": len(self.d.queue.names or ()),
+                 "max_pending": self.d.o.max_pending}
+        return " ".join(f"{k}={v}" for k, v in words.items())
 
     def check(self, now: float) -> None:
         """Fail (or requeue) the running jobs of hosts whose heartbeat went stale;
