@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from .emit import emit
+
 try:
     _SafeLoader = yaml.CSafeLoader
     _SafeDumper = yaml.CSafeDumper
@@ -268,7 +270,11 @@ _RecordDumper.add_representer(list, _represent_list)
 
 
 def dump(data: dict[str, Any]) -> bytes:
-    """Serialise a record: field order kept, text left readable."""
+    """Serialise a record: field order kept, text left readable. The fast
+    emitter (``spoold.emit``) when the record is in its dialect, else PyYAML."""
+    text = emit(data)
+    if text is not None:
+        return text.encode("utf-8")
     return yaml.dump(data, Dumper=_RecordDumper, sort_keys=False, allow_unicode=True,
                      width=10**9, default_flow_style=False).encode("utf-8")
 

@@ -1,0 +1,133 @@
+"""A fast YAML emitter for the daemon's own records and heartbeats.
+
+Owns: turning a record (a mapping of str keys to scalars, lists and mappings)
+into block-style YAML text that ``yaml.safe_load`` reads back equal, about
+ten times faster than PyYAML's representer, which dominated the daemon's CPU
+per job (three records per job, ~0.8 ms each).
+
+Invariants:
+- ``emit(x)`` returns None for anything outside its dialect (a key that is
+  not a str, a type it does not know, a list inside a list); the caller then
+  falls back to PyYAML. It never emits text that loads as something else:
+  tests/test_emit.py checks ``safe_load(emit(x)) == x`` on generated records.
+- The layout is PyYAML's for the same data (``job.dump``'s settings): block
+  mappings, sequences at the key's column, short lists of short scalars in
+  flow style (``assigned_gpus: [0, 3]``), no line wrapping; a string is plain
+  only when it cannot be read as anything but that string, else double-quoted
+  with escapes (single-quoted where nothing needs one, as PyYAML does).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# Plain only for these: no YAML indicator, no ": " or " #", nothing a YAML 1.1
+# resolver turns into a bool, null, number or date (those start with a digit,
+# a sign or a dot, or are the words below).
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./+@=,-]*(?: [A-Za-z0-9_./+@=,()-]+)*\Z")
+_WORDS = frozenset(["y", "n", "yes", "no", "true", "false", "on", "off", "null"])
+_ESC = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0",
+        "\x07": "\\a", "\x08": "\\b", "\x0b": "\\v", "\x0c": "\\f", "\x1b": "\\e",
+        "\x85": "\\N", "\xa0": "\\_", "\u2028": "\\L", "\u2029": "\\P"}
+_NEEDS_ESC = re.compile(r'[\\"\x00-\x1f\x7f-\xa0\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]'
+                        r"|[^\x00-\x7f]")
+_ODD = frozenset("\ud800\ufeff\ufffe\uffff")  # never bare, even where printable
+FLOW_MAX = 64  # lists longer than this, or with long or nested items, go in block style
+
+
+class _Unknown(Exception):
+    pass
+
+
+def emit(data: dict) -> str | None:
+    """``data`` as YAML text, or None when it is outside this emitter's dialect."""
+    out: list[str] = []
+    try:
+        _mapping(data, "", out)
+    except _Unknown:
+        return None
+    return "".join(out) if out else "{}\n"
+
+
+def _mapping(data: dict, indent: str, out: list[str]) -> None:
+    for k, v in data.items():
+        if not isinstance(k, str):
+            raise _Unknown
+        key = f"{indent}{_str(k)}:"
+        if isinstance(v, dict):
+            if v:
+                out.append(key + "\n")
+                _mapping(v, indent + "  ", out)
+            else:
+                out.append(key + " {}\n")
+        elif isinstance(v, list):
+            _list(v, key, indent, out)
+        else:
+            out.append(f"{key} {_scalar(v)}\n")
+
+
+def _list(items: list, key: str, indent: str, out: list[str]) -> None:
+    if not items:
+        out.append(key + " []\n")
+        return
+    if len(items) <= FLOW_MAX and all(
+            isinstance(x, (int, float, str)) and not isinstance(x, bool)
+            and (not isinstance(x, str) or len(x) < 200) for x in items):
+        out.append(f"{key} [{', '.join(_scalar(x) for x in items)}]\n")
+        return
+    out.append(key + "\n")
+    for x in items:
+        if isinstance(x, dict) and x:
+            first = len(out)
+            _mapping(x, indent + "  ", out)
+            out[first] = f"{indent}- {out[first][len(indent) + 2:]}"
+        elif isinstance(x, (dict, list)):
+            if x:  # a list in a list: PyYAML's business
+                raise _Unknown
+            out.append(f"{indent}- {'{}' if isinstance(x, dict) else '[]'}\n")
+        else:
+            out.append(f"{indent}- {_scalar(x)}\n")
+
+
+def _scalar(v) -> str:
+    if isinstance(v, str):
+        return _str(v)
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(int(v))
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ".nan"
+        if math.isinf(v):
+            return ".inf" if v > 0 else "-.inf"
+        text = repr(v).lower()
+        if "." not in text and "e" in text:  # 1e+20: YAML 1.1 needs the dot
+            text = text.replace("e", ".0e", 1)
+        return text
+    raise _Unknown
+
+
+def _str(s: str) -> str:
+    if _PLAIN.match(s) and s.lower() not in _WORDS:
+        return s
+    if not _NEEDS_ESC.search(s) or all(c.isprintable() and c not in _ESC and c not in _ODD
+                                       for c in s):
+        return "'" + s.replace("'", "''") + "'"  # PyYAML's choice too: nothing to escape
+    return '"' + "".join(_char(c) for c in s) + '"'
+
+
+def _char(c: str) -> str:
+    if c in _ESC:
+        return _ESC[c]
+    n = ord(c)
+    if n < 0x20 or n == 0x7F or 0x80 <= n < 0xA0:
+        return f"\\x{n:02x}"
+    if 0xD800 <= n <= 0xDFFF or n in (0xFEFF, 0xFFFE, 0xFFFF) or not c.isprintable():
+        return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+    return c
