@@ -153,6 +153,18 @@ class Spoold:
     def pid(self) -> int:
         return self.proc.pid
 
+    @contextlib.contextmanager
+    def frozen(self):
+        """The daemon stopped (SIGSTOP) meanwhile, its heartbeat left as it was: gsub
+        still sees a live host (start it with a long --host-timeout), and the daemon's
+        reaction to what is submitted takes no CPU from what is being timed."""
+        self.check_alive()
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
     def check_alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             code = self.proc.returncode if self.proc else None
@@ -205,6 +217,14 @@ class Spoold:
 
     def is_running(self, job_id: int | str) -> bool:
         return (self.spool / "running" / f"{job_id}.yaml").exists()
+
+    def log_lines(self) -> int:
+        """Lines in the daemon's log, state/spoold.log and its rotations (.1 to .3)."""
+        n = 0
+        for p in self.spool.glob("state/spoold.log*"):
+            with contextlib.suppress(OSError), open(p, "rb") as f:
+                n += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 20), b""))
+        return n
 
     def count(self, *dirs: str) -> int:
         n = 0

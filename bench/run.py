@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark spoold against task-spooler (tsp) and nq on identical work.
 
-    python3 bench/run.py                  # full run, a few minutes
-    python3 bench/run.py --quick          # about a minute
+    python3 bench/run.py                  # full run, issue 13's sizes, ~4 minutes
+    python3 bench/run.py --quick          # every scenario, smaller, ~1.5 minutes (CI)
     python3 bench/run.py --only start,scale
     python3 bench/run.py --profile cprofile   # every daemon profiled (timings inflated)
 
 Runs the scenarios in bench/scenarios/ (each says what it measures and how)
 against the real daemon and the real gsub of the tree under test, then
-prints one table (ratios to tsp, PASS/MISS against the targets in
-docs/performance.md) and writes bench/results/latest.json. Exit status: 0
+prints one table (ratios to tsp, PASS/MISS against issue 13's targets, as
+listed in docs/performance.md) and writes bench/results/latest.json. Exit status: 0
 when every scenario ran, 1 when one failed (the others still run), 2 when the
 tree cannot be measured. Targets are never part of the exit status.
 """
@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--only", default=",".join(ALL),
                     help=f"comma-separated scenarios (default all: {','.join(ALL)})")
     ap.add_argument("--scale-n", type=int, default=None, help="pending jobs for the scale test")
+    ap.add_argument("--dropped-n", type=int, default=None,
+                    help="files dropped without ids for the dropped test")
     ap.add_argument("--profile", choices=("cprofile", "py-spy"), default=None,
                     help="profile every spoold; files go to bench/results/profiles/")
     ap.add_argument("--no-install", action="store_true", help="never apt-get the peers")
@@ -70,7 +72,7 @@ def measure(ctx: Ctx, names: list[str]) -> tuple[dict, dict]:
     for name in names:
         t = time.perf_counter()
         try:
-            results[name] = ALL[name].run(ctx)
+            results[name] = ctx.results[name] = ALL[name].run(ctx)
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -98,6 +100,8 @@ def main(argv=None) -> int:
     cfg = dict(QUICK if a.quick else FULL)
     if a.scale_n:
         cfg["scale_n"] = a.scale_n
+    if a.dropped_n:
+        cfg["dropped_n"] = a.dropped_n
     ctx = Ctx(repo=a.repo, tmp=Path(tempfile.mkdtemp(prefix="spoold-bench-", dir=a.tmpdir)),
               cfg=cfg, quick=a.quick, tools=tools, gsub_sh=shutil.which("dash") or "/bin/sh")
     if a.profile:
