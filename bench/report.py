@@ -74,6 +74,8 @@ def fmt(v, nd: int = 1) -> str:
         return "-"
     if isinstance(v, str):
         return v
+    if isinstance(v, int):
+        return str(v)
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.{nd}f}"
 
 

@@ -137,7 +137,8 @@ def rows(r: dict, ctx: Ctx) -> list[dict]:
             note=f"for {n} files; sample below the table"),
         row("  of which name one dropped file each", "lines", one, ratio=False,
             note=f"the log keeps {BURST} a minute of one kind"),
-        row("  gsub -n 0 wall time, right after the start", "s", r.get("gsub_s"), ratio=False),
+        row("  gsub -n 0 wall time, right after the start", "ms",
+            r["gsub_s"] * 1000 if r.get("gsub_s") is not None else None, ratio=False),
     ]
 
 
