@@ -27,11 +27,12 @@ _gwarn() {
 
 # _glib FILE: source FILE from beside the running tool ($0), else from PATH
 # (how each tool found this file)
+# (its own variable: a caller may be in the middle of a loop over _gl)
 _glib() {
-  case $0 in */*) _gl=${0%/*}/$1 ;; *) _gl=./$1 ;; esac
-  [ -r "$_gl" ] || _gl=$1
+  case $0 in */*) _glibf=${0%/*}/$1 ;; *) _glibf=./$1 ;; esac
+  [ -r "$_glibf" ] || _glibf=$1
   # shellcheck disable=SC1090
-  . "$_gl"
+  . "$_glibf"
 }
 
 # _gpad NUMBER WIDTH -> _gz, zero-padded

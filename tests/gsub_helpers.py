@@ -152,10 +152,37 @@ def submit(spool: Path, *args, shell: str = "dash", prio: int = 10, **kw) -> tup
     return job_id, job
 
 
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def summary_line(beat: dict, boot: str | None = None, age: float = 0.0, pending: int = 0,
+                 max_pending: int = 10000) -> str:
+    """The heartbeat's first line as spoold.hosts.Hosts.summary writes it:
+    ``boot`` None is this machine's boot (then ``up`` is its uptime ``age``
+    seconds ago); another boot id makes gsub judge the age by the clock."""
+    gpus = beat.get("gpus") or []
+    words = {"time": int(beat["time"]), "timeout": int(beat.get("host_timeout") or 0),
+             "boot": boot_id() if boot is None else boot, "up": int(uptime() - age),
+             "gpus": len(gpus), "limit": beat.get("limit") or 0, "cpus": beat.get("cpus") or 0,
+             "mem": beat.get("mem") or 0,
+             "gpumem": max((g.get("memory_total") or 0 for g in gpus), default=0),
+             "slurm": int(str((beat.get("enforced") or {}).get("gpus", "")).startswith("SLURM")),
+             "pending": pending, "max_pending": max_pending}
+    return " ".join(f"{k}={v}" for k, v in words.items())
+
+
 def live_host(spool: Path, host: str = "vm", gpus: int = 4, age: float = 0.0,
+              boot: str | None = None, pending: int = 0, max_pending: int = 10000,
               **fields) -> Path:
-    """A heartbeat as spoold.hosts writes it, ``age`` seconds old: gsub takes
-    the host for live while its time is within its host_timeout."""
+    """A heartbeat as spoold.hosts writes it, ``age`` seconds old, its first
+    line the summary gsub reads (``boot``, ``pending``, ``max_pending``: see
+    summary_line): gsub takes the host for live while its age is within its
+    host_timeout. ``time=None`` writes a summary without a time."""
     beat = {"host": host, "time": time.time() - age, "pid": 1,
             "gpus": [{"index": i, "uuid": f"GPU-{i}", "name": "Fake", "memory_total": 40960,
                       "memory_used": 0, "utilization": 0, "error": None, "busy": None}
@@ -169,9 +196,12 @@ def live_host(spool: Path, host: str = "vm", gpus: int = 4, age: float = 0.0,
                          "mem": "booked only (not enforced)",
                          "time_limit": "TERM, then KILL after the grace"}}
     beat.update(fields)
+    summary = summary_line({**beat, "time": beat["time"] or 0}, boot, age, pending, max_pending)
+    if beat["time"] is None:
+        summary = summary.split(" ", 1)[1]
     (spool / "state" / "hosts").mkdir(exist_ok=True)
     path = spool / "state" / "hosts" / f"{host}.yaml"
-    path.write_bytes(jobmod.dump(beat))
+    path.write_bytes(jobmod.dump({"summary": summary, **beat}))
     return path
 
 

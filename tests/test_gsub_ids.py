@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -25,20 +27,26 @@ def test_concurrent_submissions_get_distinct_ids(spool):
         out, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
         ids.append(int(out))
-    assert sorted(ids) == list(range(1, 21))
+    assert len(set(ids)) == 20
     files = sorted(os.listdir(spool / "pending"))
-    assert files == [f"0010-{i:08d}.yaml" for i in range(1, 21)]
+    assert files == [f"0010-{i:08d}.yaml" for i in sorted(ids)]
     cmds = {load_both((spool / "pending" / f).read_bytes())["cmd"] for f in files}
     assert cmds == {f"job {i}" for i in range(20)}
-    assert (spool / "state" / "next-id").read_text() == "21\n"
+    assert set(os.listdir(spool / "state" / "ids")) == {str(i) for i in ids}  # the markers
+    # the hint is written back without a lock (a late writer may set it back):
+    # the markers decide, and the next id is still a new one
+    assert submit(spool, "true")[0] > max(ids)
 
 
 def test_concurrent_arrays_and_singles(spool):
     procs = [subprocess.Popen(["dash", str(GSUB), "--spool", str(spool)]
                               + (["--array", "1-3"] if i % 2 else []) + ["true"],
                               stdout=subprocess.PIPE, env=base_env()) for i in range(10)]
-    ids = [int(x) for p in procs for x in p.communicate(timeout=30)[0].split()]
-    assert sorted(ids) == list(range(1, 21))
+    outs = [p.communicate(timeout=30)[0].split() for p in procs]
+    ids = [int(x) for out in outs for x in out]
+    assert len(ids) == len(set(ids)) == 20
+    for out in outs:  # an array's ids are consecutive (a race may skip some before them)
+        assert [int(x) for x in out] == list(range(int(out[0]), int(out[0]) + len(out)))
     assert len(os.listdir(spool / "pending")) == 20
 
 
@@ -109,33 +117,50 @@ def plant_at(path: Path, kind: str) -> None:
         path.write_text("x-planted: true\n")
 
 
+def planting_mv(tmp_path: Path, target: Path, kind: str) -> dict[str, str]:
+    """An environment whose `mv` first plants ``kind`` at ``target``, as a
+    racing writer could between gsub's check of the name and its move."""
+    bindir = tmp_path / "racing-bin"
+    bindir.mkdir()
+    plant = f"mkdir -m 777 '{target}'" if kind == "folder" else \
+        f"echo 'x-planted: true' > '{target}'"
+    (bindir / "mv").write_text(f"#!/bin/sh\n{plant}\nexec {shutil.which('mv')} \"$@\"\n")
+    (bindir / "mv").chmod(0o755)
+    return base_env(PATH=f"{bindir}:{os.environ['PATH']}")
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 @pytest.mark.parametrize("kind", ["folder", "file"])
-def test_entry_at_the_jobs_pending_name_is_never_entered_or_replaced(spool, shell, kind):
-    """mv into pending/ would put the job inside a folder of that name, or
-    replace a file: gsub places it only where nothing is, else fails cleanly."""
+def test_entry_at_the_jobs_pending_name_is_never_entered_or_replaced(spool, tmp_path, shell,
+                                                                    kind):
+    """An id whose pending/ name is taken is passed over; an entry that
+    appears there before the move (mv into pending/ would put the job inside
+    a folder of that name, or replace a file) is never entered or replaced:
+    gsub fails cleanly."""
     (spool / "state" / "next-id").write_text("1\n")  # the counter says 1 is free
-    taken = pending_file(spool, 1)
-    plant_at(taken, kind)
-    p = run(spool, "-c", "echo hi", shell=shell)
+    plant_at(pending_file(spool, 1), kind)
+    assert submit(spool, "true", shell=shell)[0] == 2  # passed over
+    taken = pending_file(spool, 3)
+    p = run(spool, "-c", "echo hi", shell=shell, env=planting_mv(tmp_path, taken, kind))
     assert (p.returncode, p.stdout) == (1, b"")
-    assert p.stderr == (f"gsub: job 1 not submitted: {taken} already exists; "
+    assert p.stderr == (f"gsub: job 3 not submitted: {taken} already exists; "
                         "nothing was written there\n").encode()
-    if kind == "folder":
-        assert os.listdir(taken) == []
-    else:
-        assert taken.read_text() == "x-planted: true\n"
-    assert os.listdir(spool / "pending") == [taken.name]
+    for planted in (pending_file(spool, 1), taken):
+        if kind == "folder":
+            assert os.listdir(planted) == []
+        else:
+            assert planted.read_text() == "x-planted: true\n"
+    assert sorted(os.listdir(spool / "pending")) == [
+        pending_file(spool, i).name for i in (1, 2, 3)]
     assert os.listdir(spool / "tmp") == []
-    assert submit(spool, "true", shell=shell)[0] == 2  # the next id is fine
+    assert submit(spool, "true", shell=shell)[0] == 4  # the next id is fine
 
 
 @pytest.mark.parametrize("kind", ["folder", "file"])
-def test_array_never_enters_or_replaces_an_entry_at_its_pending_names(spool, kind):
+def test_array_never_enters_or_replaces_an_entry_at_its_pending_names(spool, tmp_path, kind):
     (spool / "state" / "next-id").write_text("1\n")
     taken = pending_file(spool, 2)
-    plant_at(taken, kind)
-    p = run(spool, "--array", "1-3", "true")
+    p = run(spool, "--array", "1-3", "true", env=planting_mv(tmp_path, taken, kind))
     assert p.returncode == 1
     assert p.stdout == b"1\n3\n"  # the ids that did get in
     assert f"pending/{taken.name} already exists".encode() in p.stderr
@@ -353,28 +378,104 @@ def test_a_job_is_refused_only_when_no_live_host_fits_it(spool, tmp_path):
 
 
 @pytest.mark.parametrize("slurm", [False, True], ids=["local", "slurm"])
-def test_a_heartbeat_is_read_whatever_the_order_of_its_keys(spool, slurm):
-    """With the running jobs and shares last, gsub stops reading there; what
-    it decides is the same."""
-    beat = live_host(spool, gpus=2)
-    data = yaml.safe_load(beat.read_text())
-    if slurm:
-        data["enforced"]["gpus"] = "SLURM (--gres, CUDA_VISIBLE_DEVICES)"
+def test_only_the_heartbeats_summary_line_is_read(spool, slurm):
+    """gsub decides from the first line alone: what follows it (here a long
+    list of jobs, and an `enforced:` that says the opposite) changes nothing;
+    the summary's slurm=1 takes any job."""
+    beat = live_host(spool, gpus=2, **({"enforced": {"gpus": "SLURM (--gres)"}} if slurm else {}))
+    first, rest = beat.read_bytes().split(b"\n", 1)
+    data = yaml.safe_load(rest)
     data["jobs"] = data["jobs"] * 500
-    data = {k: v for k, v in data.items() if k not in ("jobs", "shares")} | {
-        "jobs": data["jobs"], "shares": []}
-    beat.write_bytes(jobmod.dump(data))
+    data["enforced"]["gpus"] = "CUDA_VISIBLE_DEVICES" if slurm else "SLURM (--gres)"
+    beat.write_bytes(first + b"\n" + jobmod.dump(data))
     p = run(spool, "-n", "3", "true")
     assert (p.returncode, p.stderr.decode()) == ((0, "") if slurm else (
         2, "gsub: no host can run this job: it asks for 3 GPUs, the largest host (vm) has 2\n"))
 
 
-def test_lock_that_can_not_be_opened_is_an_error(spool):
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_age_comes_from_uptime_on_this_boot_else_from_the_clock(spool, shell):
+    """On this machine's boot the age is /proc/uptime less `up` (`time` is
+    not looked at); a heartbeat of another boot (another host) is judged by
+    the clock against `time`; one without a summary line is not live."""
+    def live(summary: str) -> bool:
+        beat = live_host(spool)
+        beat.write_bytes(b"summary: " + summary.encode() + b"\n" + beat.read_bytes().split(
+            b"\n", 1)[1])
+        p = run(spool, "-n", "0", "true", shell=shell)
+        assert p.returncode == 0, p.stderr
+        return p.stderr == b""
+
+    now, up, boot = int(time.time()), int(uptime()), boot_id()
+    assert live(f"time={now - 9999} timeout=60 boot={boot} up={up - 3} gpus=1")
+    assert not live(f"time={now} timeout=60 boot={boot} up={up - 90} gpus=1")
+    assert not live(f"time={now} timeout=5 boot={boot} up={up - 10} gpus=1")
+    other = "00000000-1111-2222-3333-444444444444"
+    assert live(f"time={now - 3} timeout=60 boot={other} up={up - 9999} gpus=1")
+    assert not live(f"time={now - 90} timeout=60 boot={other} up={up} gpus=1")
+    assert live(f"time={now - 3} timeout=60 gpus=1")  # no boot: the clock
+    assert not live(f"timeout=60 boot={boot} up={up} gpus=1")  # no time
+    beat = live_host(spool)
+    beat.write_bytes(beat.read_bytes().split(b"\n", 1)[1])  # no summary line
+    assert run(spool, "-n", "0", "true", shell=shell).stderr == NO_DAEMON.format(spool).encode()
+
+
+def test_pending_is_counted_only_near_the_cap(spool):
+    """With a live heartbeat gsub takes the queue's length from its summary
+    and counts pending/ only when that plus its jobs plus a margin of
+    max(1000, max_pending/10) passes max_pending; the count then decides."""
+    for i in range(1002):
+        (spool / "pending" / f"dropped-{i}.yaml").write_text("")
+    live_host(spool, pending=0, max_pending=1002)  # 0 + 1 + 1000 <= 1002: not counted
+    assert run(spool, "-n", "0", "true").returncode == 0
+    live_host(spool, pending=2, max_pending=1002)  # 2 + 1 + 1000 > 1002: counted
+    p = run(spool, "-n", "0", "true")
+    assert (p.returncode, p.stderr) == (1, b"gsub: queue full: 1003 jobs pending "
+                                           b"(spoold --max-pending)\n")
+    live_host(spool, pending=0, max_pending=20000)  # margin 2000: not counted
+    assert run(spool, "-n", "0", "--array", "1-3", "true").returncode == 0
+    live_host(spool, pending=10, max_pending=1012)  # near: counted (1006), there is room
+    p = run(spool, "-n", "0", "--array", "1-5", "true")
+    assert p.returncode == 0, p.stderr
+    p = run(spool, "-n", "0", "--array", "1-5", "true")
+    assert (p.returncode, p.stderr) == (1, b"gsub: queue full: 1011 jobs pending, 5 more would "
+                                           b"pass the limit of 1012 (spoold --max-pending)\n")
+    (spool / "state" / "max-pending").write_text("5000\n")
+    live_host(spool, pending=0, max_pending=1012, age=1000)  # no live host: state/max-pending
+    assert run(spool, "-n", "0", "--array", "1-5", "true").returncode == 0
+
+
+def test_a_job_the_daemon_takes_before_the_sync_is_still_synced(spool, tmp_path):
+    """spoold may claim the job between gsub's mv and its sync: the id is
+    printed all the same, once the job is synced where it is now."""
+    bindir = tmp_path / "claiming-bin"
+    bindir.mkdir()
+    (bindir / "mv").write_text(f"#!/bin/sh\n{shutil.which('mv')} \"$@\" || exit\n"
+                               f"exec {shutil.which('mv')} \"$5\" '{spool}/running/1.yaml'\n")
+    (bindir / "mv").chmod(0o755)
+    p = run(spool, "-c", "echo hi", env=base_env(PATH=f"{bindir}:{os.environ['PATH']}"))
+    assert (p.returncode, p.stdout) == (0, b"1\n"), p.stderr
+    assert os.listdir(spool / "pending") == [] and os.listdir(spool / "tmp") == []
+    assert load_both((spool / "running" / "1.yaml").read_bytes())["cmd"] == "echo hi"
+
+
+def test_a_private_spool_takes_markers_and_writes_the_hint(spool):
+    assert not (spool / "state" / "ids").exists()  # made by gsub when missing
+    assert submit(spool, "true")[0] == 1
+    assert os.listdir(spool / "state" / "ids") == ["1"]
+    assert (spool / "state" / "next-id").read_text() == "2\n"
+    (spool / "state" / "ids" / "2").write_text("")  # taken by another allocator
+    assert submit(spool, "true")[0] == 3
+    (spool / "state" / "next-id").write_text("")  # being rewritten: read again, then rebuilt
+    assert submit(spool, "true")[0] == 4
+
+
+def test_gsub_takes_no_lock(spool):
+    """Ids come from markers (builtins), not from the counter's flock: a lock
+    file that can not be opened changes nothing."""
     (spool / "state" / "next-id.lock").mkdir()  # can not be opened, even by root
-    p = run(spool, "true")
-    assert p.returncode == 1 and b"gsub: can not open" in p.stderr
-    assert p.stdout == b""
-    assert os.listdir(spool / "pending") == []
+    assert submit(spool, "true")[0] == 1
+    assert os.listdir(spool / "state" / "next-id.lock") == []
 
 
 def test_unwritable_counter_is_an_error(spool):
