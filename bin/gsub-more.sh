@@ -8,9 +8,8 @@
 # - quoting what is not printable ASCII (_gqx, with _ginit's bytes), and
 #   the environment when export -p is not plain (_genvx, _genvmore);
 # - --array and --file (_gmany, _gdelivermany), --wait (_gwaitall);
-# - why no live host can run a job (_grefuse), the clock (_gbeatx), the
-#   queue limit (_gqueue), counter recovery (_grecover), and each way a
-#   delivery can fail.
+# - why no live host can run a job (_grefuse), the clock (_gbeatx),
+#   counter recovery (_grecover), and each way a delivery can fail.
 #
 # Plain POSIX sh, builtins only (bar the programs named); every name starts
 # with _g, and the variables are gsub's (bin/gsub documents them).
@@ -670,31 +669,6 @@ _grefuse() {
     _gbad "no host can run this job: it asks for $_gask, host $_gbesth (--host) $_gx"
   fi
   _gbad "no host can run this job: it asks for $_gask, the largest host ($_gbesth) $_gx"
-}
-
-# ---------------------------------------------------------------- queue limit
-# _gqueue [MAX]: count pending/ and fail when _gk more jobs would pass MAX
-# (a live heartbeat's max_pending; else state/max-pending, else 10000)
-_gqueue() {
-  _gmax=${1-}
-  if [ -z "$_gmax" ]; then
-    _gmax=10000
-    if [ -f "$_gspool/state/max-pending" ]; then
-      _gx=
-      { read -r _gx < "$_gspool/state/max-pending"; } 2> /dev/null
-      case $_gx in
-        '' | *[!0-9]*) ;;
-        *) _gx=${_gx#"${_gx%%[!0]*}"}; [ ${#_gx} -gt 12 ] || _gmax=${_gx:-0} ;;
-      esac
-    fi
-  fi
-  set -- "$_gspool"/pending/*.yaml
-  [ -e "$1" ] || [ -L "$1" ] || set --
-  [ $(($# + _gk)) -gt "$_gmax" ] || return 0
-  if [ "$_gk" -eq 1 ] || [ "$#" -ge "$_gmax" ]; then
-    _gdie 1 "queue full: $# jobs pending (spoold --max-pending)"
-  fi
-  _gdie 1 "queue full: $# jobs pending, $_gk more would pass the limit of $_gmax (spoold --max-pending)"
 }
 
 # ---------------------------------------------------------------- --wait

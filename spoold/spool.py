@@ -392,37 +392,49 @@ class Spool:
 
     def allocate_ids(self, count: int = 1) -> int:
         """Reserve ``count`` consecutive ids; return the first (same protocol as gsub).
-        A user (not root) in a shared spool cannot open the counter's lock: like
-        gsub, they read the counter as a hint and take markers."""
+        An id is taken by creating its marker ``state/ids/ID`` (``_take_markers``),
+        from the counter as a hint, in every spool: gsub takes markers without
+        the counter's lock, so only the marker says an id is free. The daemon
+        (and root) move the counter under its flock; a user in a shared spool,
+        who cannot open that lock, reads it as a hint only. A hint that does not
+        parse is read once more (a gsub may be rewriting it) before it is rebuilt."""
         if count and os.geteuid() != 0 and self.shared():
-            hint = self.read_counter()
+            hint = self.read_counter() or self.read_counter()
             return self._take_markers(hint or self.max_id_seen() + 1, count)
         with self._counter() as (first, store):
+            first = first or self.read_counter()
             if first is None:  # missing, or garbage from a crash mid-write: recover
                 first = self.max_id_seen() + 1
-            if count and self.shared():
+            if count:
                 first = self._take_markers(first, count)
-            elif count:
-                _check_ids_left(first, count, self.state)
             store(first + count)
             return first
 
     def _take_markers(self, start: int, count: int) -> int:
-        """First id of ``count`` consecutive ids whose markers we could create."""
+        """First id of ``count`` consecutive ids whose markers we could create
+        (O_EXCL: an entry of any kind there means the id is taken). A private
+        spool without ``state/ids`` (made before every spool took markers) gets
+        the folder, as gsub makes it."""
         ids = self.root / "state" / "ids"
         while True:
             _check_ids_left(start, count, ids)
-            made = []
+            made = 0
             for i in range(start, start + count):
                 try:
                     os.close(os.open(ids / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                      | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-                    made.append(i)
                 except FileExistsError:
                     break
-            if len(made) == count:
+                except FileNotFoundError:
+                    if made or self.shared() or os.path.lexists(ids):
+                        raise
+                    ids.mkdir(mode=0o700, exist_ok=True)
+                    made = -1  # the same id again, now that there is a folder
+                    break
+                made += 1
+            if made == count:
                 return start
-            start = (made[-1] if made else start) + 1  # markers made stay used: never reused
+            start += made + 1  # past the taken id; the markers made stay used: never reused
 
     def raise_hint(self, seen: int) -> None:
         """Move the shared counter past ``seen`` so submitters probe few markers."""

@@ -484,6 +484,46 @@ def test_gsub_and_allocate_ids_hand_out_the_same_next_id(tmp_path, shared):
     assert not disagree
 
 
+ALLOCATE = ("import sys\nfrom spoold.spool import Spool\nsp = Spool(sys.argv[1])\n"
+            "print(*(sp.allocate_ids(int(n)) for n in sys.argv[2:]))")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["private", "shared"])
+def test_concurrent_gsubs_and_python_allocations_never_share_an_id(tmp_path, shared):
+    """gsub (markers from builtins, the hint written back without a lock)
+    and Spool.allocate_ids (the daemon's: markers under the counter's flock)
+    at once on one spool: every id, single or a run of 3, is handed out once."""
+    if shared and os.geteuid() != 0:
+        pytest.skip("a shared spool is root's")
+    sp = new_spool(tmp_path / "spool", shared)
+    procs = []
+    for i in range(12):
+        procs.append(("sh1", subprocess.Popen(
+            ["dash", str(GSUB), "--spool", str(sp.root), "-n", "0", "true"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PATH": PATH})))
+        procs.append(("sh3", subprocess.Popen(
+            ["dash", str(GSUB), "--spool", str(sp.root), "-n", "0", "--array", "1-3", "true"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PATH": PATH})))
+        if i % 3 == 0:
+            procs.append(("py", subprocess.Popen(
+                [sys.executable, "-c", ALLOCATE, str(sp.root), "1", "3", "1", "2"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    ids = []
+    for kind, p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        if kind == "py":
+            for first, n in zip(map(int, out.split()), (1, 3, 1, 2), strict=True):
+                ids += range(first, first + n)
+        else:
+            ids += map(int, out.split())
+    assert len(ids) == 12 + 36 + 4 * 7
+    assert len(set(ids)) == len(ids), sorted(i for i in ids if ids.count(i) > 1)
+    markers = {int(n) for n in os.listdir(sp.state_ids)}
+    assert set(ids) <= markers  # every id handed out has its marker
+    assert sp.allocate_ids(1) > max(markers)
+
+
 # ---------------------------------------------------------------- defaults and priorities
 def test_gsub_writes_job_pys_defaults(tmp_path):
     """A job submitted with no -n and no -p: gsub's defaults are job.py's

@@ -68,7 +68,7 @@ def quoting_harness(tmp_path: Path) -> Path:
     loaded as gsub loads it), run over their arguments: one line out per
     argument, the YAML scalar or INVALID."""
     src = GSUB.read_text()
-    head = src[:src.index("# ================================================================ main")]
+    head = src[:src.index("# " + "=" * 64 + " main")]
     h = tmp_path / "quote.sh"
     for lib in ("gspool.sh", "gsub-more.sh"):  # sourced from beside the script
         shutil.copy(GSUB.parent / lib, tmp_path)
