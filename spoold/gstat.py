@@ -28,20 +28,24 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
-import math
 import os
 import sys
 import time
 
 from . import job as jobmod
-from . import spool as spoolmod
-from .fairshare import Limit, effective_priority, queue_keys
-from .hosts import resources_of
-from .options import Options
-from .policy import Shares
-from .scheduler import request_of, running_of, schedule
-from .spool import BadFile, Spool
+from .gqueue import (
+    PENDING_SHOWN,
+    Queue,
+    Waiting,
+    explain,
+    merged_shares,
+    pending_view,
+    read_rows,
+)
+from .scheduler import running_of
+from .spool import Spool
 from .toolbase import (
     SLURM_STATE_QUEUED,
     Color,
@@ -50,9 +54,9 @@ from .toolbase import (
     hosts_view,
     ints,
     json_text,
+    natural,
     num,
     open_spool,
-    owner_of,
     read_owned,
     slurm_view,
     slurm_why,
@@ -64,12 +68,11 @@ from .toolbase import (
 )
 from .util import fmt_duration
 
-PRIVATE_PENDING = "another user's job (details private)"
-NO_DAEMON = "no daemon"  # the reason of every pending job while no host's daemon is alive
 
-
-def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> dict:
-    """Everything gstat shows, as plain data (the --json output)."""
+def snapshot(sp: Spool, user: str | None = None, now: float | None = None,
+             shown: int | None = PENDING_SHOWN) -> dict:
+    """Everything gstat shows, as plain data (the --json output); pending
+    files are read for the first ``shown`` pending jobs only (None: all)."""
     now = time.time() if now is None else now
     hosts = hosts_view(sp, now)
     live = [h for h in hosts if h["alive"]] or hosts
@@ -82,9 +85,9 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None) -> di
     gpus = [{**g, "host": h["host"], "jobs": holders.get((h["host"], g.get("index")), [])}
             for h in hosts for g in h["beat"].get("gpus") or [] if isinstance(g, dict)]
     shares = merged_shares(live)
-    queue = Queue(sp, shares)
-    pending, requests = pending_view(sp, now, queue)
-    explain(sp, live, pending, requests, running, bookings, now, queue)
+    waiting = Waiting(sp, Queue(sp, shares), now, shown, owners=bool(user))
+    pending = pending_view(waiting, user, shown)
+    explain(waiting, live, pending, running, bookings, shown)
     if user:
         running = [r for r in running if r["user"] == user]
         pending = [p for p in pending if p["user"] == user]
@@ -140,11 +143,10 @@ def published_jobs(beat: dict) -> list[dict]:
 
 
 def _id(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return (natural(v) or 0) > 0
 
 
-def _uid(v) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+_uid = natural
 
 
 def _mib(v) -> int | float | None:
@@ -198,177 +200,6 @@ def _private_row(job_id: int, host: str | None, e: dict, now: float) -> dict:
         "pid": None, "started_at": started, "elapsed": _elapsed(started, now),
         "time_limit": num(e.get("time_limit")), "command": "", "killing": None, "private": True,
     }, e)
-
-
-# ---- pending --------------------------------------------------------------------------
-
-def pending_view(sp: Spool, now: float, queue: Queue) -> tuple[list[dict], list]:
-    """Rows for pending/ in the daemon's queue order (``Queue``), and the
-    Requests of the readable ones."""
-    rows, requests, owners = [], [], {}
-    for p in sp.list_pending():
-        if not p.has_id:
-            continue
-        path = sp.pending / p.name
-        try:
-            st = os.lstat(path)
-            job = jobmod.parse(spoolmod.read_untrusted(path))
-        except FileNotFoundError:
-            continue  # started or cancelled meanwhile
-        except PermissionError:  # another user's job in a shared spool: id and owner only
-            row, owners[p.job_id] = _unreadable(sp, p, now, PRIVATE_PENDING)
-            rows.append(row)
-            continue
-        except (OSError, BadFile, jobmod.JobError) as e:
-            row, owners[p.job_id] = _unreadable(sp, p, now, f"bad file: {e}")
-            rows.append(row)
-            continue
-        uid = owners[p.job_id] = owner_of(st.st_uid, job.data)
-        submitted = num(job.get("submitted_at")) or st.st_mtime
-        rows.append({
-            "id": p.job_id, "name": job.name, "user": user_name(uid, job.get("user")),
-            "gpus": job.gpus, "gpu_mem": job.gpu_mem or None, "cpus": job.cpus, "mem": job.mem,
-            "priority": p.priority, "submitted_at": submitted, "wait": now - submitted,
-            "time_limit": job.time_limit, "after": job.after, "held": job.hold,
-            "command": command_text(job.data), "reason": None, "private": False,
-        })
-        requests.append(request_of(job, p.job_id, owner=uid))
-    for r in rows:
-        r["effective_priority"] = queue.priority(r["priority"], owners[r["id"]], r["id"])
-    keys = queue.keys([(r["effective_priority"], owners[r["id"]], r["id"]) for r in rows])
-    rows.sort(key=lambda r: keys[r["id"]])
-    return rows, requests
-
-
-def _unreadable(sp: Spool, p, now: float, reason: str) -> tuple[dict, int]:
-    """The row of a job file that cannot be read, and its owner (-1: gone)."""
-    try:
-        st = os.lstat(sp.pending / p.name)
-        uid, mtime = st.st_uid, st.st_mtime
-    except OSError:
-        uid, mtime = -1, now
-    return {"id": p.job_id, "name": "", "user": user_name(uid) if uid >= 0 else "",
-            "gpus": None, "gpu_mem": None, "cpus": None, "mem": None, "priority": p.priority,
-            "submitted_at": mtime, "wait": now - mtime, "time_limit": None, "after": [],
-            "held": False, "command": "", "reason": reason,
-            "private": reason == PRIVATE_PENDING}, uid
-
-
-def explain(sp: Spool, live: list[dict], pending: list[dict], requests: list, running: list,
-            bookings: list, now: float, queue: Queue) -> None:
-    """Fill in each pending row's reason: the queue as each live host's daemon
-    sees it, in its order and with its per-user caps (a job starts if any host
-    would start it; otherwise the first host's reason is shown)."""
-    states = {**{r["id"]: "running" for r in running}, **{p["id"]: "pending" for p in pending}}
-    prio = {p["id"]: p["effective_priority"] for p in pending}
-
-    class Deps:
-        def get(self, job_id, default=None):
-            return states.get(job_id) or sp.where(job_id) or default
-
-    if not any(h["alive"] for h in live):  # nothing starts: what a dead host said is moot
-        for p in pending:
-            p["reason"] = p["reason"] or NO_DAEMON
-        return
-    reasons: dict[int, str] = {}
-    paused = sp.paused_flag.exists()
-    for h in live or [{"host": None, "beat": {}}]:
-        shares = published_shares(h["beat"])
-        keys = queue.keys([(prio[r.id], r.owner, r.id) for r in requests], shares)
-        res = dataclasses.replace(resources_of(h["beat"], h["host"], paused),
-                                  limits=limits_of(shares))
-        d = schedule(sorted(requests, key=lambda r: keys[r.id]),
-                     [b for host, b in bookings if host == h["host"]], res, now, Deps())
-        prefix = f"{h['host']}: " if len(live) > 1 else ""
-        for s_ in d.start:
-            reasons[s_.id] = "starting"
-        for i, why in {**d.wait, **d.reject, **d.cancel}.items():
-            if reasons.get(i) != "starting":
-                reasons.setdefault(i, prefix + why)
-    for p in pending:
-        if p["reason"] is None:
-            p["reason"] = reasons.get(p["id"], "starting")
-
-
-# ---- fair share: the daemon's order and caps, from its heartbeat ---------------------------
-
-def published_shares(beat: dict) -> list[dict]:
-    """The heartbeat's ``shares:`` entries, each field checked ([] if none:
-    not a shared spool, or an older daemon)."""
-    shares = beat.get("shares")
-    out = []
-    for e in shares if isinstance(shares, list) else []:
-        uid = _uid(e.get("uid")) if isinstance(e, dict) else None
-        if uid is None:
-            continue
-        usage, rank = num(e.get("usage_gpu_h")), e.get("rank")
-        out.append({"uid": uid, "user": user_name(uid, e.get("user")),
-                    "gpus": _uid(e.get("gpus")) or 0,
-                    "usage_gpu_h": usage if usage is not None and usage >= 0 else None,
-                    "rank": rank if _id(rank) else None, "max_gpus": _uid(e.get("max_gpus")),
-                    "max_cpus": _uid(e.get("max_cpus")), "admin": e.get("admin") is True})
-    return out
-
-
-def merged_shares(live: list[dict]) -> list[dict]:
-    """One row per user over the live hosts, next in line first: GPUs held
-    summed; usage, caps and admin from the first host that lists the user
-    (every host computes them from the same records and policy); ranks
-    follow usage, as each daemon ranks (None when fair share is off)."""
-    merged: dict[int, dict] = {}
-    for h in live:
-        for e in published_shares(h["beat"]):
-            if e["uid"] in merged:
-                merged[e["uid"]]["gpus"] += e["gpus"]
-            else:
-                merged[e["uid"]] = e
-    rows = sorted(merged.values(), key=lambda e: (
-        e["usage_gpu_h"] or 0.0, e["rank"] or math.inf, e["uid"]))
-    ranked = any(e["rank"] is not None for e in rows)
-    for n, e in enumerate(rows, 1):
-        e["rank"] = n if ranked else None
-    return rows
-
-
-def limits_of(shares: list[dict]) -> dict[int, Limit]:
-    """The scheduler's per-user caps (``Resources.limits``) from published shares."""
-    return {e["uid"]: Limit(e["user"], e["max_gpus"], e["max_cpus"]) for e in shares
-            if e["max_gpus"] is not None or e["max_cpus"] is not None}
-
-
-class Queue:
-    """The daemon's queue order as a reader can know it: effective priorities
-    (``fairshare.effective_priority``, in a shared spool) and, when its
-    heartbeat ranks users, fair-share keys (``fairshare.queue_keys``) from the
-    published usage, exactly as ``pending.PendingQueue.fair_order`` keys them."""
-
-    def __init__(self, sp: Spool, shares: list[dict]):
-        try:
-            self.shared = sp.shared()
-        except OSError:
-            self.shared = False
-        self.shares = shares
-        self.admins = {e["uid"] for e in shares if e["admin"]}
-        self.overrides: dict[int, int] = {}
-        if self.shared:
-            try:  # root's overrides, read by the daemon's own reader
-                self.overrides = Shares(sp, Options(spool=sp.root), True).overrides()
-            except OSError:  # state/priority/ not readable by this user
-                pass
-
-    def priority(self, asked: int, owner: int, job_id: int) -> int:
-        return effective_priority(asked, owner, self.shared,
-                                  self.shared and owner in self.admins,
-                                  self.overrides.get(job_id), jobmod.DEFAULT_PRIORITY)
-
-    def keys(self, jobs: list[tuple[int, int, int]], shares: list[dict] | None = None) -> dict:
-        """Sort keys for (effective priority, owner, id); ``shares``: one
-        host's (default: every live host's)."""
-        shares = self.shares if shares is None else shares
-        if not (self.shared and any(e["rank"] is not None for e in shares)):
-            return {job_id: (prio, job_id) for prio, _, job_id in jobs}
-        usage = {e["uid"]: (e["usage_gpu_h"] or 0.0) * 3600 for e in shares}
-        return queue_keys(sorted(jobs), usage)
 
 
 # ---- the table ----------------------------------------------------------------------------
@@ -462,6 +293,16 @@ def _queued_table(rows: list[dict], now: float, width: int) -> list[str]:
     return table(cells, width)
 
 
+def _more_pending(unread: list[dict]) -> str:
+    """The line that counts the pending jobs not listed, by owner where known."""
+    owners = collections.Counter(p["user"] for p in unread if p["user"] is not None)
+    whose = ", ".join(f"{esc(u)} {n:,}" for u, n in owners.most_common(5))
+    if len(owners) > 5:
+        whose += ", ..."
+    return (f"... and {len(unread):,} more pending" + (f" ({whose})" if whose else "")
+            + ": gstat --all lists them")
+
+
 def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> str:
     c = color or Color(False)
     lines = []
@@ -485,12 +326,15 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
         lines.append(c("1", f"# queued in SLURM: {len(queued)}"))
         lines += _queued_table(queued, snap["time"], width)
     rows = [["ID", "PRIO", "NAME", "USER", "GPUS", "WAIT", "REASON"]]
-    for p in snap["pending"]:
+    listed = snap["pending"][:read_rows(snap["pending"])]
+    for p in listed:
         gp = f"{p['gpu_mem']}M" if p.get("gpu_mem") else str(p["gpus"])
         rows.append([p["id"], _prio(p), (p["name"] or "")[:20], (p["user"] or "")[:12], gp,
                      fmt_duration(p.get("wait")), p["reason"]])
     lines.append(c("1", f"# pending: {len(snap['pending'])}"))
     lines += table(rows, width) if len(rows) > 1 else []
+    if len(listed) < len(snap["pending"]):
+        lines.append(_more_pending(snap["pending"][len(listed):]))
     if snap.get("shares"):
         lines.append(c("1", "# shares (USAGE: GPU-hours, decayed; RANK 1 goes next within a "
                             "priority)"))
@@ -513,13 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     spool_arg(ap)
     ap.add_argument("--json", action="store_true", help="machine-readable (docs/json.md)")
     user_arg(ap)
+    ap.add_argument("-a", "--all", action="store_true",
+                    help=f"read and list every pending job (default: the first "
+                         f"{PENDING_SHOWN:,} in queue order; the rest are counted)")
     ap.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                     help="redraw every SECONDS (2) until Ctrl-C")
     a = ap.parse_args(argv)
     sp = open_spool(a.spool, "gstat")
     tty = sys.stdout.isatty()
     while True:
-        snap = snapshot(sp, a.user)
+        snap = snapshot(sp, a.user, shown=None if a.all else PENDING_SHOWN)
         if a.json:
             out = json_text(snap)
         else:

@@ -18,7 +18,7 @@ from conftest import fake_gpu_list, wait_for
 from test_multiuser import USERS, users  # noqa: F401 - users: a fixture
 
 from spoold import ghist as ghist_mod
-from spoold import gstat as gstat_mod
+from spoold import gqueue
 from spoold import job as jobmod
 from spoold import spool as spoolmod
 from spoold import tools
@@ -458,11 +458,11 @@ def test_shares_of_several_hosts_add_up_and_rank_by_usage():
     def host(*shares):
         return {"beat": {"shares": [{"uid": u, "user": n, "gpus": g, "usage_gpu_h": h,
                                      "rank": 1} for u, n, g, h in shares]}}
-    rows = gstat_mod.merged_shares([host((4_000_005, "a", 2, 3.0), (4_000_006, "b", 0, 1.0)),
+    rows = gqueue.merged_shares([host((4_000_005, "a", 2, 3.0), (4_000_006, "b", 0, 1.0)),
                                     host((4_000_005, "a", 1, 3.0), (4_000_007, "c", 1, 0.0))])
     assert [(r["user"], r["gpus"], r["rank"]) for r in rows] == [
         ("c", 1, 1), ("b", 0, 2), ("a", 3, 3)]
-    assert gstat_mod.limits_of(rows) == {}
+    assert gqueue.limits_of(rows) == {}
 
 
 # ---- ghist: outcome, usage (issue 14) and the per-user summary (issue 16) -------------------
