@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark spoold against task-spooler (tsp) and nq on identical work.
 
-    python3 bench/run.py                  # full run, issue 13's sizes, ~4 minutes
+    python3 bench/run.py                  # full run, issue 13's sizes, ~5 minutes
     python3 bench/run.py --quick          # every scenario, smaller, ~1.5 minutes (CI)
     python3 bench/run.py --only start,scale
     python3 bench/run.py --profile cprofile   # every daemon profiled (timings inflated)
