@@ -78,13 +78,18 @@ def run(ctx: Ctx) -> dict:
     out: dict = {"n": n, "limit_s": limit}
     try:
         t0 = sp.start(["--max-pending", cap], wait=False)
+        t_gsub = time.time()
         jid = call(sp.submit_cmd(stamp_job(mark), gpus=0), sp.env, sp.root).stdout.decode().strip()
-        out["gsub_s"] = time.time() - t0
+        out["gsub_s"] = time.time() - t_gsub
         started = named = None
         next_list = 0.0
         while (started is None or named is None) and time.time() - t0 < limit:
             sp.check_alive()
             if started is None and (stamp := read_stamp(mark)) is not None:
+                started = stamp - t0
+            if started is None and time.time() >= next_list and sp.finished(jid):
+                if (stamp := read_stamp(mark)) is None:
+                    raise RuntimeError(f"the CPU job ended without starting: {sp.describe(jid)}")
                 started = stamp - t0
             if named is None and time.time() >= next_list:
                 next_list = time.time() + LIST_EVERY

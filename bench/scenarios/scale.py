@@ -190,7 +190,7 @@ def claim_sample(sp: Spoold, probe: Probe, rnd, job: int, mark, release, gpu=Non
 
 def gsub_both(ctx: Ctx, empty: Spoold, sp: Spoold) -> tuple[dict, dict]:
     """gsub's wall time on the empty spool and on the long queue, both daemons frozen,
-    the spools in turn (blocks of GSUB_BLOCK); then wait until both took the files in."""
+    the spools in turn (blocks of GSUB_BLOCK)."""
     times: dict[str, list[float]] = {"empty": [], "queue": []}
     with empty.frozen(), sp.frozen():
         for _ in range(GSUB_N // GSUB_BLOCK):
