@@ -445,7 +445,7 @@ class Daemon:
         held = Counter()
         for run in self.runs.values():
             held[run.record.get("uid")] += len(run.record.get("assigned_gpus") or ())
-        waiting = {entry[1].uid for entry in self.queue.by_id.values()}
+        waiting = self.queue.owners()  # not a walk over the queue: it can be 100,000 long
         users = sorted({u for u in (*usage, *held, *waiting) if isinstance(u, int)},
                        key=lambda u: (usage.get(u, 0.0), u))
         table = []
@@ -472,8 +472,7 @@ class Daemon:
                        "rejected")
         for job_id, reason in decision.cancel.items():
             self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
-        for s in decision.start:
-            self.guard(s.id, self.jobs.start, s)
+        self.jobs.start_all(decision.start)
         if decision.start:  # gstat reads the jobs and shares from the heartbeat: now
             self.hosts.heartbeat()
 

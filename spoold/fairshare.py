@@ -2,7 +2,9 @@
 
 Owns: the rules that make one lab box fair. The functions are pure (records
 and the clock in, numbers out), so the scheduler's property tests cover them;
-``ShareBook`` is the thin shell that reads the records they need.
+``policy.Shares`` is the thin shell that reads the records they need.
+``QueueIndex`` is ``queue_keys`` kept up to date one job at a time: the
+daemon's queue, never re-keyed as a whole when one job comes or goes.
 
 Rules (docs/scheduling.md has a worked example):
 - A user's usage is GPU-seconds, each second weighted 2^(-age/half-life):
@@ -22,8 +24,10 @@ Rules (docs/scheduling.md has a worked example):
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 QUEUE_COST_S = 3600.0  # what each pending job ahead counts, in GPU-seconds
@@ -100,3 +104,97 @@ def over_limit(limit: Limit | None, held_gpus: int, held_cpus: int, gpus: int,
         return (f"{limit.name} holds {held_cpus} of {limit.cpus} CPUs allowed per user "
                 "(--max-cpus-per-user, or the policy file)")
     return None
+
+
+ID_BITS = 32  # an index entry is ``priority << ID_BITS | id`` (ids are at most MAX_ID < 2**32)
+
+
+class QueueIndex:
+    """The pending queue in ``queue_keys`` order, kept up to date one job at a time.
+
+    Jobs are held in groups, one per (shape, owner), each a sorted list of
+    entries ``priority << ID_BITS | id`` (one int per job: no per-job tuple or
+    request is kept). Iterating merges the groups by queue key, computed only
+    for the group heads it looks at: (priority, id) without fair share; with
+    ``usage`` set (uid -> decayed GPU-seconds), ``queue_keys``'s key, whose
+    count of the owner's jobs ahead is a bisect in each of the owner's groups.
+    ``lookup(id)`` gives what is yielded (the scheduler's Request).
+    ``skip_shape`` drops every group of that shape for the rest of one
+    iteration: the scheduler found that it does not fit, so a queue of 100,000
+    jobs of a few shapes costs a few steps. Jobs that are not interchangeable
+    with others of their shape are given the shape ``("other",)`` by the
+    caller and are yielded one by one. Not to be changed while iterated."""
+
+    def __init__(self, lookup: Callable[[int], object]):
+        self.lookup = lookup
+        self.usage: Mapping[int, float] | None = None  # None: fair share off
+        self._groups: dict[tuple, list[int]] = {}  # (shape, owner) -> sorted entries
+        self._of_owner: dict[int, list[tuple]] = {}  # owner -> keys of its groups
+        self._skipped: set = set()
+        self._n = 0
+
+    @staticmethod
+    def entry(prio: int, job_id: int) -> int:
+        return prio << ID_BITS | job_id
+
+    def add(self, shape: tuple, owner: int, entry: int) -> None:
+        gk = (shape, owner)
+        g = self._groups.get(gk)
+        if g is None:
+            g = self._groups[gk] = []
+            self._of_owner.setdefault(owner, []).append(gk)
+        if not g or entry > g[-1]:
+            g.append(entry)  # the common case: jobs come in queue order
+        else:
+            bisect.insort(g, entry)
+        self._n += 1
+
+    def remove(self, shape: tuple, owner: int, entry: int) -> bool:
+        gk = (shape, owner)
+        g = self._groups.get(gk)
+        i = bisect.bisect_left(g, entry) if g else 0
+        if not g or i == len(g) or g[i] != entry:
+            return False
+        del g[i]
+        self._n -= 1
+        if not g:
+            del self._groups[gk]
+            mine = self._of_owner[owner]
+            mine.remove(gk)
+            if not mine:
+                del self._of_owner[owner]
+        return True
+
+    def __len__(self) -> int:
+        return self._n
+
+    def owners(self) -> set[int]:
+        return set(self._of_owner)
+
+    def skip_shape(self, shape: tuple) -> None:
+        self._skipped.add(shape)
+
+    def key(self, owner: int, entry: int):
+        """The entry's queue key (``queue_keys``'s, with fair share)."""
+        if self.usage is None:
+            return entry  # sorts as (priority, id)
+        ahead = sum(bisect.bisect_left(self._groups[gk], entry) for gk in self._of_owner[owner])
+        return (entry >> ID_BITS, self.usage.get(owner, 0.0) + ahead * QUEUE_COST_S,
+                entry & _ID_MASK)
+
+    def __iter__(self):
+        self._skipped = set()
+        groups = list(self._groups.items())
+        heap = [(self.key(gk[1], g[0]), n, 0) for n, (gk, g) in enumerate(groups)]
+        heapq.heapify(heap)
+        while heap:
+            _, n, i = heapq.heappop(heap)
+            (shape, owner), g = groups[n]
+            if shape in self._skipped:
+                continue  # this shape did not fit: none of its plain jobs will
+            yield self.lookup(g[i] & _ID_MASK)
+            if i + 1 < len(g):
+                heapq.heappush(heap, (self.key(owner, g[i + 1]), n, i + 1))
+
+
+_ID_MASK = (1 << ID_BITS) - 1

@@ -1,17 +1,26 @@
 """The daemon's view of pending/: which files are jobs, in queue order.
 
-Owns: the mirror of pending/ (a parsed-and-slimmed entry per file, cached by
-stat key), naming files dropped without an id, the id rule and the pending
-caps, and the ShapeQueue the scheduler reads.
+Owns: the mirror of pending/ (one small entry per file read, by name), the
+queue index the scheduler reads (``fairshare.QueueIndex``, kept up to date
+one name at a time), naming files dropped without an id (in batches), the id
+rule and the pending caps.
 
 Invariants:
 - Everything here is a cache of the folder: dropping it loses nothing (the
-  next full pass lists and reads pending/ again); events only mark names as
-  touched, the listing decides.
+  next full pass lists and reads pending/ again). Events only mark names as
+  touched, and a pass looks at those names only: one event costs one name,
+  not the queue. Since inotify can drop events, each full pass lists pending/
+  (names that came or went unseen) and lstats a slice of the mirror (files
+  changed in place unseen), so every entry is checked again within a few.
+- Reading is budgeted (PARSE_BUDGET files a pass, in queue order), and so is
+  naming dropped files (``naming``: a batch a pass): a daemon
+  started on 100,000 files, or 20,000 dropped ones, schedules at once.
 - A name seen for the first time is admitted only if its id is the file's
   to use (``id_taken``: at most MAX_ID, in no other folder or pending name,
   and in a shared spool its ``state/ids`` marker is the file owner's);
   otherwise it is renamed to a fresh id, never run under the taken one.
+- A batch of dropped files is renamed, then pending/ is fsynced once, and
+  only then are the new names acted on; one log line names the batch.
 - Who a job runs as is ``owner_of`` the file, decided by the kernel.
 - Moves out of pending/ are the daemon's; this class only renames within
   pending/ (never over an existing name) and remembers what left (``gone``).
@@ -19,51 +28,88 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 
 from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
-from .fairshare import effective_priority, queue_keys
+from .fairshare import ID_BITS, QueueIndex, effective_priority
+from .naming import USED_SNAPSHOT, Namer
 from .records import owner_of
-from .scheduler import Request, ShapeQueue, request_of
-from .spool import DEFAULT_PRIORITY, MAX_PRIORITY, BadFile
+from .scheduler import Request, request_of
+from .spool import DEFAULT_PRIORITY, BadFile, PendingName, parse_pending_name
 
 log = logging.getLogger("spoold")
 
 PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
+VERIFY_SHARE = 8  # each full pass lstats 1/8 of the mirror (PARSE_BUDGET names at least)
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
 
 
 class PendingQueue:
     def __init__(self, d):
-        self.d = d  # the daemon: its runs (ids in flight), guard and reject_file
+        self.d = d  # the daemon: its runs (ids in flight), guard, shares and jobs
         self.spool = d.spool
         self.o = d.o
         self.shared = d.shared
         self.uid = d.uid
-        self.cache: dict[str, tuple[tuple, object]] = {}  # name -> (stat key, Slim|str)
+        self.pdir = str(self.spool.pending)
+        self.cache: dict[str, Slim | Bad] = {}  # name -> what reading it gave
+        self.ids: dict[int, str] = {}  # id -> the read name that has it (first seen wins)
+        self.unread: list[str] = []  # listed names with an id not read yet, last first
+        self.unread_ids: dict[int, str] = {}  # id -> the first unread name with it
+        self.foreign: dict[str, None] = {}  # names without an id, to be named
+        self.backlog: set[str] = set()  # touched names over this pass's budget
+        self.waiting: set[str] = set()  # names still being written: look again soon
+        self.rejects: set[str] = set()  # read names that are not valid jobs, until they leave
+        self.dups: set[str] = set()  # names whose id a read name of another owner holds
         self.closed: set[str] = set()  # names closed after writing
-        self.names: list | None = None  # pending/ as last listed, in queue order
-        self.gone: set[str] = set()  # names we moved out of pending/ since
+        self.gone: set[str] = set()  # names we moved out of pending/ since the last listing
         self.touched: set[str] = set()  # names events reported since the last pass
         # The watcher thread only puts (name, kind) here; the loop drains it,
         # so no event is lost between two threads sharing a set.
         self.events: SimpleQueue = SimpleQueue()
-        self.index: ShapeQueue | None = None  # the queue, grouped by shape
-        self.by_id: dict[int, tuple] = {}  # id -> (PendingName, Slim) of the index
-        self.pending_ids: dict[int, spoolmod.PendingName] = {}
-        self.counts: Counter = Counter()  # pending jobs per uid (--max-pending-per-user)
-        self.unparsed = 0  # pending files not read yet (over the per-pass budget)
-        self.cursor = 0  # where in self.names the reading stopped
-        self.unsettled = False  # a file is still being written: look again soon
-        self.hint = 0
+        self.index = QueueIndex(self._request)  # the queue the scheduler reads
+        self.counts: Counter = Counter()  # jobs in the index per uid (--max-pending-per-user)
+        self.specs: dict[Request, Request] = {}  # one shared Request (id 0) per kind of job
+        self.overrides: dict[int, int] = {}  # root's priority overrides, as last read
+        self.policy_gen = -1
+        self.usage: dict[int, float] | None = None  # fair share: uid -> decayed GPU-seconds
+        self.used: dict[int, str] | None = None  # id -> folder, listed once for a big pass
+        self.verify: list[str] = []  # names the full passes still have to lstat
+        self.listed = False
+        self.reads = self.limit = 0
+        self.top = self.hint = 0
         self.not_jobs: set[str] = set()  # names in pending/ that are never jobs, as last seen
+        self.pending_ids = _PendingIds(self)
+        self.namer = Namer(self)
+        self.by_id = _Indexed(self)
+
+    # ---- what the daemon reads -----------------------------------------------------
+    @property
+    def unsettled(self) -> bool:
+        """A file is still being written: look again soon."""
+        return bool(self.waiting)
+
+    @property
+    def unparsed(self) -> int:
+        """Work left over the per-pass budgets: the next pass should come at once."""
+        return len(self.unread) + len(self.foreign) + len(self.backlog)
+
+    @property
+    def names(self) -> range:
+        """As many items as job files in pending/ (callers count it with len)."""
+        return range(len(self.cache) + len(self.unread) + len(self.foreign))
+
+    def owners(self) -> set[int]:
+        """uids with a job in the queue."""
+        return self.index.owners()
 
     def drain(self) -> None:
         """Take in what the watcher saw in pending/ (loop thread only)."""
@@ -81,63 +127,221 @@ class PendingQueue:
                 self.closed.discard(name)
 
     def refresh(self, now: float, full: bool) -> list:
-        """Bring the mirror up to date; return [(PendingName, reason)] of files
-        that are not valid jobs (the daemon rejects them)."""
+        """Bring the mirror and the index up to date; return [(PendingName,
+        reason)] of files that are not valid jobs (the daemon rejects them)."""
         self.drain()
-        unsettled, self.unsettled = self.unsettled, False
-        touched, self.touched = self.touched, set()
-        if full or touched or self.names is None:
-            # pending/ changed (or it is time to re-check): list it again, since
-            # events are only a wake-up and inotify can drop them.
-            others: set[str] = set()
-            names = self.spool.list_pending(others)
-            for name in others - self.not_jobs:  # said once per name, not each pass
-                log.warning("pending/%s: not a job file name (a job is NNNN-NAME.yaml or "
-                            "NAME.yaml; dot files are skipped); ignored", name)
-            self.not_jobs = others
-            self.name_foreign(names, now)
-            if any(not p.has_id for p in names):
-                names = self.spool.list_pending()
-            live = {p.name for p in names}
-            for k in [k for k in self.cache if k not in live]:
-                del self.cache[k]
-            self.closed &= live
-            self.names, self.gone, self.index = names, set(), None
-            # One name per id: the one seen before wins over a newcomer.
-            ids = self.pending_ids = {}
-            for p in names:
-                if p.has_id and p.name not in self.cache:
-                    ids.setdefault(p.job_id, p)  # first in queue order
-            ids.update((p.job_id, p) for p in names if p.has_id and p.name in self.cache)
-        bad = []
-        if self.index is None or touched or unsettled:
-            bad = self.build_index(now, full, touched)
-        elif self.unparsed:
-            bad = self.build_index(now, full, touched, resume=True)
-        top = max((i for i in self.pending_ids if i <= spoolmod.MAX_ID), default=0)
-        if self.shared and top > self.hint:
-            self.hint = top
+        touched = self.touched | self.backlog | self.waiting
+        self.touched, self.backlog, self.waiting = set(), set(), set()
+        self.limit = self.reads + PARSE_BUDGET
+        if full or not self.listed:
+            self.relist()
+        if self.shared and (full or touched):
+            self.reprioritize()
+        for name in touched:
+            self.look(name, now)
+        self.namer.name_dropped(now)
+        self.read_unread(now)
+        if full:
+            self.verify_slice(now)
+        if self.shared and self.o.fairshare_halflife > 0:
+            self.usage = self.index.usage = self.d.shares.usage(now, full)
+        if self.shared and self.top > self.hint:
+            self.hint = self.top
             self.spool.raise_hint(self.hint)  # submitters start probing markers from here
-        return bad
+        return [(parse_pending_name(n), self.cache[n].why) for n in self.rejects]
 
+    # ---- keeping the mirror ----------------------------------------------------------
+    def relist(self) -> None:
+        """List pending/: names that came or went without an event."""
+        others, seen, new = set(), set(), []
+        cache = self.cache
+        with os.scandir(self.pdir) as it:
+            for e in it:
+                name = e.name
+                if name in cache:
+                    seen.add(name)
+                    continue
+                p = parse_pending_name(name)
+                if p is None:
+                    if not name.startswith("."):
+                        others.add(name)
+                elif p.has_id:
+                    new.append(p)
+                else:
+                    self.foreign.setdefault(name)
+        for name in others - self.not_jobs:
+            self.not_a_job(name)
+        self.not_jobs = others
+        for name in [n for n in cache if n not in seen]:
+            self.forget(name)
+        new.sort()
+        self.unread = [p.name for p in reversed(new)]
+        self.unread_ids = {}
+        for p in new:  # one name per id: the first in queue order
+            self.unread_ids.setdefault(p.job_id, p.name)
+            if self.top < p.job_id <= spoolmod.MAX_ID:
+                self.top = p.job_id
+        self.closed = {n for n in self.closed if os.path.lexists(self.path(n))}
+        self.gone, self.listed = set(), True
+        if len(self.specs) > 1024:  # kinds of jobs no longer pending: let them go
+            self.specs = {s.req: s.req for s in cache.values() if isinstance(s, Slim)}
+
+    def look(self, name: str, now: float) -> None:
+        """Bring one name up to date: read it if new or changed, index it."""
+        p = parse_pending_name(name)
+        if p is None:
+            if name not in self.not_jobs and not name.startswith(".") \
+                    and os.path.lexists(self.path(name)):
+                self.not_jobs.add(name)
+                self.not_a_job(name)
+            return
+        if not p.has_id:
+            if os.path.lexists(self.path(name)):
+                self.foreign.setdefault(name)
+            else:
+                self.foreign.pop(name, None)
+            return
+        if name not in self.cache and self.reads >= self.limit:
+            self.backlog.add(name)  # over this pass's budget
+            return
+        self.admit(p, self.load_pending(name, now))
+
+    @staticmethod
+    def not_a_job(name: str) -> None:  # said once per name, not each pass
+        log.warning("pending/%s: not a job file name (a job is NNNN-NAME.yaml or NAME.yaml; "
+                    "dot files are skipped); ignored", name)
+
+    def read_unread(self, now: float) -> None:
+        """Read listed names not read yet, in queue order, within the budget."""
+        if len(self.unread) > USED_SNAPSHOT:
+            self.used = self.namer.used_ids()
+        try:
+            while self.unread and self.reads < self.limit:
+                name = self.unread.pop()
+                if name not in self.gone:
+                    self.admit(parse_pending_name(name), self.load_pending(name, now))
+        finally:
+            self.used = None
+
+    def verify_slice(self, now: float) -> None:
+        """lstat the next slice of the mirror: changes whose events were lost."""
+        if not self.verify:
+            self.verify = list(self.cache)
+        n = max(PARSE_BUDGET, len(self.cache) // VERIFY_SHARE)
+        chunk = self.verify[-n:]
+        del self.verify[-n:]
+        for name in chunk:
+            if name in self.cache:
+                self.look(name, now)
+
+    def admit(self, p: PendingName, job) -> None:
+        """Act on what ``load_pending`` gave for pending/<p.name>."""
+        name = p.name
+        if job is None:
+            if name not in self.waiting:
+                self.forget(name)  # gone
+        elif isinstance(job, Taken):
+            self.d.guard(p.job_id, self.renumber, p, job.why)
+        elif isinstance(job, str):
+            self.rejects.add(name)
+        elif not job.order:
+            if self.ids.setdefault(p.job_id, name) != name:
+                self.dups.add(name)  # waits until the name holding the id leaves
+                return
+            if self.unread_ids.get(p.job_id) == name:
+                del self.unread_ids[p.job_id]
+            full_why = self.queue_full(job.uid)
+            if full_why:
+                self.cache[name] = Bad(job.key, full_why)
+                self.rejects.add(name)
+            else:
+                self.index_add(p, job)
+
+    def index_add(self, p: PendingName, slim: Slim) -> None:
+        shares = self.d.shares
+        prio = effective_priority(p.priority, slim.uid, self.shared,
+                                  self.shared and shares.is_admin(slim.uid),
+                                  self.overrides.get(p.job_id), DEFAULT_PRIORITY)
+        slim.order = QueueIndex.entry(prio, p.job_id)
+        self.index.add(_group(slim.req), slim.uid, slim.order)
+        self.counts[slim.uid] += 1
+        if self.top < p.job_id:
+            self.top = p.job_id
+
+    def index_remove(self, slim: Slim) -> None:
+        self.index.remove(_group(slim.req), slim.uid, slim.order)
+        self.counts[slim.uid] -= 1
+        if not self.counts[slim.uid]:
+            del self.counts[slim.uid]
+        slim.order = 0
+
+    def forget(self, name: str) -> None:
+        """Drop pending/<name> from the mirror and the index."""
+        hit = self.cache.pop(name, None)
+        if isinstance(hit, Slim) and hit.order:
+            self.index_remove(hit)
+        for s in (self.rejects, self.closed, self.dups, self.waiting):
+            s.discard(name)
+        p = parse_pending_name(name)
+        if p is None or not p.has_id:
+            return
+        if self.unread_ids.get(p.job_id) == name:
+            del self.unread_ids[p.job_id]
+        if self.ids.get(p.job_id) == name:
+            del self.ids[p.job_id]
+            for d in [d for d in self.dups if parse_pending_name(d).job_id == p.job_id]:
+                self.dups.discard(d)  # its id is free now: a first sight again
+                self.cache.pop(d, None)
+                self.touched.add(d)
+
+    def reprioritize(self) -> None:
+        """Re-key the jobs whose effective priority changed: root's overrides
+        in state/priority/, or who is an admin (the policy file)."""
+        shares = self.d.shares
+        new = shares.overrides()
+        if shares.generation != self.policy_gen:
+            self.policy_gen, changed = shares.generation, list(self.ids)
+        else:
+            changed = [i for i in new.keys() | self.overrides.keys()
+                       if new.get(i) != self.overrides.get(i)]
+        self.overrides = new
+        for job_id in changed:
+            name = self.ids.get(job_id)
+            slim = self.cache.get(name) if name else None
+            if isinstance(slim, Slim) and slim.order:
+                self.index_remove(slim)
+                self.index_add(parse_pending_name(name), slim)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.pdir, name)
+
+    @staticmethod
+    def stat_key(st: os.stat_result) -> int:
+        """(inode, mtime, size, mode) in one int: what says a file is unchanged."""
+        return (((st.st_ino << 64 | st.st_mtime_ns & _M64) << 64 | st.st_size) << 32) | st.st_mode
+
+    def _request(self, job_id: int) -> Request:
+        return dataclasses.replace(self.cache[self.ids[job_id]].req, id=job_id)
+
+    # ---- reading one file ------------------------------------------------------------
     def load_pending(self, name: str, now: float, trust: bool = False):
         """What the queue needs of a pending file (``Slim``), a reason string if it
-        is bad, or None if it is not complete yet. ``trust``: no event touched the
-        name since it was cached, so skip even the lstat (a long queue costs one
-        dict lookup per job); the periodic full pass re-checks everything."""
+        is bad, ``Taken``, or None if it is gone or not complete yet (then it is
+        in ``waiting``). ``trust``: skip even the lstat if it was read before."""
         hit = self.cache.get(name)
         if trust and hit is not None:
-            return hit[1]
-        path = self.spool.pending / name
+            return hit.value
+        path = self.path(name)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode)
-        if hit and hit[0] == key:
-            return hit[1]
-        p = spoolmod.parse_pending_name(name)
-        if p is not None and p.has_id and (hit is None or hit[0][0] != st.st_ino):
+        key = self.stat_key(st)
+        if hit is not None and hit.key == key:
+            return hit.value
+        self.reads += 1
+        p = parse_pending_name(name)
+        if p is not None and p.has_id and (hit is None or hit.key >> _INO_SHIFT != st.st_ino):
             why = self.id_taken(p, st)  # a file we see for the first time
             if why:
                 return Taken(why)
@@ -150,87 +354,39 @@ class PendingQueue:
             except spoolmod.LeaseUnsupported:
                 # No way to see the writer: wait for its close event or 2 s of quiet.
                 if name not in self.closed and now - st.st_mtime < SETTLE_S:
-                    self.unsettled = True
+                    self.waiting.add(name)
                     return None
                 raw = spoolmod.read_untrusted(path)
-            job = _slim(jobmod.parse_head(raw), spoolmod.parse_pending_name(name),
-                        self.o.default_time_limit, st)
+            job = self._slim(jobmod.parse_head(raw), key, st)
             if not self.owner_ok(st.st_uid):
                 job = f"file owned by uid {st.st_uid}; this spoold runs as uid {self.uid} " \
                       "and runs only its own user's files"
         except spoolmod.StillOpen:
-            self.unsettled = True
+            self.waiting.add(name)
             return None  # being written in place: its close wakes us
         except (BadFile, jobmod.JobError) as e:
             job = str(e)
         except FileNotFoundError:
             return None
-        self.cache[name] = (key, job)
+        if isinstance(hit, Slim) and hit.order:  # changed under the index: out, then in again
+            self.index_remove(hit)
+            self.touched.add(name)
+        self.cache[name] = job if isinstance(job, Slim) else Bad(key, job)
         return job
+
+    def _slim(self, job, key: int, st: os.stat_result) -> Slim:
+        uid = owner_of(st.st_uid, job)
+        req = request_of(job, 0, self.o.default_time_limit, owner=uid)
+        return Slim(key, self.specs.setdefault(req, req),
+                    job.priority if "priority" in job.data else None)
 
     def owner_ok(self, uid: int) -> bool:
         return self.shared or uid == self.uid
 
-    def build_index(self, now: float, full: bool, touched: set, resume: bool = False) -> list:
-        """The queue as a ShapeQueue, from the listing and the cache. Files not yet
-        read are read here, at most PARSE_BUDGET per pass; the next pass resumes
-        where this one stopped, so a daemon started on 100,000 pending files is
-        working at once and never redoes the part it has."""
-        shares = self.d.shares
-        if not resume:
-            self.by_id: dict[int, tuple] = {}
-            self.index, self.cursor = ShapeQueue(()), 0
-            self.overrides = shares.overrides() if self.shared else {}
-            self.counts = Counter(hit[1].uid for p in self.names
-                                  if isinstance(hit := self.cache.get(p.name), tuple)
-                                  and isinstance(hit[1], Slim))
-        bad, budget, names, i = [], PARSE_BUDGET, self.names, self.cursor
-        while i < len(names):
-            p = names[i]
-            if p.has_id and p.name not in self.gone:
-                new = p.name not in self.cache
-                if new:
-                    if budget <= 0:
-                        break
-                    budget -= 1
-                slim = self.load_pending(p.name, now, trust=not full and p.name not in touched)
-                if isinstance(slim, Taken):
-                    self.d.guard(p.job_id, self.renumber, p, slim.why)
-                    i += 1
-                    continue
-                if new and isinstance(slim, Slim):
-                    full_why = self.queue_full(slim.uid)
-                    if full_why:
-                        self.cache.pop(p.name, None)
-                        slim = full_why
-                    else:
-                        self.counts[slim.uid] += 1
-                if isinstance(slim, str):
-                    bad.append((p, slim))
-                elif slim is not None:
-                    prio = effective_priority(p.priority, slim.uid, self.shared,
-                                              self.shared and shares.is_admin(slim.uid),
-                                              self.overrides.get(p.job_id), DEFAULT_PRIORITY)
-                    self.by_id[p.job_id] = (p, slim, prio)
-                    self.index.append((prio, p.job_id), slim.req)
-            i += 1
-        self.cursor, self.unparsed = i, len(names) - i
-        if self.shared and self.o.fairshare_halflife > 0 and self.by_id:
-            self.fair_order(now)
-        return bad
-
-    def fair_order(self, now: float) -> None:
-        """Re-key the queue for fair share: within a priority, least usage first."""
-        usage = self.usage = self.d.shares.usage(now)
-        order = sorted((prio, slim.uid, job_id) for job_id, (_, slim, prio) in self.by_id.items())
-        keys = queue_keys(order, usage)
-        self.index = ShapeQueue(sorted(((keys[job_id], self.by_id[job_id][1].req)
-                                        for _, _, job_id in order), key=lambda kr: kr[0]))
-
     def queue_full(self, uid: int) -> str | None:
         """Why one more pending job of ``uid`` is refused (--max-pending is
         counted per user too, so that one user cannot fill everyone's queue)."""
-        total = sum(self.counts.values())
+        total = len(self.index)
         if total >= self.o.max_pending:
             return f"queue full: {total} jobs pending (spoold --max-pending {self.o.max_pending})"
         if self.shared and self.counts[uid] >= self.o.max_pending_per_user:
@@ -238,104 +394,72 @@ class PendingQueue:
                     f"pending (spoold --max-pending-per-user {self.o.max_pending_per_user})")
         return None
 
+    # ---- the id rule and renames (naming.Namer) ---------------------------------------
     def id_taken(self, p, st: os.stat_result) -> str | None:
-        """Why the id in pending/<p.name> may not be used (None: it may). The one
-        id rule, applied to every (name, inode) the daemon sees the first time:
-        at most MAX_ID; in no other folder and not running; in a shared spool,
-        its ``state/ids`` marker is the file owner's (made for it if missing);
-        and no other pending name of the same owner has it (first seen wins).
-        Another user's file under the same id never costs the owner the id."""
-        job_id = p.job_id
-        if job_id > spoolmod.MAX_ID:
-            return f"ids are at most {spoolmod.MAX_ID}"
-        where = "running" if job_id in self.d.runs else self.spool.where(job_id)
-        if where:
-            return f"job {job_id} is in {where}/"
-        if self.shared and st.st_uid != 0:  # root's files (ours too) need no marker
-            marker = self.spool.marker_owner(job_id)
-            if marker is None and not self.spool.claim_marker(job_id, st.st_uid):
-                marker = self.spool.marker_owner(job_id)  # someone was quicker
-            if marker not in (None, st.st_uid):
-                return f"id {job_id} was taken by uid {marker}"
-        other = self.pending_ids.get(job_id)
-        if other is not None and other.name != p.name and self._owner(other) == st.st_uid:
-            return f"pending/{other.name} has that id"
-        return None
-
-    def _owner(self, p) -> int | None:
-        try:
-            return os.lstat(self.spool.pending / p.name).st_uid
-        except FileNotFoundError:
-            return None
-
-    def renumber(self, p, why: str) -> None:
-        """Give pending/<p.name> a fresh id: its own is someone else's."""
-        self.cache.pop(p.name, None)
-        target = self.rename_with_new_id(p.name, min(p.priority, spoolmod.MAX_PRIORITY))
-        if target is not None:
-            log.warning("pending/%s: %s; now job %d (%s)", p.name, why, target.job_id,
-                        target.name)
-
-    def name_foreign(self, names: list, now: float) -> None:
-        """Give files dropped without an id one, by renaming them (content kept)."""
-        for p in names:
-            if p.has_id:
-                continue
-            job = self.load_pending(p.name, now)
-            if job is None:
-                continue
-            if isinstance(job, Slim) and job.prio is not None and not p.name[0].isdigit():
-                prio = job.prio
-            else:
-                prio = p.priority if p.priority <= MAX_PRIORITY else DEFAULT_PRIORITY
-            target = self.rename_with_new_id(p.name, prio)
-            if target is None:
-                continue
-            new_id = target.job_id
-            log.info("pending/%s: dropped without an id; now job %d (%s)", p.name, new_id,
-                     target.name)
-            if isinstance(job, str):
-                self.d.guard(new_id, self.d.jobs.reject_file, target, job, p.name)
-            else:
-                self.cache.pop(p.name, None)
+        return self.namer.id_taken(p, st)
 
     def rename_with_new_id(self, name: str, prio: int):
-        """pending/<name> -> pending/<prio>-<fresh id>.yaml, never over another file."""
-        while True:
-            new_id = self.spool.allocate_ids(1)
-            target = spoolmod.PendingName(prio, new_id, spoolmod.pending_name(prio, new_id))
-            if self.shared:  # the id is the file owner's, as if its gsub had taken it
-                with contextlib.suppress(FileNotFoundError):
-                    owner = os.lstat(self.spool.pending / name).st_uid
-                    os.chown(self.spool.state_ids / str(new_id), owner, -1,
-                             follow_symlinks=False)
-            try:
-                spoolmod.move_noreplace(self.spool.pending / name, self.spool.pending / target.name)
-                self.gone.add(name)
-                self.touched.add(target.name)  # not in the listing yet: list again
-                return target
-            except FileExistsError:
-                continue  # someone wrote that name by hand: take the next id
-            except FileNotFoundError:
-                return None
+        return self.namer.rename_with_new_id(name, prio)
 
+    def renumber(self, p, why: str) -> None:
+        self.namer.renumber(p, why)
+
+    # ---- moves out of pending/ ---------------------------------------------------------
     def leave(self, p) -> None:
-        """Note that pending/<p.name> is being moved out by us. Its cache entry
-        goes at once: a new file under the same name is a first sight."""
+        """Note that pending/<p.name> is being moved out by us. Its entry goes
+        at once: a new file under the same name is a first sight."""
         self.gone.add(p.name)
-        self.cache.pop(p.name, None)
-        if self.pending_ids.get(p.job_id) is p:
-            del self.pending_ids[p.job_id]
-        if self.index is not None:
-            self.index.discard(p.job_id)
+        self.forget(p.name)
 
     def find_pending(self, job_id: int):
-        """The pending name of ``job_id``: from the last listing if it is still
-        there (a gkill costs no re-listing of a long queue), else listed afresh."""
-        p = self.pending_ids.get(job_id)
-        if p is not None and os.path.lexists(self.spool.pending / p.name):
-            return p
+        """The pending name of ``job_id``: from the mirror if it is still there
+        (a gkill costs no re-listing of a long queue), else listed afresh."""
+        name = self.ids.get(job_id) or self.unread_ids.get(job_id)
+        if name is not None and os.path.lexists(self.path(name)):
+            return parse_pending_name(name)
         return next((q for q in self.spool.list_pending() if q.job_id == job_id), None)
+
+
+class _PendingIds(Mapping):
+    """id -> PendingName of the pending names known to have it (read or listed)."""
+
+    def __init__(self, q: PendingQueue):
+        self.q = q
+
+    def __getitem__(self, job_id: int) -> PendingName:
+        name = self.q.ids.get(job_id) or self.q.unread_ids.get(job_id)
+        if name is None:
+            raise KeyError(job_id)
+        return parse_pending_name(name)
+
+    def __contains__(self, job_id) -> bool:
+        return job_id in self.q.ids or job_id in self.q.unread_ids
+
+    def __iter__(self):
+        return iter(self.q.ids.keys() | self.q.unread_ids.keys())
+
+    def __len__(self) -> int:
+        return len(self.q.ids.keys() | self.q.unread_ids.keys())
+
+
+class _Indexed(Mapping):
+    """id -> (PendingName, Slim, effective priority) of the jobs in the queue."""
+
+    def __init__(self, q: PendingQueue):
+        self.q = q
+
+    def __getitem__(self, job_id: int) -> tuple:
+        name = self.q.ids.get(job_id)
+        slim = self.q.cache.get(name) if name is not None else None
+        if not isinstance(slim, Slim) or not slim.order:
+            raise KeyError(job_id)
+        return parse_pending_name(name), slim, slim.order >> ID_BITS
+
+    def __iter__(self):
+        return (i for i in list(self.q.ids) if i in self)
+
+    def __len__(self) -> int:
+        return len(self.q.index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,16 +469,47 @@ class Taken:
     why: str
 
 
-@dataclass(frozen=True, slots=True)
 class Slim:
-    """What the daemon keeps of a pending file between passes: a few hundred
-    bytes, not the parsed job (whose environment alone can be kilobytes)."""
+    """What the daemon keeps of a pending file between passes: some 60 bytes
+    and a shared request, not the parsed job (whose environment alone can be
+    kilobytes). ``req`` is shared by every job of the same kind, so its id is
+    0 (the name carries the id); ``order`` is its index entry, 0 if none."""
 
-    req: Request
-    prio: int | None  # the file's own `priority:` field, for files dropped without one
-    uid: int  # who the job runs as (``owner_of``: the kernel's word, not a field)
+    __slots__ = ("key", "req", "prio", "order")
 
-def _slim(job, p, default_limit: float | None, st: os.stat_result) -> Slim:
-    uid = owner_of(st.st_uid, job)
-    req = request_of(job, p.job_id if p else 0, default_limit, owner=uid)
-    return Slim(req, job.priority if "priority" in job.data else None, uid)
+    def __init__(self, key: int, req: Request, prio: int | None):
+        self.key = key  # stat_key of the file as read
+        self.req = req
+        self.prio = prio  # the file's own `priority:` field, for files dropped without one
+        self.order = 0
+
+    @property
+    def uid(self) -> int:
+        """Who the job runs as (``owner_of``: the kernel's word, not a field)."""
+        return self.req.owner
+
+    @property
+    def value(self) -> Slim:
+        return self
+
+
+class Bad:
+    """A pending file that is not a valid job, and why."""
+
+    __slots__ = ("key", "why")
+
+    def __init__(self, key: int, why: str):
+        self.key, self.why = key, why
+
+    @property
+    def value(self) -> str:
+        return self.why
+
+
+_M64 = (1 << 64) - 1
+_INO_SHIFT = 160
+
+
+def _group(req: Request) -> tuple:
+    """The index group of a request: its shape if plain, else one by one."""
+    return req.shape if req.plain else ("other",)

@@ -9,8 +9,10 @@ Invariants:
 - In a shared spool the policy file counts only if root owns it and no one
   else may write it; otherwise it is ignored with a log line (a user must
   not give themselves more GPUs). The same holds for each override file.
-- Usage is a cache of the records: each record is read once (by inode); a
-  record that is gone stops counting. Every host computes the same numbers
+- Usage is a cache of the records: each record is read once (by inode) and
+  added to its owner's sum once; a record that is gone stops counting. A
+  folder is listed again when its mtime moves, and every folder on each full
+  re-check, so a finished job counts at the next pass. Every host computes the same numbers
   from the same records (up to clock skew between hosts).
 """
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import grp
 import logging
+import math
 import os
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +31,13 @@ from pathlib import Path
 from . import job as jobmod
 from . import runner
 from . import spool as spoolmod
-from .fairshare import Limit, job_usage
+from .fairshare import Limit, job_usage, weight_integral
 from .records import owner_of, read_record
 from .spool import BadFile
 
 log = logging.getLogger("spoold")
+
+DIR_SETTLE_S = 1.0  # a folder's mtime this old is trusted to change with its next change
 
 
 @dataclass(frozen=True)
@@ -80,12 +86,29 @@ class Shares:
         self.path = Path(o.policy) if o.policy else spool.root / "policy.yaml"
         self.policy = Policy()
         self._policy_key = None
+        self.generation = 0
         self.jobs: dict[tuple, tuple] = {}  # (state, id) -> (inode, uid, gpus, start, end)
+        # Usage kept as per-user sums of finished jobs' weight integrals from
+        # _base (fairshare.weight_integral), scaled to `now` when asked; jobs
+        # still open (running, or ending later) are summed at each call.
+        self._base: float | None = None
+        self._halflife = 0.0
+        self._sums: dict[int, float] = {}
+        self._count: dict[int, int] = {}  # records per uid
+        self._open: set[tuple] = set()
+        self._dirs: dict[str, tuple | None] = {}  # folder -> (inode, mtime) at its listing
         self._groups: dict[int, tuple[set[str], str]] = {}
 
     # ---- the policy file ---------------------------------------------------------
     def reload(self) -> None:
-        """Read the policy file again if it changed (each full pass)."""
+        """Read the policy file again if it changed (each full pass);
+        ``generation`` counts the changes (admins change priorities)."""
+        old = self.policy
+        self._reload()
+        if self.policy != old:
+            self.generation += 1
+
+    def _reload(self) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -140,31 +163,95 @@ class Shares:
         return Limit(name, *caps)
 
     # ---- usage -------------------------------------------------------------------
-    def usage(self, now: float) -> dict[int, float]:
-        """Decayed GPU-seconds per uid: finished jobs (all hosts) plus running ones."""
-        halflife = self.o.fairshare_halflife
-        seen, total = set(), {}
+    def usage(self, now: float, full: bool = False) -> dict[int, float]:
+        """Decayed GPU-seconds per uid: finished jobs (all hosts) plus running ones.
+        A folder is listed again only when its mtime moved (every folder on
+        ``full``, the daemon's periodic re-check), and a finished job is added
+        to its owner's sum once: a record counts at the next call, and a call
+        with nothing new costs four stat calls."""
+        h = self.o.fairshare_halflife
+        if full or self._base is None or h != self._halflife:
+            self._base, self._halflife, self._dirs = now, h, {}
+            entries, self.jobs = self.jobs, {}
+            self._sums, self._count, self._open = {}, {}, set()
+            for key, entry in entries.items():
+                self._add(key, entry, now)
         for state in ("running", *spoolmod.FINAL_DIRS):
-            with os.scandir(self.spool.dir(state)) as it:
-                for e in it:
-                    job_id = spoolmod.parse_record_name(e.name)
-                    if job_id is None:
-                        continue
-                    entry = self._job(state, job_id, e)
-                    seen.add((state, job_id))
-                    if entry is None:
-                        continue
-                    _, uid, gpus, start, end = entry
-                    total[uid] = total.get(uid, 0.0) + job_usage(
-                        gpus, start, now if end is None else end, now, halflife)
-        for key in set(self.jobs) - seen:
-            del self.jobs[key]
+            self._rescan(state, now)
+        for key in [k for k in self._open if _ended_by(self.jobs[k], now)]:
+            self._open.discard(key)  # ended by now: into its owner's sum, once
+            self._sums[self.jobs[key][1]] += self._part(self.jobs[key])
+        if h <= 0 or math.isinf(h):
+            total = dict(self._sums)
+        else:
+            scale = 2.0 ** (-(now - self._base) / h) * h / math.log(2)
+            total = {uid: s * scale for uid, s in self._sums.items()}
+        for key in self._open:  # running, or ended after `now` (another host's clock)
+            _, uid, gpus, start, end = self.jobs[key]
+            total[uid] += job_usage(gpus, start, now if end is None else end, now, h)
         return total
 
-    def _job(self, state: str, job_id: int, entry: os.DirEntry):
-        hit = self.jobs.get((state, job_id))
-        if hit is not None and hit[0] == entry.inode():  # no system call: from the listing
-            return hit
+    def _rescan(self, state: str, now: float) -> None:
+        """List ``state``'s folder again if it may have changed since the last
+        listing. Its mtime is trusted only if it was DIR_SETTLE_S old at that
+        listing: a change in the same clock tick as the listing could leave
+        the mtime as it was."""
+        path = self.spool.dir(state)
+        st = os.stat(path)
+        key = (st.st_ino, st.st_mtime_ns)
+        if self._dirs.get(state) == key:
+            return
+        seen = set()
+        with os.scandir(path) as it:
+            for e in it:
+                job_id = spoolmod.parse_record_name(e.name)
+                if job_id is None:
+                    continue
+                seen.add(job_id)
+                hit = self.jobs.get((state, job_id))
+                if hit is not None and hit[0] == e.inode():  # no system call: from the listing
+                    continue
+                if hit is not None:
+                    self._drop((state, job_id))
+                entry = self._read(state, e)
+                if entry is not None:
+                    self._add((state, job_id), entry, now)
+        for k in [k for k in self.jobs if k[0] == state and k[1] not in seen]:
+            self._drop(k)
+        self._dirs[state] = key if time.time() - st.st_mtime > DIR_SETTLE_S else None
+
+    def _part(self, entry: tuple) -> float:
+        """A finished job's share of its owner's sum (relative to ``_base``)."""
+        _, _, gpus, start, end = entry
+        h = self._halflife
+        if not gpus or start is None or h <= 0:
+            return 0.0
+        if math.isinf(h):
+            return gpus * max(0.0, end - start)
+        return gpus * weight_integral(start, end, self._base, h)
+
+    def _add(self, key: tuple, entry: tuple, now: float) -> None:
+        self.jobs[key] = entry
+        uid = entry[1]
+        self._count[uid] = self._count.get(uid, 0) + 1
+        self._sums[uid] = self._sums.get(uid, 0.0)
+        if _ended_by(entry, now):
+            self._sums[uid] += self._part(entry)
+        else:
+            self._open.add(key)
+
+    def _drop(self, key: tuple) -> None:
+        entry = self.jobs.pop(key)
+        uid = entry[1]
+        if key in self._open:
+            self._open.discard(key)
+        else:
+            self._sums[uid] -= self._part(entry)
+        self._count[uid] -= 1
+        if not self._count[uid]:  # no record left: the user drops out, as before
+            del self._count[uid], self._sums[uid]
+
+    def _read(self, state: str, entry: os.DirEntry):
         try:
             st = entry.stat(follow_symlinks=False)
             rec = read_record(Path(entry.path))
@@ -174,10 +261,8 @@ class Shares:
         start = rec.get("started_at")
         end = rec.get("ended_at") if state != "running" else None
         ok = isinstance(start, (int, float)) and (end is None or isinstance(end, (int, float)))
-        hit = (st.st_ino, owner_of(st.st_uid, rec), gpus if ok else 0, start if ok else None,
-               end)
-        self.jobs[state, job_id] = hit
-        return hit
+        return (st.st_ino, owner_of(st.st_uid, rec), gpus if ok else 0, start if ok else None,
+                end)
 
     # ---- priorities ----------------------------------------------------------------
     def overrides(self) -> dict[int, int]:
@@ -202,3 +287,8 @@ class Shares:
                 if text.isdigit() and int(text) <= spoolmod.MAX_PRIORITY:
                     out[int(e.name)] = int(text)
         return out
+
+
+def _ended_by(entry: tuple, now: float) -> bool:
+    end = entry[4]
+    return end is not None and end <= now
