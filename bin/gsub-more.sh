@@ -549,14 +549,6 @@ _gdelivermany() {
 }
 
 # ---------------------------------------------------------------- one job's delivery
-# _gtmpname: a file of our own in tmp/ -> _gtmp, from mktemp (O_EXCL, a
-# random name): always in a shared spool, where tmp/ is everyone's; in a
-# private one when something is at tmp/ID.IIIIIIII already
-_gtmpname() {
-  _gtmp=$(mktemp "$_gspool/tmp/$_gid.XXXXXXXX" 2> /dev/null) ||
-    _gdie 1 "can not create a file in $_gspool/tmp (disk full?)"
-}
-
 # _gundelivered [MESSAGE]: the job is still in tmp/ (it could not be
 # written, or mv left it there: _gx is what mv said): remove it and fail
 _gundelivered() {
