@@ -279,6 +279,9 @@ class SlurmExecutor:
             return ("requeue", "claimed but never handed to SLURM") if self.up else ("later",)
         return ("adopt",)
 
+    def launched_here(self, job_id: int) -> bool:
+        return False  # a SLURM job is known by the slurm_id its record holds
+
     def recover_strays(self, known: set[int]) -> None:
         pass  # SLURM owns the processes
 

@@ -29,10 +29,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 
 from . import daemonlog, metrics, runner
 from . import spool as spoolmod
+from . import watch as watching
 from .bridge import SlurmExecutor
 from .executor import LocalExecutor
 from .gpus import GpuReading, busy_reason, open_source
@@ -40,7 +40,7 @@ from .health import Health
 from .hosts import Hosts
 from .lifecycle import Lifecycle, Run
 from .metrics import Metrics
-from .options import NETWORK_FS, Options, _version, filesystem_type, parse_args
+from .options import Options, _version, parse_args
 from .pending import PendingQueue
 from .policy import Shares
 from .records import Records
@@ -203,7 +203,7 @@ class Daemon:
         self.setup_logfile()
         self.setup_resources()
         self.guard(None, self.recover)
-        observer = self.watch()
+        observer = watching.start(self)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGUSR1, self._on_drain)
@@ -254,69 +254,6 @@ class Daemon:
         if self.queue.unparsed:
             t = now  # still reading a long queue: keep going
         return t - now
-
-    def watch(self):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        daemon = self
-        # Only these folders hold news: events elsewhere (tmp/, records, logs)
-        # are mostly our own writes, and waking on them made a write that kept
-        # failing retry itself on its own events.
-        news = {self.spool.pending, self.spool.requests, self.spool.run_dir(self.o.host)}
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event):
-                dest = getattr(event, "dest_path", "") or ""
-                wake = False
-                for path, kind in ((event.src_path, event.event_type), (dest, "moved_to")):
-                    if not path:
-                        continue
-                    p = Path(os.fsdecode(path))
-                    wake = wake or p.parent in news
-                    if p.parent == daemon.spool.pending:
-                        daemon.queue.events.put((p.name, kind))
-                if wake:
-                    daemon.waker.wake()
-
-        polling = self.o.polling
-        if polling is None:
-            fs = filesystem_type(self.spool.root)
-            polling = fs in NETWORK_FS
-            if polling:
-                log.info("spool is on %s: watching by polling (other hosts' writes are "
-                         "invisible to inotify)", fs)
-        if polling:
-            from watchdog.observers.polling import PollingObserver
-
-            obs = PollingObserver(timeout=0.5)
-        else:
-            obs = Observer()
-        handler = Handler()
-        # One recursive watch on the whole spool, not one per folder: watchdog
-        # holds a rename's "moved from" half for 0.5 s (and every event behind
-        # it) until it finds the "moved to" half, which it only finds within
-        # the same watch. Only these event kinds: no stream of log writes.
-        from watchdog.events import (
-            FileClosedEvent,
-            FileCreatedEvent,
-            FileDeletedEvent,
-            FileMovedEvent,
-        )
-
-        kinds = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent]
-        if polling:  # no move pairing delay there; poll only what we must see
-            for d in (self.spool.pending, self.spool.requests, self.spool.run_dir(self.o.host)):
-                obs.schedule(handler, str(d), recursive=False)
-        else:
-            try:
-                obs.schedule(handler, str(self.spool.root), recursive=True, event_filter=kinds)
-            except TypeError:  # watchdog < 4 has no event_filter
-                obs.schedule(handler, str(self.spool.root), recursive=True)
-        obs.daemon = True
-        obs.start()
-        return obs
-
 
     def guard(self, job_id: int, fn, *args) -> None:
         """Run one job's step and return its result; a failure there never

@@ -13,7 +13,9 @@ The protocol, as ``lifecycle`` uses it (it moves the files; executors never do):
 - ``poll(runs, now)``: the runs that have ended, as ``Ended`` events;
 - ``kill(run)``: ask it to stop (the kill reason is already recorded);
 - ``recover(job_id, record)``: after a restart, ``("adopt",)``,
-  ``("ended", code)``, ``("requeue", why)`` or ``("later",)``;
+  ``("ended", code)``, ``("requeue", why)`` or ``("later",)``; ``launched_here(
+  job_id)``: whether this host left traces of starting it (a claim whose
+  record was not written yet is then ours, not another host's in progress);
 - ``hook_running(run, code)``: run the on-finish command the executor's way;
   True while it still holds the job (and its GPUs);
 - ``end_time(run, code)`` and ``release(run)``: when it ended, and what to
@@ -73,6 +75,7 @@ class Executor(Protocol):
     def poll(self, runs: dict, now: float) -> list[Ended]: ...
     def kill(self, run) -> None: ...
     def recover(self, job_id: int, rec: dict) -> tuple: ...
+    def launched_here(self, job_id: int) -> bool: ...
     def recover_strays(self, known: set[int]) -> None: ...
     def hook_running(self, run, code: int | None) -> bool: ...
     def end_time(self, run, code: int | None) -> float | None: ...
@@ -214,6 +217,10 @@ class LocalExecutor:
             self.cgroups.remove(job_id)  # first: a crash after it still reads "unstarted"
         runner.clear(self.run_path(job_id))
         return ("requeue", "claimed but never started")
+
+    def launched_here(self, job_id: int) -> bool:
+        return os.path.lexists(self.run_path(job_id)) or (
+            self.cgroups is not None and self.cgroups.exists(job_id))
 
     def recover_strays(self, known: set[int]) -> None:
         """At start: processes of jobs whose records have ended (another host

@@ -85,6 +85,7 @@ class Lifecycle:
         self.records = d.records
         self.queue = d.queue
         self.executor = None  # executor.Executor: set by the daemon before the first pass
+        self.ending: list | None = None  # jobs ended in this batch, not yet released
 
 
 
@@ -169,8 +170,10 @@ class Lifecycle:
     # ---- start ---------------------------------------------------------------------
     def claim(self, job_id: int, extra: dict):
         """Take pending job ``job_id`` into running/ (one rename), read it again
-        there and record who owns it. Returns (path, job, record, creds) or None
-        when the job is gone, refused, or changed under us (then it is back)."""
+        there and note who owns it. Returns (path, job, record, creds) or None
+        when the job is gone, refused, or changed under us (then it is back).
+        The rename is made durable by ``start_all`` (one fsync for a pass's
+        claims); the record is written once, after the launch."""
         p, cached, _ = self.queue.by_id[job_id]
         if self.duplicate(job_id):
             target = self.queue.rename_with_new_id(p.name, p.priority)
@@ -188,7 +191,6 @@ class Lifecycle:
                 spoolmod.move_noreplace(self.spool.pending / p.name, path)  # the claim
             except FileNotFoundError:
                 return None  # cancelled or re-prioritised meanwhile
-        spoolmod.fsync_dir(self.spool.running)
         try:
             fd_st = os.lstat(path)
             job = jobmod.parse(spoolmod.read_untrusted(path))
@@ -221,7 +223,6 @@ class Lifecycle:
         rec.setdefault("name", job.name)
         if job.time_limit is None and self.o.default_time_limit:
             rec["time_limit"] = job.time_limit = self.o.default_time_limit
-        self.records.save(path, rec)
         job.id, job.priority = job_id, p.priority
         return path, job, rec, runner.creds_for(uid) if self.uid == 0 else None
 
@@ -263,10 +264,23 @@ class Lifecycle:
 
     # ---- ending ------------------------------------------------------------------------
 
-    def start(self, s) -> None:
-        claimed = self.claim(s.id, self.executor.claim_fields(s))
-        if claimed is None:
-            return
+    def start_all(self, starts) -> None:
+        """Claim every job the scheduler picked, make the claims durable with
+        one fsync of running/ (group commit: a crash never runs a job whose
+        claim could be undone), then launch each and write its record once.
+        A record lost in a crash is rebuilt at recovery from the file the
+        claim moved (``recover_one``) and the run file."""
+        claimed = []
+        for s in starts:
+            c = self.guard(s.id, self.claim, s.id, self.executor.claim_fields(s))
+            if c is not None:
+                claimed.append((s, c))
+        if claimed:
+            spoolmod.fsync_dir(self.spool.running)
+        for s, c in claimed:
+            self.guard(s.id, self.start, s, c)
+
+    def start(self, s, claimed) -> None:
         path, job, rec, creds = claimed
         started = time.time()
         try:
@@ -297,7 +311,15 @@ class Lifecycle:
             log.error("running/%s is unreadable (%s)", path.name, e)
         if rec.get("host") not in (None, self.o.host):
             return  # another host's job (shared spool)
-        if rec.get("host") is None and time.time() - os.lstat(path).st_mtime < CLAIM_GRACE_S:
+        st = os.lstat(path)
+        if st.st_uid != self.uid:  # the claimed file itself, its record never written:
+            for k in RUN_FIELDS:  # what it says about a run is its owner's words
+                rec.pop(k, None)
+            uid = owner_of(st.st_uid, rec)
+            rec.update(id=job_id, uid=uid, user=runner.creds_for(uid).name)
+        # (a rename keeps the mtime the submitter gave the file; it sets the ctime)
+        if rec.get("host") is None and time.time() - max(st.st_mtime, st.st_ctime) < \
+                CLAIM_GRACE_S and not self.executor.launched_here(job_id):
             return  # just claimed by a daemon (maybe on another host) that is writing it
         verdict = self.executor.recover(job_id, rec)
         if verdict[0] == "requeue":
@@ -305,6 +327,9 @@ class Lifecycle:
             return
         if verdict[0] == "later":
             return  # the executor cannot tell yet (SLURM does not answer)
+        if rec.get("host") is None:  # launched, its record not written: write it now
+            rec["host"] = self.o.host
+            self.records.save(path, rec, sync=False)
         run = self.runs[job_id] = Run(job_id, rec, rec.get("pid"))
         if verdict[0] == "ended":
             self.settle(run, verdict[1])
@@ -350,8 +375,9 @@ class Lifecycle:
 
     def poll(self, now: float) -> None:
         """Record the runs the executor says have ended."""
-        for ev in self.executor.poll(self.runs, now):
-            self.guard(ev.run.id, self.settle, ev.run, ev.code, ev.outcome)
+        with self.batch():
+            for ev in self.executor.poll(self.runs, now):
+                self.guard(ev.run.id, self.settle, ev.run, ev.code, ev.outcome)
 
     def kill(self, run: Run, reason: str) -> None:
         if run.hook_until is None and not run.record.get("kill_reason"):
@@ -390,12 +416,39 @@ class Lifecycle:
             log.error("job %d: %s/%d.yaml exists already; record left in running/", run.id,
                       state, run.id)
             return
-        spoolmod.fsync_dir(self.spool.dir(state))
-        self.executor.release(run)
+        ended = (run, state, code, reason)
+        if self.ending is not None:
+            self.ending.append(ended)
+        else:
+            self.settled([ended])
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Group commit for the jobs that end in one poll: their final folders
+        are fsynced once each, after every rename, and only then are the runs
+        released (run file, cgroup, GPUs): a crash never finds a job released
+        whose move to its final folder could be undone."""
+        self.ending = []
+        try:
+            yield
+        finally:
+            ended, self.ending = self.ending, None
+            if ended:
+                self.settled(ended)
+
+    def settled(self, ended: list) -> None:
+        for state in {state for _, state, _, _ in ended}:
+            spoolmod.fsync_dir(self.spool.dir(state))
+        for run, state, code, reason in ended:
+            self.guard(run.id, self.release, run, state, code, reason)
+        self.records.prune()
+
+    def release(self, run: Run, state: str, code: int | None, reason: str | None) -> None:
         self.runs.pop(run.id, None)
+        self.executor.release(run)
+        rec = run.record
         self.d.health.job_ended(rec, rec["outcome"])
         self.records.final_count += 1
         self.d.metrics.observe_finish(rec["outcome"])
         log.info("job %d -> %s/ (exit code %s)%s", run.id, state, code,
                  f": {reason}" if reason else "")
-        self.records.prune()

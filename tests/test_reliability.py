@@ -99,6 +99,36 @@ def test_claimed_but_never_started_goes_back_to_pending(spool, daemon_factory):
     assert rec["exit_code"] == 0
 
 
+def test_launched_before_its_record_was_written_is_adopted(spool, daemon_factory, tmp_path):
+    """The crash window between the launch and the record's one write: running/
+    holds the file the claim moved (no host, a fresh ctime) and the run file
+    says the job started. The restarted daemon adopts it at once (it is this
+    host's, not another's claim in progress): never requeued, never run twice."""
+    j = spool.gsub("-n", "0", "--", "false")  # run again, it would end in failed/
+    src = spool.root / "pending" / f"0010-{j:08d}.yaml"
+    os.rename(src, spool.root / "running" / f"{j}.yaml")  # the claim, as it was
+    go = tmp_path / "go"
+    run_file = spool.root / "state" / "run" / HOST / f"{j}.lock"
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    # A stand-in shepherd: holds the run file's lock, says "started", waits,
+    # then records exit status 0 as its last act (runner's protocol).
+    shepherd = subprocess.Popen(
+        ["python3", "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(run_file)!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b's')\n"
+         f"while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+         "os.write(fd, b' 0')\n"])
+    wait_for(lambda: run_file.exists() and run_file.read_bytes() == b"s", what="stand-in")
+    daemon_factory()
+    wait_for(lambda: spool.record(j, "running").get("host"), what="the job adopted")
+    assert (spool.root / "running" / f"{j}.yaml").exists()
+    assert not list((spool.root / "pending").iterdir()), "requeued while it ran"
+    go.touch()
+    shepherd.wait(10)
+    rec = spool.wait_state(j, "done")
+    assert rec["exit_code"] == 0
+
+
 def _host() -> str:
     import socket
 

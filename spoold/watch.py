@@ -1,0 +1,115 @@
+"""Watching the spool: watchdog wakes the daemon when news arrives.
+
+Owns: which folders are watched, for which kinds of event, and how an event
+reaches the loop (a (name, kind) on the pending queue's event queue for
+pending/, and a wake-up of the loop's self-pipe).
+
+Invariants:
+- Events only wake the loop; it re-lists what changed (inotify can drop
+  events, and a timer re-lists everything anyway).
+- Only news is watched: pending/, requests/ and this host's run folder.
+  The daemon's own writes (records through tmp/, logs, heartbeats) wake
+  nothing: on a busy queue they were ~17 events per job, each costing
+  watchdog's two threads more than the loop's own work on it.
+- No event is ever held back. watchdog holds a rename's "moved from" half
+  for 0.5 s, and every event behind it, waiting for its "moved to" half in
+  the same watch; so the inotify mask of these watches has no "moved from"
+  (a job leaving pending/ is the daemon's own doing, and the next re-list
+  sees anything else). Where that mask cannot be set (another watchdog
+  layout), one recursive watch on the whole spool pairs the halves instead.
+- On a network filesystem (or ``--polling``) these folders are polled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .options import NETWORK_FS, filesystem_type
+
+log = logging.getLogger("spoold")
+
+
+def start(d):
+    """Start watching for daemon ``d``; returns the running observer."""
+    from watchdog.events import (
+        FileClosedEvent,
+        FileCreatedEvent,
+        FileDeletedEvent,
+        FileMovedEvent,
+        FileSystemEventHandler,
+    )
+
+    pending = d.spool.pending
+    news = (pending, d.spool.requests, d.spool.run_dir(d.o.host))
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event):
+            dest = getattr(event, "dest_path", "") or ""
+            wake = False
+            for path, kind in ((event.src_path, event.event_type), (dest, "moved_to")):
+                if not path:
+                    continue
+                p = Path(os.fsdecode(path))
+                wake = wake or p.parent in news
+                if p.parent == pending:
+                    d.queue.events.put((p.name, kind))
+            if wake:
+                d.waker.wake()
+
+    polling = d.o.polling
+    if polling is None:
+        fs = filesystem_type(d.spool.root)
+        polling = fs in NETWORK_FS
+        if polling:
+            log.info("spool is on %s: watching by polling (other hosts' writes are "
+                     "invisible to inotify)", fs)
+    handler = Handler()
+    kinds = [FileCreatedEvent, FileMovedEvent, FileClosedEvent, FileDeletedEvent]
+    if polling:
+        from watchdog.observers.polling import PollingObserver
+
+        obs = PollingObserver(timeout=0.5)
+        for folder in news:
+            obs.schedule(handler, str(folder), recursive=False)
+    elif (obs := _news_observer()) is not None:
+        for folder in news:
+            obs.schedule(handler, str(folder), recursive=False,
+                         event_filter=[FileCreatedEvent, FileClosedEvent, FileDeletedEvent])
+    else:
+        from watchdog.observers import Observer
+
+        obs = Observer()
+        try:
+            obs.schedule(handler, str(d.spool.root), recursive=True, event_filter=kinds)
+        except TypeError:  # watchdog < 4 has no event_filter
+            obs.schedule(handler, str(d.spool.root), recursive=True)
+    obs.daemon = True
+    obs.start()
+    return obs
+
+
+def _news_observer():
+    """An inotify observer whose watches never ask for "moved from" (see the
+    module's invariants), or None where this watchdog is not laid out as
+    4.x-7.x are (an emitter class chosen by the observer, whose mask comes
+    from ``get_event_mask_from_filter``)."""
+    try:
+        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
+        from watchdog.observers.inotify_c import InotifyConstants as IN
+    except ImportError:
+        return None
+    if not hasattr(InotifyEmitter, "get_event_mask_from_filter"):
+        return None
+
+    class NewsEmitter(InotifyEmitter):
+        def get_event_mask_from_filter(self):
+            return (IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_CLOSE_WRITE | IN.IN_DELETE
+                    | IN.IN_DELETE_SELF)
+
+    obs = InotifyObserver()
+    if getattr(obs, "_emitter_class", None) is not InotifyEmitter:
+        return None
+    obs._emitter_class = NewsEmitter  # watchdog has no public way to choose the mask
+    return obs
