@@ -134,11 +134,15 @@ class Cgroups:
         return self.path(job_id).is_dir()
 
     def create(self, job_id: int) -> None:
-        for base in self._bases():
+        for base, d in zip(self._bases(), self._dirs(job_id), strict=True):
+            try:  # the common case: one mkdir (the base is made again after its last job)
+                d.mkdir()
+                continue
+            except (FileNotFoundError, FileExistsError):
+                pass
             base.mkdir(exist_ok=True)
-        if "memory" in self.v2_acct:  # job-N has memory files only if its parent says so
-            self._write(self.base / "cgroup.subtree_control", "+memory")
-        for d in self._dirs(job_id):
+            if base == self.base and "memory" in self.v2_acct:  # job-N's memory files
+                self._write(self.base / "cgroup.subtree_control", "+memory")
             d.mkdir(exist_ok=True)
         if self.kind == "freezer":  # left frozen by a daemon killed mid-kill()
             self._write(self.path(job_id) / "freezer.state", "THAWED")
