@@ -106,7 +106,8 @@ def run(ctx: Ctx) -> dict:
         new = log_text(sp)[lines0:lines0 + out["log_lines"]]
         per_file = [ln for ln in new if len(DROPPED_NAME.findall(ln)) == 1]
         out["log_lines_naming_one_file"] = len(per_file)
-        out["log_sample"] = (per_file or new)[:3]
+        about = [ln for ln in new if re.search(r"without an id|\bnamed\b", ln)]
+        out["log_sample"] = (per_file or about or new[-3:])[:3]
         out["refused"] = sp.count("failed")
     finally:
         sp.stop()
