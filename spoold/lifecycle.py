@@ -294,6 +294,7 @@ class Lifecycle:
             if energy:
                 rec["energy_start_mj"] = energy
         self.records.save(path, rec, sync=False)
+        self.d.shares.note("running", s.id, path, rec, started)
         if finite(rec.get("submitted_at")):
             self.d.metrics.observe_start(max(0.0, started - rec["submitted_at"]))
         self.runs[s.id] = Run(s.id, rec, fields.get("pid"))
@@ -416,6 +417,7 @@ class Lifecycle:
             log.error("job %d: %s/%d.yaml exists already; record left in running/", run.id,
                       state, run.id)
             return
+        self.d.shares.note(state, run.id, self.spool.record(state, run.id), rec, time.time())
         ended = (run, state, code, reason)
         if self.ending is not None:
             self.ending.append(ended)

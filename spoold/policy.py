@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import math
@@ -251,18 +252,27 @@ class Shares:
         if not self._count[uid]:  # no record left: the user drops out, as before
             del self._count[uid], self._sums[uid]
 
+    def note(self, state: str, job_id: int, path: Path, rec: dict, now: float) -> None:
+        """The daemon has just written ``rec`` at ``path`` (running/ or a final
+        folder): count it now, so that the next listing finds its inode known
+        and does not read the record back (it is parsed once per job, not twice)."""
+        if self._base is None:
+            return
+        with contextlib.suppress(OSError):
+            entry = _entry(state, os.lstat(path), rec)
+            if state != "running" and ("running", job_id) in self.jobs:
+                self._drop(("running", job_id))
+            if (state, job_id) in self.jobs:
+                self._drop((state, job_id))
+            self._add((state, job_id), entry, now)
+
     def _read(self, state: str, entry: os.DirEntry):
         try:
             st = entry.stat(follow_symlinks=False)
             rec = read_record(Path(entry.path))
         except (OSError, BadFile, jobmod.JobError, ValueError, UnicodeDecodeError):
             return None
-        gpus = len(rec.get("assigned_gpus") or ())
-        start = rec.get("started_at")
-        end = rec.get("ended_at") if state != "running" else None
-        ok = isinstance(start, (int, float)) and (end is None or isinstance(end, (int, float)))
-        return (st.st_ino, owner_of(st.st_uid, rec), gpus if ok else 0, start if ok else None,
-                end)
+        return _entry(state, st, rec)
 
     # ---- priorities ----------------------------------------------------------------
     def overrides(self) -> dict[int, int]:
@@ -292,3 +302,12 @@ class Shares:
 def _ended_by(entry: tuple, now: float) -> bool:
     end = entry[4]
     return end is not None and end <= now
+
+
+def _entry(state: str, st: os.stat_result, rec: dict) -> tuple:
+    """What usage keeps of one record: (inode, uid, GPUs, start, end)."""
+    gpus = len(rec.get("assigned_gpus") or ())
+    start = rec.get("started_at")
+    end = rec.get("ended_at") if state != "running" else None
+    ok = isinstance(start, (int, float)) and (end is None or isinstance(end, (int, float)))
+    return (st.st_ino, owner_of(st.st_uid, rec), gpus if ok else 0, start if ok else None, end)
