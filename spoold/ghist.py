@@ -356,7 +356,7 @@ def _cell_owners(spans: list[dict], gpus: list[int], start: float, step: float,
 
 def timeline_rows(sp: Spool, now: float) -> tuple[list[dict], list[int]]:
     rows = history(sp, spoolmod.FINAL_DIRS)
-    snap = snapshot(sp, now=now)
+    snap = snapshot(sp, now=now, shown=0)  # (its GPUs and running jobs: no pending file read)
     for r in snap["running"]:
         rows.append({**r, "state": "running", "ended_at": None})
     gpus = sorted({g["index"] for g in snap["gpus"] if isinstance(g.get("index"), int)}

@@ -70,9 +70,11 @@ from .util import fmt_duration
 
 
 def snapshot(sp: Spool, user: str | None = None, now: float | None = None,
-             shown: int | None = PENDING_SHOWN) -> dict:
+             shown: int | None = PENDING_SHOWN, unread_rows: bool = True) -> dict:
     """Everything gstat shows, as plain data (the --json output); pending
-    files are read for the first ``shown`` pending jobs only (None: all)."""
+    files are read for the first ``shown`` pending jobs only (None: all).
+    ``unread_rows`` False (the table's): the other pending jobs are not
+    listed but counted by owner, in ``unread`` (None: owner not looked up)."""
     now = time.time() if now is None else now
     hosts = hosts_view(sp, now)
     live = [h for h in hosts if h["alive"]] or hosts
@@ -86,14 +88,15 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None,
             for h in hosts for g in h["beat"].get("gpus") or [] if isinstance(g, dict)]
     shares = merged_shares(live)
     waiting = Waiting(sp, Queue(sp, shares), now, shown, owners=bool(user))
-    pending = pending_view(waiting, user, shown)
+    pending, unread = pending_view(waiting, user, shown, unread_rows)
     explain(waiting, live, pending, running, bookings, shown)
     if user:
         running = [r for r in running if r["user"] == user]
         pending = [p for p in pending if p["user"] == user]
         shares = [s for s in shares if s["user"] == user]
     pid = next((h["pid"] for h in hosts if h["alive"]), None)
-    return {"spool": str(sp.root), "time": now, "host": gsnap.get("host"),
+    more = {} if unread_rows else {"unread": unread}
+    return {**more, "spool": str(sp.root), "time": now, "host": gsnap.get("host"),
             "daemon": {"running": pid is not None, "pid": pid},
             "hosts": [{k: v for k, v in h.items() if k != "beat"} for h in hosts],
             "paused": sp.paused_flag.exists(), "gpus": gpus, "running": running,
@@ -293,13 +296,12 @@ def _queued_table(rows: list[dict], now: float, width: int) -> list[str]:
     return table(cells, width)
 
 
-def _more_pending(unread: list[dict]) -> str:
+def _more_pending(unread: collections.Counter) -> str:
     """The line that counts the pending jobs not listed, by owner where known."""
-    owners = collections.Counter(p["user"] for p in unread if p["user"] is not None)
-    whose = ", ".join(f"{esc(u)} {n:,}" for u, n in owners.most_common(5))
-    if len(owners) > 5:
-        whose += ", ..."
-    return (f"... and {len(unread):,} more pending" + (f" ({whose})" if whose else "")
+    owners = [(u, n) for u, n in unread.most_common() if u is not None]
+    whose = ", ".join(f"{esc(u)} {n:,}" for u, n in owners[:5]) + (
+        ", ..." if len(owners) > 5 else "")
+    return (f"... and {unread.total():,} more pending" + (f" ({whose})" if whose else "")
             + ": gstat --all lists them")
 
 
@@ -327,14 +329,16 @@ def render_gstat(snap: dict, width: int = 100, color: Color | None = None) -> st
         lines += _queued_table(queued, snap["time"], width)
     rows = [["ID", "PRIO", "NAME", "USER", "GPUS", "WAIT", "REASON"]]
     listed = snap["pending"][:read_rows(snap["pending"])]
+    unread = snap.get("unread", collections.Counter(p["user"] for p in snap["pending"][
+        len(listed):]))
     for p in listed:
         gp = f"{p['gpu_mem']}M" if p.get("gpu_mem") else str(p["gpus"])
         rows.append([p["id"], _prio(p), (p["name"] or "")[:20], (p["user"] or "")[:12], gp,
                      fmt_duration(p.get("wait")), p["reason"]])
-    lines.append(c("1", f"# pending: {len(snap['pending'])}"))
+    lines.append(c("1", f"# pending: {len(listed) + unread.total()}"))
     lines += table(rows, width) if len(rows) > 1 else []
-    if len(listed) < len(snap["pending"]):
-        lines.append(_more_pending(snap["pending"][len(listed):]))
+    if unread.total():
+        lines.append(_more_pending(unread))
     if snap.get("shares"):
         lines.append(c("1", "# shares (USAGE: GPU-hours, decayed; RANK 1 goes next within a "
                             "priority)"))
@@ -366,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     sp = open_spool(a.spool, "gstat")
     tty = sys.stdout.isatty()
     while True:
-        snap = snapshot(sp, a.user, shown=None if a.all else PENDING_SHOWN)
+        snap = snapshot(sp, a.user, shown=None if a.all else PENDING_SHOWN,
+                        unread_rows=a.json)
         if a.json:
             out = json_text(snap)
         else:
