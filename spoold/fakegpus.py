@@ -16,6 +16,8 @@ Invariants:
 from __future__ import annotations
 
 import math
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +39,8 @@ class FakeGpus:
         self.path = Path(path)
         self.description = f"fake GPUs from {self.path}"
         self._last: list[GpuReading] = []
+        self._parse_key: tuple | None = None
+        self._raw: list = []
         # One binding and one reader for good: the Xid events reported so far
         # live there. The names may change with the file: they are not cached.
         self._binding = _FileBinding()
@@ -44,12 +48,7 @@ class FakeGpus:
 
     def read(self) -> list[GpuReading]:
         try:
-            raw = yaml.load(self.path.read_bytes(), Loader=getattr(yaml, "CSafeLoader",
-                                                                 yaml.SafeLoader))
-            if raw is None:
-                raw = []
-            if not isinstance(raw, list):
-                raise ValueError("not a YAML list")
+            raw = self._parsed()
         except (OSError, ValueError, yaml.YAMLError) as e:
             # Keep the GPUs we knew, all busy, rather than pretending they vanished.
             err = f"fake GPU file unreadable: {' '.join(str(e).split())[:120]}"
@@ -58,6 +57,23 @@ class FakeGpus:
         self._binding.load(raw)
         self._last = self._devices.read(self._binding.indices())
         return self._last
+
+    def _parsed(self) -> list:
+        """The file's list, parsed again only when the file changed: an idle
+        daemon polls every second. A file changed within the last second is
+        always read (two writes in one clock tick can leave the same mtime)."""
+        st = os.stat(self.path)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+        if self._parse_key == key and time.time() - st.st_mtime > 1.0:
+            return self._raw
+        raw = yaml.load(self.path.read_bytes(), Loader=getattr(yaml, "CSafeLoader",
+                                                               yaml.SafeLoader))
+        if raw is None:
+            raw = []
+        if not isinstance(raw, list):
+            raise ValueError("not a YAML list")
+        self._parse_key, self._raw = key, raw
+        return raw
 
 
 class _FakeNvmlError(Exception):
