@@ -317,15 +317,15 @@ def test_gsub_wait_and_spool_find_agree_on_where_a_job_is(tmp_path, case, plante
     """gsub --wait ends exactly when Spool.where names a final folder, reading
     the record Spool.find names; the tools' find_job agrees."""
     sp = new_spool(tmp_path / "spool")
+    job_id = sp.read_counter()  # the id gsub will take: planted first, all at once for it
+    for pattern, kind in planted.items():
+        plant(sp.root / pattern.format(id=job_id, id8=f"{job_id:08d}", next=job_id + 1), kind)
     proc = subprocess.Popen(["dash", str(GSUB), "--spool", str(sp.root), "-n", "0", "--wait",
                              "true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={"PATH": PATH})
     try:
-        job_id = int(proc.stdout.readline())
+        assert int(proc.stdout.readline()) == job_id
         os.unlink(sp.pending / pending_job(sp.root, job_id)[0])  # as if claimed
-        for pattern, kind in planted.items():
-            plant(sp.root / pattern.format(id=job_id, id8=f"{job_id:08d}", next=job_id + 1),
-                  kind)
         assert sp.where(job_id) == folder
         found = toolbase.find_job(sp, job_id)
         assert (found and found[0]) == folder
