@@ -9,9 +9,11 @@ Invariants:
 - Everything here is a cache of the folder: dropping it loses nothing (the
   next full pass lists and reads pending/ again). Events only mark names as
   touched, and a pass looks at those names only: one event costs one name,
-  not the queue. Since inotify can drop events, each full pass lists pending/
-  (names that came or went unseen) and lstats a slice of the mirror (files
-  changed in place unseen), so every entry is checked again within a few.
+  not the queue. Since inotify can drop events, and no event tells that a
+  name left by a rename (watch.py), each full pass lists pending/ (names that
+  came or went unseen) and lstats a slice of the mirror (files changed in
+  place unseen), so every entry is checked again within a few; and a new
+  name whose id a vanished name held (gprio's rename) takes over at once.
 - Reading is budgeted (PARSE_BUDGET files a pass, in queue order), and so is
   naming dropped files (``naming``: a batch a pass): a daemon
   started on 100,000 files, or 20,000 dropped ones, schedules at once.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from . import runner
 from . import spool as spoolmod
 from .fairshare import ID_BITS, QueueIndex, effective_priority
 from .naming import USED_SNAPSHOT, Namer
+from .policy import DIR_SETTLE_S
 from .records import owner_of
 from .scheduler import Request, request_of
 from .spool import DEFAULT_PRIORITY, BadFile, PendingName, parse_pending_name
@@ -48,7 +52,8 @@ from .spool import DEFAULT_PRIORITY, BadFile, PendingName, parse_pending_name
 log = logging.getLogger("spoold")
 
 PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
-VERIFY_SHARE = 8  # each full pass lstats 1/8 of the mirror (PARSE_BUDGET names at least)
+VERIFY_SHARE = 16  # each full pass lstats 1/16 of the mirror (PARSE_BUDGET names at least)
+LIST_SKIPS = 5  # full passes in a row that may skip listing an unchanged pending/
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
 
 
@@ -84,6 +89,8 @@ class PendingQueue:
         self.used: dict[int, str] | None = None  # id -> folder, listed once for a big pass
         self.verify: list[str] = []  # names the full passes still have to lstat
         self.listed = False
+        self.dir_key: tuple | None = None  # pending/'s (inode, mtime) when last listed
+        self.skips = 0
         self.reads = self.limit = 0
         self.top = self.hint = 0
         self.not_jobs: set[str] = set()  # names in pending/ that are never jobs, as last seen
@@ -152,7 +159,18 @@ class PendingQueue:
 
     # ---- keeping the mirror ----------------------------------------------------------
     def relist(self) -> None:
-        """List pending/: names that came or went without an event."""
+        """List pending/: names that came or went without an event. Skipped
+        while the folder's mtime stays as it was at a listing when it was
+        already DIR_SETTLE_S old (a name added or removed moves it), but not
+        more than LIST_SKIPS full passes in a row (mtimes of network file
+        systems come from another clock)."""
+        st = os.stat(self.pdir)
+        key = (st.st_ino, st.st_mtime_ns)
+        if key == self.dir_key and self.skips < LIST_SKIPS:
+            self.skips += 1
+            return
+        self.dir_key = key if time.time() - st.st_mtime > DIR_SETTLE_S else None
+        self.skips = 0
         others, seen, new = set(), set(), []
         cache = self.cache
         with os.scandir(self.pdir) as it:
@@ -245,7 +263,12 @@ class PendingQueue:
         elif isinstance(job, str):
             self.rejects.add(name)
         elif not job.order:
-            if self.ids.setdefault(p.job_id, name) != name:
+            holder = self.ids.setdefault(p.job_id, name)
+            if holder != name and not os.path.lexists(self.path(holder)):
+                # Renamed within pending/ (gprio): no event says the old name left.
+                self.forget(holder)
+                holder = self.ids.setdefault(p.job_id, name)
+            if holder != name:
                 self.dups.add(name)  # waits until the name holding the id leaves
                 return
             if self.unread_ids.get(p.job_id) == name:

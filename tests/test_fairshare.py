@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 
+import pytest
 import yaml
 from conftest import REPO, wait_for
 from hypothesis import given, settings
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from spoold.fairshare import (
     QUEUE_COST_S,
     Limit,
+    QueueIndex,
     effective_priority,
     job_usage,
     over_limit,
@@ -119,6 +121,112 @@ def test_fair_keys_decide_the_same_through_shape_queue_as_a_plain_list(jobs, see
     a, b = schedule(_ordered(reqs, usage), [], _res(4), 0.0), schedule(plain, [], _res(4), 0.0)
     assert (a.start, a.reject, a.cancel, a.reservation) == (
         b.start, b.reject, b.cancel, b.reservation)
+
+
+def _group(r: Request) -> tuple:
+    return r.shape if r.plain else ("other",)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([A, B, C]), st.integers(1, 60),
+                          st.integers(0, 2), st.booleans()), max_size=60),
+       st.dictionaries(st.sampled_from([A, B, C]), st.floats(0, 2e4)), st.booleans())
+def test_queue_index_kept_job_by_job_iterates_in_queue_keys_order(ops, usage, fair):
+    """Jobs added and removed one at a time (an id seen again leaves): the
+    index iterates exactly as sorting the whole queue by queue_keys does."""
+    jobs: dict[int, tuple[int, Request]] = {}
+    idx = QueueIndex(lambda i: jobs[i][1])
+    idx.usage = usage if fair else None
+    for prio, owner, job_id, gpus, held in ops:
+        if job_id in jobs:
+            p, r = jobs.pop(job_id)
+            assert idx.remove(_group(r), r.owner, QueueIndex.entry(p, job_id))
+        else:
+            r = Request(job_id, gpus=gpus, held=held, owner=owner)
+            jobs[job_id] = (prio, r)
+            idx.add(_group(r), owner, QueueIndex.entry(prio, job_id))
+    if fair:
+        keys = queue_keys(sorted((p, r.owner, i) for i, (p, r) in jobs.items()), usage)
+    else:
+        keys = {i: (p, i) for i, (p, _) in jobs.items()}
+    assert [r.id for r in idx] == sorted(jobs, key=keys.__getitem__)
+    assert len(idx) == len(jobs) and idx.owners() == {r.owner for _, r in jobs.values()}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([A, B, C]), st.sampled_from([0, 1, 1, 2, 4]),
+                          st.booleans()), min_size=1, max_size=30),
+       st.sets(st.integers(0, 3)), st.integers(0, 2**31))
+def test_the_queue_index_decides_like_a_plain_list(jobs, busy, seed):
+    """Shapes skipped wholesale (skip_shape) change no decision (jobs skipped
+    so get no wait reason, as with ShapeQueue)."""
+    rnd = random.Random(seed)
+    reqs = [Request(i + 1, gpus=g, held=h, owner=o) for i, (o, g, h) in enumerate(jobs)]
+    usage = {u: rnd.random() * 1e4 for u in (A, B, C)}
+    prio = {r.id: rnd.choice((5, 10)) for r in reqs}
+    idx = QueueIndex({r.id: r for r in reqs}.__getitem__)
+    idx.usage = usage
+    for r in reqs:
+        idx.add(_group(r), r.owner, QueueIndex.entry(prio[r.id], r.id))
+    keys = queue_keys(sorted((prio[r.id], r.owner, r.id) for r in reqs), usage)
+    plain = sorted(reqs, key=lambda r: keys[r.id])
+    res = Resources(gpus=tuple(Gpu(i, "busy" if i in busy else None) for i in range(4)),
+                    cpus=tuple(range(8)), mem=1 << 20, limit=8)
+    running = [Running(99, gpus=(0,), ends_at=50.0)] if 0 in busy else []
+    a, b = schedule(idx, running, res, 0.0), schedule(plain, running, res, 0.0)
+    assert (a.start, a.reject, a.cancel, a.reservation) == (
+        b.start, b.reject, b.cancel, b.reservation)
+
+
+def _record(folder, job_id: int, uid: int, gpus: int, start: float, end: float | None):
+    rec = {"id": job_id, "uid": uid, "assigned_gpus": list(range(gpus)), "started_at": start}
+    if end is not None:
+        rec["ended_at"] = end
+    (folder / f"{job_id}.yaml").write_text(yaml.safe_dump(rec))
+
+
+def test_usage_is_kept_one_record_at_a_time(tmp_path):
+    """Shares.usage adds a finished job once and drops a record that left;
+    every call equals the sum over the records, recomputed from scratch."""
+    from types import SimpleNamespace
+
+    from spoold.policy import Shares
+    from spoold.spool import Spool as RealSpool
+
+    sp = RealSpool(tmp_path / "spool")
+    sp.create()
+    shares = Shares(sp, SimpleNamespace(policy=None, fairshare_halflife=3600.0), True)
+    now = 10_000.0
+    recs = {}
+
+    def check(t: float) -> None:
+        want = {}
+        for uid, gpus, start, end in recs.values():
+            want[uid] = want.get(uid, 0.0) + job_usage(gpus, start, t if end is None else end,
+                                                       t, 3600.0)
+        got = shares.usage(t)
+        assert set(got) == set(want)
+        assert all(abs(got[u] - want[u]) <= 1e-6 * max(1.0, want[u]) for u in want), (got, want)
+
+    for job_id, (uid, gpus, start, end) in enumerate(
+            [(A, 1, 100.0, 4000.0), (B, 2, 5000.0, 9000.0), (A, 4, 9000.0, 9500.0)], 1):
+        _record(sp.done, job_id, uid, gpus, start, end)
+        recs[job_id] = (uid, gpus, start, end)
+        check(now + job_id)
+    _record(sp.running, 7, C, 1, 9900.0, None)  # a running job counts up to now
+    recs[7] = (C, 1, 9900.0, None)
+    check(now + 100)
+    _record(sp.failed, 8, B, 1, 9990.0, now + 500)  # ends "later" (another host's clock)
+    recs[8] = (B, 1, 9990.0, now + 500)
+    check(now + 200)
+    check(now + 600)  # ... and is a finished job once that time has come
+    (sp.done / "1.yaml").unlink()
+    del recs[1]
+    check(now + 700)
+    (sp.running / "7.yaml").unlink()
+    del recs[7]
+    check(now + 800)
+    assert shares.usage(now + 900, full=True) == pytest.approx(shares.usage(now + 900))
 
 
 # ---- the real daemon on a shared spool -------------------------------------------------
