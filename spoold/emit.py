@@ -113,7 +113,22 @@ def _scalar(v) -> str:
     raise _Unknown
 
 
+_seen: dict[str, str] = {}  # str -> its YAML form: a job's environment repeats in each
+# record and across one user's jobs, and a lookup costs a tenth of the checks
+SEEN_MAX = 8192
+
+
 def _str(s: str) -> str:
+    hit = _seen.get(s)
+    if hit is not None:
+        return hit
+    if len(_seen) >= SEEN_MAX:
+        _seen.clear()
+    out = _seen[s] = _quote(s)
+    return out
+
+
+def _quote(s: str) -> str:
     if _PLAIN.match(s) and s.lower() not in _WORDS:
         return s
     if not _NEEDS_ESC.search(s) or all(c.isprintable() and c not in _ESC and c not in _ODD
