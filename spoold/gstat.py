@@ -12,11 +12,22 @@ Invariants:
 - User names come from uids (``toolbase.read_owned``), never from ``user:``.
 - Every row starts with the job id (GPU, share and header rows aside), so
   ``awk '$1==7'`` works; colour only on a terminal; user text is escaped.
-- Waits are explained the way the daemon decides (``explain``): its per-user
-  caps and, in a shared spool, its effective priorities and fair-share order,
-  all from what the heartbeat's ``shares:`` publishes and root's overrides
-  in ``state/priority/`` (read with ``policy.Shares.overrides``, the
-  daemon's own reader). Pending rows are listed in that order.
+- Waits are explained the way the daemon decides (``gqueue.explain``): its
+  per-user caps and, in a shared spool, its effective priorities and
+  fair-share order, all from what the heartbeat's ``shares:`` publishes and
+  root's overrides in ``state/priority/`` (read with
+  ``policy.Shares.overrides``, the daemon's own reader). Pending rows are
+  listed in that order.
+- A long queue costs its names, not its files (``gqueue``): the table lists
+  the first ``PENDING_SHOWN`` (500) pending jobs exactly as ``gstat --all``
+  lists them and one line counts the rest (``... and 99,500 more pending
+  (alice 60,000, bob 39,500): gstat --all lists them``; owners where the
+  spool is shared); a queue of at most 500 is listed as it always was.
+  ``--json`` lists every pending job in queue order: the first 500 with
+  every field, the others *unread* (``name`` null; only ``id``,
+  ``priority``, ``effective_priority``, ``user`` where known, and
+  ``reason`` ``gqueue.UNREAD``), so ``jq '.pending | length'`` and
+  ``.pending[].id`` stay complete; ``--all`` reads every file for both.
 - SLURM's view (``spoold --executor slurm``, docs/slurm.md): running/ holds
   every job handed to SLURM. One SLURM still queues (``slurm_state`` PENDING)
   is not running: it stays in the JSON's ``running`` list (it is in running/)
