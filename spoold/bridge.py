@@ -28,6 +28,11 @@ Invariants (see docs/spool-format.md for the local executor's):
   ``assigned_gpus`` (scontrol -d's IDX, else the script's CUDA_VISIBLE_DEVICES).
 - A priority change after the handoff (gprio -> requests/prio-ID) renices a
   job SLURM still queues, and its record's ``priority`` follows.
+- The elements of one array claimed in one pass go to SLURM as one SLURM
+  array (``launch_group``, ``slurmarray``): ``slurm_id`` is
+  ``<array job>_<array_index>``, and ``%N`` is SLURM's to apply (the gate
+  and the claim let every startable element through). An element whose
+  index SLURM cannot take (MaxArraySize) goes alone, as a plain job.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ import math
 import os
 import time
 
-from . import runner, slurm
-from .executor import Ended, LaunchError, spawn_hook
+from . import runner, slurm, slurmarray
+from .executor import Ended, LaunchError, launch_each, spawn_hook
 from .records import finite, owner_of
 from .scheduler import Decision, gate_only
 
@@ -68,6 +73,8 @@ class _SlurmDeps:
 class SlurmExecutor:
     """Every job goes to sbatch; SLURM places it. See the module docstring."""
 
+    throttles_arrays = True  # sbatch --array=...%N
+
     def __init__(self, lc):
         self.lc = lc  # the lifecycle: spool, options, records, runs
         self.up = slurm.available()
@@ -76,6 +83,7 @@ class SlurmExecutor:
         self.ends: dict[int, float] = {}  # job id -> when it ended, by the best source
         self.jobcomp: str | None = None  # jobcomp/filetxt's file ("" none), asked once
         self.started: set[int] = set()  # jobs whose real start is in their record
+        self.max_array: int | None = None  # SLURM's MaxArraySize, asked once
         if not self.up:
             log.warning("SLURM does not answer (sbatch/scontrol ping): jobs wait in pending/")
 
@@ -83,12 +91,59 @@ class SlurmExecutor:
         if not self.up:
             return Decision()  # everything waits until SLURM answers
         return gate_only(queue, running, res.host, _SlurmDeps(deps, self.lc.runs),
-                         res.paused)
+                         res.paused, throttle_arrays=False)
 
     def claim_fields(self, start) -> dict:
         return {"executor": "slurm"}
 
     def launch(self, run_id: int, job, rec: dict, creds, start) -> dict:
+        e = self.prepare(run_id, job, creds)
+        try:
+            sid = slurm.submit(job, self.lc.spool.root, e.log_path, e.deps, creds=creds,
+                               status=e.status)
+        except slurm.SlurmError as err:
+            raise LaunchError(f"sbatch refused the job: {err}") from None
+        log.info("job %d handed to SLURM as job %s", run_id, sid)
+        return self.handed(job, sid)
+
+    def launch_group(self, items: list[tuple]) -> list[dict | LaunchError]:
+        """The elements of one array claimed in one pass: one sbatch --array
+        per group that SLURM can take as one (``slurmarray.split``)."""
+        out: dict[int, dict | LaunchError] = {}
+        alone, elements = [], []
+        for item in items:
+            run_id, job, _, creds, _ = item
+            index = job.get("array_index")
+            if not isinstance(index, int) or not 0 <= index < self.array_size():
+                alone.append(item)  # no index, or past MaxArraySize: a job of its own
+                continue
+            try:
+                elements.append(self.prepare(run_id, job, creds))
+            except LaunchError as err:
+                out[run_id] = err
+        out.update(zip((i[0] for i in alone), launch_each(self, alone), strict=True))
+        creds, root = items[0][3], self.lc.spool.root
+        for group in slurmarray.split(elements, root, creds=creds):
+            try:
+                aid = slurmarray.submit(group, root, creds=creds)
+            except slurm.SlurmError as err:
+                out.update((e.job.id, LaunchError(f"sbatch refused the array: {err}"))
+                           for e in group)
+                continue
+            log.info("jobs %s handed to SLURM as array job %s (tasks %s)",
+                     ", ".join(str(e.job.id) for e in group), aid,
+                     slurmarray.ranges(sorted(e.index for e in group)))
+            out.update((e.job.id, self.handed(e.job, f"{aid}_{e.index}")) for e in group)
+        return [out[i[0]] for i in items]
+
+    def array_size(self) -> int:
+        if self.max_array is None:
+            self.max_array = slurmarray.max_array_size()
+        return self.max_array
+
+    def prepare(self, run_id: int, job, creds) -> slurmarray.Element:
+        """The job's log (unless it names its own), the SLURM ids of its
+        dependencies and a fresh status file."""
         sp = self.lc.spool
         log_path = job.get("log") or sp.log_path(run_id)
         if not job.get("log"):
@@ -97,13 +152,13 @@ class SlurmExecutor:
         deps = [runs[a].record["slurm_id"] for a in job.after
                 if a in runs and runs[a].record.get("slurm_id")]
         try:
-            status = self.make_status(run_id, creds)
-            sid = slurm.submit(job, sp.root, log_path, deps, creds=creds, status=status)
-        except slurm.SlurmError as e:
-            raise LaunchError(f"sbatch refused the job: {e}") from None
+            return slurmarray.Element(job, os.fsdecode(log_path), deps,
+                                      self.make_status(run_id, creds))
         except OSError as e:
             raise LaunchError(f"could not create its status file: {e}") from None
-        log.info("job %d handed to SLURM as job %s", run_id, sid)
+
+    def handed(self, job, sid: str) -> dict:
+        """The record's fields for a job SLURM took as ``sid``."""
         fields = {"slurm_id": sid, "slurm_state": "PENDING", "slurm_queued_at": time.time()}
         if job.time_limit is not None:  # SLURM keeps whole minutes: say what it enforces
             fields["time_limit"] = math.ceil(job.time_limit / 60) * 60.0
@@ -223,6 +278,12 @@ class SlurmExecutor:
             if info.source == "jobcomp":
                 why = why and f"{why} (from SLURM's job completion log)"
             return Ended(run, info.code, (folder, why, name))
+        if status.start is None and (rec.get("kill_reason") or "_" in rec["slurm_id"]):
+            # SLURM drops an array task cancelled while it waits in its array
+            # at once, without a trace; a job we cancelled may be purged since
+            why = rec.get("kill_reason") or "cancelled in SLURM"
+            return Ended(run, None, ("cancelled", f"{why} (SLURM dropped it before it ran)",
+                                     "cancelled"))
         return Ended(run, None, ("failed", "SLURM no longer knows the job and no source "
                                  "recorded how it ended (its status file "
                                  + ("says it started but not that it ended" if status.start
@@ -268,8 +329,10 @@ class SlurmExecutor:
         path = sp.record("running", job_id)
         sid = rec.get("slurm_id")
         if sid is None and self.up:
-            found = slurm.find(job_id, sp.root, runner.creds_for(
-                owner_of(os.lstat(path).st_uid, rec)).name)  # never a name the user wrote
+            user = runner.creds_for(owner_of(os.lstat(path).st_uid, rec)).name  # the kernel's
+            found = slurm.find(job_id, sp.root, user)
+            if not found and rec.get("array_id") and isinstance(rec.get("array_index"), int):
+                found = slurmarray.find(rec["array_id"], rec["array_index"], sp.root, user)
             if found:
                 sid = rec["slurm_id"] = found[0]
                 self.lc.records.save(path, rec)

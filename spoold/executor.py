@@ -10,6 +10,13 @@ The protocol, as ``lifecycle`` uses it (it moves the files; executors never do):
 - ``claim_fields(start)``: what the claim records about the placement;
 - ``launch(run_id, job, record, creds, start)``: start it; the fields to
   record (pid, SLURM id), or ``LaunchError`` with the reason;
+- ``launch_group(items)``: the elements of one array claimed in one pass,
+  each item ``(run_id, job, record, creds, start)``, launched together (SLURM:
+  one ``sbatch --array``); for each item, in order, its fields or its
+  ``LaunchError`` (``launch_each`` launches them one by one);
+- ``throttles_arrays``: True when the executor applies an array's ``%N``
+  itself (SLURM's ``--array=...%N``): the claim then does not count running/
+  against it (``lifecycle.array_gate``);
 - ``poll(runs, now)``: the runs that have ended, as ``Ended`` events;
 - ``kill(run)``: ask it to stop (the kill reason is already recorded);
 - ``recover(job_id, record)``: after a restart, ``("adopt",)``,
@@ -66,12 +73,14 @@ class Ended(NamedTuple):
 
 class Executor(Protocol):
     description: str
+    throttles_arrays: bool
 
     def decide(self, queue, running, res, now: float, deps) -> Decision: ...
     def claim_fields(self, start) -> dict: ...
     def queued(self, run) -> bool: ...
     def renice(self, run, prio: int) -> None: ...
     def launch(self, run_id: int, job, rec: dict, creds, start) -> dict: ...
+    def launch_group(self, items: list[tuple]) -> list[dict | LaunchError]: ...
     def poll(self, runs: dict, now: float) -> list[Ended]: ...
     def kill(self, run) -> None: ...
     def recover(self, job_id: int, rec: dict) -> tuple: ...
@@ -102,8 +111,21 @@ def spawn_hook(lc, run, code: int | None, cgroups: Cgroups | None) -> int:
     return pid
 
 
+def launch_each(executor, items: list[tuple]) -> list[dict | LaunchError]:
+    """``launch_group`` as separate launches, in order."""
+    out: list[dict | LaunchError] = []
+    for item in items:
+        try:
+            out.append(executor.launch(*item))
+        except LaunchError as e:
+            out.append(e)
+    return out
+
+
 class LocalExecutor:
     """Jobs run here, under a shepherd, in a cgroup where one can be made."""
+
+    throttles_arrays = False  # %N is counted at the claim (lifecycle.array_gate)
 
     def __init__(self, lc):
         self.lc = lc  # the lifecycle: spool, options, records, kill
@@ -144,6 +166,9 @@ class LocalExecutor:
         except OSError as e:
             raise LaunchError(f"could not start: {e}") from None
         return {"pid": pid}
+
+    def launch_group(self, items: list[tuple]) -> list[dict | LaunchError]:
+        return launch_each(self, items)  # an array's elements are separate jobs here
 
     # ---- watching ----------------------------------------------------------------
     def poll(self, runs: dict, now: float) -> list[Ended]:

@@ -234,8 +234,8 @@ class Lifecycle:
         hosts cannot both take the last slot. Arrays are keyed by owner: no one
         can fill another user's throttle with a file naming its array_id."""
         req = slim.req
-        if not (req.array_id and req.array_limit):
-            yield True
+        if not (req.array_id and req.array_limit) or self.executor.throttles_arrays:
+            yield True  # (SLURM applies %N: every element goes to it)
             return
         fd = os.open(self.spool.state / "arrays.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
@@ -269,7 +269,9 @@ class Lifecycle:
         one fsync of running/ (group commit: a crash never runs a job whose
         claim could be undone), then launch each and write its record once.
         A record lost in a crash is rebuilt at recovery from the file the
-        claim moved (``recover_one``) and the run file."""
+        claim moved (``recover_one``) and the run file. The elements of one
+        array claimed in this pass go to ``executor.launch_group`` together
+        (SLURM: one SLURM array), at the place of the first in queue order."""
         claimed = []
         for s in starts:
             c = self.guard(s.id, self.claim, s.id, self.executor.claim_fields(s))
@@ -277,14 +279,32 @@ class Lifecycle:
                 claimed.append((s, c))
         if claimed:
             spoolmod.fsync_dir(self.spool.running)
+        groups: dict = {}  # (owner, array_id) or the job id -> [(start, claimed)]
         for s, c in claimed:
-            self.guard(s.id, self.start, s, c)
+            rec = c[2]
+            groups.setdefault((rec["uid"], rec["array_id"]) if rec.get("array_id") else s.id,
+                              []).append((s, c))
+        for key, group in groups.items():
+            if not isinstance(key, tuple):
+                self.guard(key, self.start, *group[0])
+                continue
+            started = time.time()
+            items = [(s.id, c[1], c[2], c[3], s) for s, c in group]
+            # (None after an unexpected error: the claims are recovered like a crash's)
+            launched = self.guard(group[0][0].id, self.executor.launch_group, items) or ()
+            for (s, c), fields in zip(group, launched, strict=False):
+                self.guard(s.id, self.start, s, c, fields, started)
 
-    def start(self, s, claimed) -> None:
+    def start(self, s, claimed, launched=None, started: float | None = None) -> None:
+        """Launch one claimed job (or take ``launched``: its fields, or its
+        LaunchError, from ``launch_group``) and write its record."""
         path, job, rec, creds = claimed
-        started = time.time()
+        started = started or time.time()
         try:
-            fields = self.executor.launch(s.id, job, rec, creds, s)
+            fields = launched if launched is not None else \
+                self.executor.launch(s.id, job, rec, creds, s)
+            if isinstance(fields, LaunchError):
+                raise fields
         except LaunchError as e:
             self.finish_claimed(s.id, path, "failed", str(e))
             return

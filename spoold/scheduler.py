@@ -376,10 +376,12 @@ def _note(d: Decision, job_id: int, verdict: tuple[str, str]) -> None:
 
 
 def gate_only(queue: Iterable[Request], running: Iterable[Running], host: str | None,
-              deps: Mapping[int, str], paused: bool) -> Decision:
+              deps: Mapping[int, str], paused: bool, throttle_arrays: bool = True) -> Decision:
     """The decision where someone else places jobs (SLURM): every job the gate
-    lets through starts, with no GPUs or CPUs chosen here."""
-    arrays = Counter((r.owner, r.array_id) for r in running if r.array_id)
+    lets through starts, with no GPUs or CPUs chosen here. Without
+    ``throttle_arrays`` an array's ``%N`` is left to the placer (SLURM's
+    ``--array=...%N``): every startable element starts."""
+    arrays = Counter((r.owner, r.array_id) for r in running if r.array_id and throttle_arrays)
     d = Decision()
     for req in queue:
         verdict = gate(req, host, deps, paused, arrays)
@@ -387,7 +389,7 @@ def gate_only(queue: Iterable[Request], running: Iterable[Running], host: str | 
             _note(d, req.id, verdict)
             continue
         d.start.append(Start(req.id, (), ()))
-        if req.array_id:
+        if req.array_id and throttle_arrays:
             arrays[req.owner, req.array_id] += 1
     return d
 

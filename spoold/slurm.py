@@ -127,18 +127,34 @@ def batch_script(job, spool_root, *, creds: runner.Creds | None = None,
     signal N), then ends the way the job did, so SLURM sees the same. A trap
     (a handler, which children do not inherit, unlike an ignored signal) keeps
     the script alive while a signal SLURM sent to every process ends the job."""
+    head = script_head(b"spoold job %d, written by spoold/slurm.py: SLURM runs it as the "
+                       b"batch step." % job.id)
+    return head + script_body(job, spool_root, creds=creds, status=status)
+
+
+def script_head(what: bytes) -> bytes:
+    """The lines every batch script starts with (``what``: a comment saying
+    whose it is). The first command ends sbatch's ``#SBATCH`` lines: nothing
+    after it is an option, whatever a job's words hold."""
+    return b"\n".join([
+        b"#!/bin/sh",
+        b"# " + what,
+        b"CR=$(printf '\\r')  # sbatch refuses scripts holding CR LF: quoted as \"$CR\"",
+        b"set -f",
+    ]) + b"\n"
+
+
+def script_body(job, spool_root, *, creds: runner.Creds | None = None,
+                status: os.PathLike | str | None = None) -> bytes:
+    """One job's part of a batch script, after ``script_head``: its status
+    lines, cd, the environment, the job (``batch_script`` says how)."""
     env = runner.job_env(job, Path(spool_root), (), creds)
     for k in ("CUDA_VISIBLE_DEVICES", "SPOOLD_GPUS"):
         env.pop(k)
     env = {k: v for k, v in env.items() if not k.startswith(_SLURM_VARS) and k not in _GPU_VARS}
     argv = runner.job_argv(job)
     keep = "|".join([f"{p}*" for p in _SLURM_VARS] + list(_GPU_VARS))
-    lines = [
-        b"#!/bin/sh",
-        b"# spoold job %d, written by spoold/slurm.py: SLURM runs it as the batch step." % job.id,
-        b"CR=$(printf '\\r')  # sbatch refuses scripts holding CR LF: quoted as \"$CR\"",
-        b"set -f",
-    ]
+    lines = []
     if status is not None:
         lines += [
             b"unset spoold_s spoold_c; spoold_s=" + _q(os.fsencode(status)),
@@ -187,11 +203,19 @@ def submit(job, spool_root, log_path, dep_slurm_ids: list[str], run=subprocess.r
     sbatch runs in the job's cwd (``SLURM_SUBMIT_DIR``): a ``sh`` already
     running as the user changes there (``/`` where it cannot), so no path the
     user named is touched with the daemon's privileges."""
-    argv = sbatch_argv(job, spool_root, log_path, dep_slurm_ids, creds=creds)
-    kw = {"workdir": _cwd(job, creds)}
+    return sbatch(sbatch_argv(job, spool_root, log_path, dep_slurm_ids, creds=creds),
+                  batch_script(job, spool_root, creds=creds, status=status),
+                  _cwd(job, creds), run, creds)
+
+
+def sbatch(argv: list[str], script: bytes, workdir: str, run=subprocess.run,
+           creds: runner.Creds | None = None) -> str:
+    """Run ``argv`` (sbatch --parsable ...) with ``script`` on stdin, in
+    ``workdir``, as ``creds``' user when the daemon is root; the job id."""
+    kw = {}
     if creds is not None and os.geteuid() == 0 and creds.uid != 0:
         kw = dict(user=creds.uid, group=creds.gid, extra_groups=list(creds.groups))
-    out = _run(run, argv, input=batch_script(job, spool_root, creds=creds, status=status), **kw)
+    out = _run(run, argv, input=script, workdir=workdir, **kw)
     slurm_id = out.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
     if not _ID.fullmatch(slurm_id):
         raise SlurmError(f"sbatch printed {out.strip()[:200]!r}, not a job id")
@@ -246,8 +270,8 @@ def details(slurm_ids: list[str], run=subprocess.run) -> dict[str, Info]:
         try:
             out = _run(run, ["scontrol", "--oneliner", "show", "job", i])
         except SlurmError as e:
-            if "Invalid job id" in str(e):
-                continue  # purged after MinJobAge
+            if "Invalid job id" in str(e) or re.search(r"Job [0-9_]+ not found", str(e)):
+                continue  # purged after MinJobAge; an array task cancelled while it waited
             raise
         f = _fields(out)
         if _is(f, i):

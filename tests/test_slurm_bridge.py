@@ -349,6 +349,7 @@ def test_submit_as_root_for_another_user_runs_sbatch_as_that_user(monkeypatch):
     (argv, kw), = run.calls
     assert (kw["user"], kw["group"], kw["extra_groups"]) == (1234, 99, [99, 5])
     assert "--chdir=/home/alice" in argv  # no cwd: the owner's home, as a local job
+    assert kw["workdir"] == "/home/alice"  # SLURM_SUBMIT_DIR, changed to as alice
     assert b"'USER=alice'" in kw["input"] and b"'HOME=/home/alice'" in kw["input"]
 
 
