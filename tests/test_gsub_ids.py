@@ -459,6 +459,17 @@ def test_a_job_the_daemon_takes_before_the_sync_is_still_synced(spool, tmp_path)
     assert load_both((spool / "running" / "1.yaml").read_bytes())["cmd"] == "echo hi"
 
 
+@pytest.mark.parametrize("before, job, after", [
+    ("7\n", 7, "8\n"), ("9\n", 9, "10\n"), ("0042\n", 42, "43\n"), (" 7 \n", 7, "8\n"),
+    ("40\n41\n", 40, "41\n"), ("50", 50, "51\n"), ("99\n\n", 99, "100\n")])
+def test_the_hint_is_written_back_whole(spool, before, job, after):
+    """In place when the new line covers the one line that was there (no
+    truncation: cheap), else truncated: the file is always exactly one line."""
+    (spool / "state" / "next-id").write_text(before)
+    assert submit(spool, "true")[0] == job
+    assert (spool / "state" / "next-id").read_text() == after
+
+
 def test_a_private_spool_takes_markers_and_writes_the_hint(spool):
     assert not (spool / "state" / "ids").exists()  # made by gsub when missing
     assert submit(spool, "true")[0] == 1
