@@ -171,27 +171,29 @@ class PendingQueue:
             return
         self.dir_key = key if time.time() - st.st_mtime > DIR_SETTLE_S else None
         self.skips = 0
-        others, seen, new = set(), set(), []
+        others, new, known = set(), [], 0
         cache = self.cache
-        with os.scandir(self.pdir) as it:
-            for e in it:
-                name = e.name
-                if name in cache:
-                    seen.add(name)
-                    continue
-                p = parse_pending_name(name)
-                if p is None:
-                    if not name.startswith("."):
-                        others.add(name)
-                elif p.has_id:
-                    new.append(p)
-                else:
-                    self.foreign.setdefault(name)
+        listing = os.listdir(self.pdir)
+        for name in listing:
+            if name in cache:
+                known += 1
+                continue
+            p = parse_pending_name(name)
+            if p is None:
+                if not name.startswith("."):
+                    others.add(name)
+            elif p.has_id:
+                new.append(p)
+            else:
+                self.foreign.setdefault(name)
         for name in others - self.not_jobs:
             self.not_a_job(name)
         self.not_jobs = others
-        for name in [n for n in cache if n not in seen]:
-            self.forget(name)
+        if known < len(cache):  # some left without an event
+            listed = set(listing)
+            for name in [n for n in cache if n not in listed]:
+                self.forget(name)
+        del listing
         new.sort()
         self.unread = [p.name for p in reversed(new)]
         self.unread_ids = {}
@@ -249,7 +251,12 @@ class PendingQueue:
         chunk = self.verify[-n:]
         del self.verify[-n:]
         for name in chunk:
-            if name in self.cache:
+            hit = self.cache.get(name)
+            try:
+                same = hit is not None and hit.key == self.stat_key(os.lstat(self.path(name)))
+            except FileNotFoundError:
+                same = False
+            if hit is not None and not same:
                 self.look(name, now)
 
     def admit(self, p: PendingName, job) -> None:

@@ -78,7 +78,7 @@ def test_one_event_on_a_long_queue_keeps_the_queue_order(spool, daemon_factory):
     for i in range(1, n):
         (pending / f"0010-{i:08d}.yaml").write_text('argv: ["sleep", "60"]\ngpus: 1\n')
     (pending / f"0010-{n:08d}.yaml").write_text('argv: ["true"]\ngpus: 0\n')
-    (spool.root / "state" / "next-id").write_text(f"{n + 1}\n")
+    (spool.root / "state" / "next-id").write_text(f"{n + 2}\n")  # n + 1: dropped below
     daemon_factory("--max-pending", "10000")
     spool.wait_state(n, "done", timeout=60)  # the last in queue order: every file was read
     spool.drop(f"0005-{n + 1:08d}.yaml", 'argv: ["sleep", "60"]\ngpus: 1\n')
