@@ -211,11 +211,13 @@ class Namer:
         return target
 
     def rename_with_new_id(self, name: str, prio: int):
-        """pending/<name> -> pending/<prio>-<fresh id>.yaml, never over another file."""
+        """pending/<name> -> pending/<prio>-<fresh id>.yaml, never over another
+        file, made durable at once (this path is rare: one fsync each)."""
         while True:
             target = self.rename_to(name, prio, self.spool.allocate_ids(1))
             if target is not False:
                 if target is not None:
+                    spoolmod.fsync_dir(self.spool.pending)
                     self.q.touched.add(target.name)  # not read under that name yet
                 return target
 
