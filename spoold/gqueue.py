@@ -96,7 +96,6 @@ class Waiting:
             self.prio[i] != p.priority for i, p in self.names.items()) else list(self.names)
         self._orders: dict[tuple | None, list[int]] = {}
         self.merged = self.order()  # the order gstat lists (every live host's shares)
-        self._user_names: dict[int, str] = {}
 
     def _owners(self, most: int | None) -> dict[int, int]:
         """Each file's owner: one lstat, and the file of the first ``most``
@@ -165,11 +164,7 @@ class Waiting:
     def user(self, job_id: int) -> str | None:
         """The owner's name, None where the owner was not looked up."""
         uid = self.owners.get(job_id)
-        if uid is None:
-            return None
-        if uid not in self._user_names:
-            self._user_names[uid] = user_name(uid)
-        return self._user_names[uid]
+        return None if uid is None else user_name(uid)
 
     def order(self, shares: list[dict] | None = None) -> list[int]:
         """Every job's id in a host's queue order (``shares``: that host's;

@@ -251,12 +251,18 @@ def read_owned(path: Path) -> tuple[dict | None, int | None]:
     return data, owner_of(st_uid, data)
 
 
+_NAMES: dict[int, str] = {}  # uid -> passwd name, found once per process (100,000 records)
+
+
 def user_name(uid: int | None, fallback: object = "") -> str:
     """The passwd name of ``uid``; ``fallback`` (a record's ``user``) only when
-    the uid is unknown or has no entry."""
+    the uid is unknown or has no entry (not remembered: the entry may come)."""
     if isinstance(uid, int) and uid >= 0:
+        if uid in _NAMES:
+            return _NAMES[uid]
         try:
-            return pwd.getpwuid(uid).pw_name
+            _NAMES[uid] = pwd.getpwuid(uid).pw_name
+            return _NAMES[uid]
         except KeyError:
             pass
     if fallback:
