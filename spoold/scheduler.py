@@ -379,12 +379,18 @@ def gate_only(queue: Iterable[Request], running: Iterable[Running], host: str | 
               deps: Mapping[int, str], paused: bool, throttle_arrays: bool = True) -> Decision:
     """The decision where someone else places jobs (SLURM): every job the gate
     lets through starts, with no GPUs or CPUs chosen here. Without
-    ``throttle_arrays`` an array's ``%N`` is left to the placer (SLURM's
-    ``--array=...%N``): every startable element starts."""
-    arrays = Counter((r.owner, r.array_id) for r in running if r.array_id and throttle_arrays)
+    ``throttle_arrays`` an array's ``%N`` is the placer's (SLURM's
+    ``--array=...%N``): its startable elements all start at once, but only
+    while none started earlier still runs, as SLURM throttles each of its
+    arrays apart."""
+    arrays = Counter((r.owner, r.array_id) for r in running if r.array_id)
     d = Decision()
     for req in queue:
-        verdict = gate(req, host, deps, paused, arrays)
+        verdict = gate(req, host, deps, paused, arrays if throttle_arrays else {})
+        if not (verdict or throttle_arrays) and req.array_limit and \
+                arrays[req.owner, req.array_id]:
+            verdict = "wait", (f"array {req.array_id}: %{req.array_limit} holds per SLURM "
+                               "array; waits for the one with its other elements to end")
         if verdict:
             _note(d, req.id, verdict)
             continue

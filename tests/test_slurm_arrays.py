@@ -92,13 +92,20 @@ def test_max_array_size_from_the_config():
 
 def test_the_gate_leaves_percent_n_to_slurm():
     """gate_only without throttle_arrays lets every startable element of a
-    %1 array through (with one already running); with it, none."""
+    %1 array through at once (SLURM applies %1 to them); with it, one. An
+    element that comes later, while others of its array are still handed to
+    SLURM, waits for them (SLURM throttles each SLURM array apart); one of
+    another user's array or of an array without %N does not."""
     queue = [Request(id=i, array_id=7, array_limit=1, owner=5) for i in (8, 9, 10)]
+    d = gate_only(queue, [], "h", {}, False, throttle_arrays=False)
+    assert [s.id for s in d.start] == [8, 9, 10]
+    assert [s.id for s in gate_only(queue, [], "h", {}, False).start] == [8]
     running = [Running(id=7, array_id=7, owner=5)]
-    assert [s.id for s in gate_only(queue, running, "h", {}, False,
-                                    throttle_arrays=False).start] == [8, 9, 10]
-    d = gate_only(queue, running, "h", {}, False)
-    assert d.start == [] and "1 already running" in d.wait[8]
+    later = [*queue, Request(id=11, array_id=7, owner=6, array_limit=1),
+             Request(id=12, array_id=12, owner=5)]
+    d = gate_only(later, running, "h", {}, False, throttle_arrays=False)
+    assert [s.id for s in d.start] == [11, 12]
+    assert "%1 holds per SLURM array" in d.wait[8] and set(d.wait) == {8, 9, 10}
 
 
 # ---- the script, run for real --------------------------------------------------------------
@@ -161,9 +168,10 @@ def gsub_array(spool, *args: str) -> list[int]:
 
 
 def handed(spool, ids: list[int]) -> dict[int, dict]:
-    return wait_for(lambda: all(spool.where(i) == "running" and spool.record(i).get("slurm_id")
-                                for i in ids) and {i: spool.record(i) for i in ids},
-                    30, f"jobs {ids} handed to SLURM")
+    """Their records once all were handed to SLURM (running/, or already ended)."""
+    return wait_for(lambda: all(spool.where(i) not in (None, "pending") and
+                                spool.record(i).get("slurm_id") for i in ids)
+                    and {i: spool.record(i) for i in ids}, 30, f"jobs {ids} handed to SLURM")
 
 
 @live
@@ -254,3 +262,48 @@ def test_details_takes_an_array_task_slurm_dropped_for_one_it_no_longer_knows():
     run = FakeRun({"scontrol": (1, "", "Job 123_3 not found\n"),
                    "sacct": (1, "", "Slurm accounting storage is disabled\n")})
     assert slurm.details(["123_3"], run=run)["123_3"].state == "unknown"
+
+
+@live
+def test_elements_handed_to_slurm_before_a_crash_are_adopted_not_resubmitted(
+        spool, bridge_after, tmp_path):
+    """The daemon died after sbatch, before the records said so: at restart
+    each element finds its own task (the array's --comment, its index)."""
+    go = tmp_path / "go"
+    ids = gsub_array(spool, "--array", "1-2", "-n", "0", "-c",
+                     f"while [ ! -e {go} ]; do sleep 0.1; done")
+    d = bridge_after()
+    recs = handed(spool, ids)
+    d.stop()
+    for i in ids:  # as if the daemon had died between sbatch and the record
+        rec = spool.record(i)
+        for k in ("slurm_id", "slurm_state", "slurm_reason", "slurm_queued_at"):
+            rec.pop(k, None)
+        (spool.root / "running" / f"{i}.yaml").write_text(json.dumps(rec))
+    bridge_after()
+    got = wait_for(lambda: all(spool.record(i).get("slurm_id") for i in ids) and
+                   {i: spool.record(i)["slurm_id"] for i in ids}, 30, "the elements adopted")
+    assert got == {i: recs[i]["slurm_id"] for i in ids}
+    go.touch()
+    assert [spool.wait_state(i, timeout=60)["exit_code"] for i in ids] == [0, 0]
+    out = subprocess.run(["squeue", "-h", "-o", "%k"], capture_output=True, text=True).stdout
+    assert str(spool.root) not in out  # nothing submitted twice
+
+
+@live
+def test_an_element_released_later_waits_for_its_array_in_slurm(spool, bridge_after):
+    """%N holds per SLURM array, so an element that becomes startable after
+    the others went to SLURM waits in pending/ for them, then goes as an
+    array of its own: never two of a %1 array at once."""
+    ids = gsub_array(spool, "--array", "1-3%1", "--hold", "-n", "0", "-c",
+                     "date +%s.%N; sleep 1; date +%s.%N")
+    bridge_after()
+    spool.run("grelease", str(ids[0]), str(ids[1]))
+    first = handed(spool, ids[:2])
+    spool.run("grelease", str(ids[2]))
+    last = spool.wait_state(ids[2], "done", timeout=60)
+    assert last["slurm_id"].split("_")[0] != first[ids[0]]["slurm_id"].split("_")[0]
+    spans = sorted(tuple(float(t) for t in spool.log(i).split()) for i in ids)
+    assert len(spans) == 3 and all(len(s) == 2 for s in spans)
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end, spans  # never two at once
