@@ -40,7 +40,7 @@ def give_id(sp: Spool, job_id: int, uid: int) -> None:
     try:
         os.chown(marker, uid, -1, follow_symlinks=False)
     except FileNotFoundError:
-        pass  # a private spool: no markers
+        pass  # no marker (made by an older spoold): the name alone holds the id
 
 
 def check(sp: Spool, job_id: int) -> tuple[dict, int] | str:

@@ -265,9 +265,10 @@ class Lifecycle:
     # ---- ending ------------------------------------------------------------------------
 
     def start_all(self, starts) -> None:
-        """Claim every job the scheduler picked, make the claims durable with
-        one fsync of running/ (group commit: a crash never runs a job whose
-        claim could be undone), then launch each and write its record once.
+        """Claim every job the scheduler picked, make the claims durable (each
+        claimed file's content, then one fsync of running/: a group commit; a
+        crash never runs a job whose claim could be undone or whose file could
+        come back cut short), then launch each and write its record once.
         A record lost in a crash is rebuilt at recovery from the file the
         claim moved (``recover_one``) and the run file. The elements of one
         array claimed in this pass go to ``executor.launch_group`` together
@@ -277,6 +278,8 @@ class Lifecycle:
             c = self.guard(s.id, self.claim, s.id, self.executor.claim_fields(s))
             if c is not None:
                 claimed.append((s, c))
+        for _, c in claimed:  # gsub syncs after its mv: this claim may be first
+            spoolmod.fsync_file(c[0])
         if claimed:
             spoolmod.fsync_dir(self.spool.running)
         groups: dict = {}  # (owner, array_id) or the job id -> [(start, claimed)]

@@ -15,11 +15,12 @@ Invariants:
 - Final moves never overwrite an existing record (``move_noreplace``).
 - Untrusted files are opened with O_NOFOLLOW|O_NONBLOCK, checked to be regular
   files with fstat on the open descriptor, and read only up to ``MAX_JOB_BYTES``.
-- Ids come from ``state/next-id`` under flock on ``state/next-id.lock``; the
-  shell tools in ``bin/`` follow the same protocol byte for byte. In a shared
-  spool (pending/ has the sticky bit) users cannot write the counter: an id
-  is taken by creating ``state/ids/<id>`` with O_EXCL (the folder is 1777, so
-  no one can remove another's marker), starting from the counter as a hint.
+- An id is taken by creating ``state/ids/<id>`` with O_EXCL, in every spool,
+  starting from ``state/next-id`` as a hint (the daemon writes the hint under
+  flock on ``state/next-id.lock``; gsub, which takes no lock, writes it in a
+  private spool only); the shell tools in ``bin/`` follow the same protocol
+  (tests/test_conformance.py). In a shared spool (pending/ has the sticky bit)
+  the folder is 1777, so no one can remove another's marker.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .fsops import (  # noqa: F401 - the spool's operations, used as spool.X
     StillOpen,
     _unlink_quiet,
     fsync_dir,
+    fsync_file,
     move_noreplace,
     read_untrusted,
     remove_entry,

@@ -190,14 +190,16 @@ def test_names_are_placeholders_the_doc_explains():
 
 
 def _sync_that_looks(folder) -> dict:
-    """A ``sync`` first on PATH that lists tmp/ before syncing: gsub calls it
-    while its files are still in tmp/, so their names can be checked too."""
+    """A ``sync`` and an ``mv`` first on PATH that list tmp/ before they run:
+    gsub calls them while its files are still in tmp/, so their names can be
+    checked too."""
     seen = folder / "tmp-seen"
     fake = folder / "bin"
     fake.mkdir()
-    (fake / "sync").write_text(f'#!/bin/sh\nfind "$SPOOLD_SPOOL/tmp" -mindepth 1 >> {seen}\n'
-                               f'exec {shutil.which("sync")} "$@"\n')
-    (fake / "sync").chmod(0o755)
+    for prog in ("sync", "mv"):
+        (fake / prog).write_text(f'#!/bin/sh\nfind "$SPOOLD_SPOOL/tmp" -mindepth 1 >> {seen}\n'
+                                 f'exec {shutil.which(prog)} "$@"\n')
+        (fake / prog).chmod(0o755)
     return {"PATH": f"{fake}{os.pathsep}{tool_env()['PATH']}", "SEEN": str(seen)}
 
 
