@@ -53,6 +53,10 @@ log = logging.getLogger("spoold")
 
 FINAL = ("done", "failed", "cancelled")
 CANCELS = ("CANCELLED", "REVOKED", "PREEMPTED")
+# How long a job whose batch script wrote its end may wait for SLURM's final
+# state (a scancel'd job is COMPLETING first, then CANCELLED) before the
+# status file's exit code alone is recorded.
+FINAL_WORD_S = 30.0
 
 
 class _SlurmDeps:
@@ -201,7 +205,10 @@ class SlurmExecutor:
         for sid, run in by_sid.items():
             info = infos.get(sid)
             status = slurm.read_status(self.status_path(run.id))  # after SLURM: no race
-            if status.end is not None or info is not None and info.state in FINAL:
+            if status.end is not None and info is not None and info.state == "running" \
+                    and now - status.end < FINAL_WORD_S:
+                self.follow(run, status, info)  # COMPLETING: SLURM's word (CANCELLED...) next
+            elif status.end is not None or info is not None and info.state in FINAL:
                 ended.append(self.ended(run, status, info, now))
             elif info is not None and info.state == "unknown":
                 ended.append(self.ended(run, status, self.forgotten(sid, run), now))
