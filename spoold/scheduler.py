@@ -18,7 +18,8 @@ Policy (docs/scheduling.md explains it with an example):
   ``R`` and only CPUs/memory left over at ``T``. Unknown end times make ``T``
   infinite, which allows only the second kind.
 - Jobs of a shape that did not fit are skipped without another try, so a long
-  queue of one shape cannot hide later jobs of other shapes.
+  queue of one shape cannot hide later jobs of other shapes (a queue with
+  ``skip_shape``, the daemon's ``fairshare.QueueIndex``, drops them wholesale).
 - GPU choice keeps aligned power-of-two blocks (NVLink pairs, quads on 8-GPU
   boards, by NVML index) whole: best-fit block first, then tightest GPU.
 - ``gpu_mem`` jobs share one GPU by booked memory and never share with a
@@ -27,7 +28,6 @@ Policy (docs/scheduling.md explains it with an example):
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -64,56 +64,6 @@ class Request:
     def plain(self) -> bool:
         """Interchangeable with any other plain job of its shape."""
         return not (self.after or self.held or self.array_limit or self.pin_host)
-
-
-class ShapeQueue:
-    """Requests in queue order, grouped by shape so that skipping a shape that
-    did not fit costs nothing: a pass over 100,000 pending jobs of a few shapes
-    touches a few of them, not all. Iterating yields plain jobs from one group
-    per shape and the rest one by one, merged by (priority, id)."""
-
-    def __init__(self, items: Iterable[tuple[tuple, Request]]):
-        self._groups: dict[tuple, list] = {}
-        self._unsorted: set[tuple] = set()
-        self._skipped: set[tuple] = set()
-        self._gone: set[int] = set()
-        for key, r in items:
-            self.append(key, r)
-
-    def append(self, key: tuple, r: Request) -> None:
-        """Add a job; cheapest in queue order (the list then stays sorted)."""
-        gk = r.shape if r.plain else ("other",)
-        g = self._groups.setdefault(gk, [])
-        if g and key < g[-1][0]:
-            self._unsorted.add(gk)
-        g.append((key, r))
-
-    def __len__(self) -> int:
-        return sum(len(g) for g in self._groups.values()) - len(self._gone)
-
-    def discard(self, job_id: int) -> None:
-        """Forget a job that left the queue (started, cancelled, refused)."""
-        self._gone.add(job_id)
-
-    def skip_shape(self, shape: tuple) -> None:
-        self._skipped.add(shape)
-
-    def __iter__(self):
-        for gk in self._unsorted:
-            self._groups[gk].sort(key=lambda kr: kr[0])
-        self._unsorted.clear()
-        self._skipped = set()
-        heap = [(g[0][0], gid, 0, name) for gid, (name, g) in enumerate(self._groups.items())]
-        groups = list(self._groups.values())
-        heapq.heapify(heap)
-        while heap:
-            _, gid, i, name = heapq.heappop(heap)
-            if name in self._skipped:
-                continue  # this shape did not fit: none of its plain jobs will
-            if groups[gid][i][1].id not in self._gone:
-                yield groups[gid][i][1]
-            if i + 1 < len(groups[gid]):
-                heapq.heappush(heap, (groups[gid][i + 1][0], gid, i + 1, name))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from spoold.fairshare import (
     over_limit,
     queue_keys,
 )
-from spoold.scheduler import Gpu, Request, Resources, Running, ShapeQueue, schedule
+from spoold.scheduler import Gpu, Request, Resources, Running, schedule
 
 pytest_plugins = ("attack_helpers",)  # fixtures: lab, users
 from attack_helpers import ALICE, BOB, ROOT_ONLY, WAIT_GO, gsub_ids, tool_as  # noqa: E402
@@ -34,9 +34,17 @@ def _res(n: int = 4, **kw) -> Resources:
                      limit=8, **kw)
 
 
-def _ordered(reqs: list[Request], usage: dict) -> ShapeQueue:
-    keys = queue_keys([(10, r.owner, r.id) for r in reqs], usage)
-    return ShapeQueue(sorted(((keys[r.id], r) for r in reqs), key=lambda kr: kr[0]))
+def _group(r: Request) -> tuple:
+    return r.shape if r.plain else ("other",)
+
+
+def _ordered(reqs: list[Request], usage: dict) -> QueueIndex:
+    """The daemon's queue of ``reqs`` (priority 10), fair share by ``usage``."""
+    idx = QueueIndex({r.id: r for r in reqs}.__getitem__)
+    idx.usage = usage
+    for r in reqs:
+        idx.add(_group(r), r.owner, QueueIndex.entry(10, r.id))
+    return idx
 
 
 # ---- the rules ----------------------------------------------------------------------
@@ -109,24 +117,6 @@ def test_caps_are_never_exceeded_and_exclusivity_holds(seed, jobs, cap_a, n_runn
         assert held[who] <= max(cap, before[who])  # never pushed over its cap
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from([A, B, C]), st.sampled_from([1, 1, 2, 4])),
-                min_size=1, max_size=30), st.integers(0, 2**31))
-def test_fair_keys_decide_the_same_through_shape_queue_as_a_plain_list(jobs, seed):
-    rnd = random.Random(seed)
-    reqs = [Request(i + 1, gpus=g, owner=o) for i, (o, g) in enumerate(jobs)]
-    usage = {u: rnd.random() * 1e4 for u in (A, B, C)}
-    keys = queue_keys([(10, r.owner, r.id) for r in reqs], usage)
-    plain = sorted(reqs, key=lambda r: keys[r.id])
-    a, b = schedule(_ordered(reqs, usage), [], _res(4), 0.0), schedule(plain, [], _res(4), 0.0)
-    assert (a.start, a.reject, a.cancel, a.reservation) == (
-        b.start, b.reject, b.cancel, b.reservation)
-
-
-def _group(r: Request) -> tuple:
-    return r.shape if r.plain else ("other",)
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([A, B, C]), st.integers(1, 60),
                           st.integers(0, 2), st.booleans()), max_size=60),
@@ -159,7 +149,7 @@ def test_queue_index_kept_job_by_job_iterates_in_queue_keys_order(ops, usage, fa
        st.sets(st.integers(0, 3)), st.integers(0, 2**31))
 def test_the_queue_index_decides_like_a_plain_list(jobs, busy, seed):
     """Shapes skipped wholesale (skip_shape) change no decision (jobs skipped
-    so get no wait reason, as with ShapeQueue)."""
+    so get no wait reason)."""
     rnd = random.Random(seed)
     reqs = [Request(i + 1, gpus=g, held=h, owner=o) for i, (o, g, h) in enumerate(jobs)]
     usage = {u: rnd.random() * 1e4 for u in (A, B, C)}

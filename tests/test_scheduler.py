@@ -222,15 +222,19 @@ def test_job_too_big_here_waits_for_a_peer_that_fits():
                           time_limit=st.sampled_from([None, 10.0])),
                 max_size=30, unique_by=lambda r: r.id),
        st.sets(st.integers(0, 3)), st.integers(0, 9))
-def test_shape_queue_decides_like_a_plain_list(reqs, busy, prio_seed):
-    """The grouped queue skips shapes wholesale; decisions must not change."""
-    from spoold.scheduler import ShapeQueue
+def test_queue_index_decides_like_a_plain_list(reqs, busy, prio_seed):
+    """The daemon's queue (fairshare.QueueIndex) skips shapes wholesale;
+    decisions must not change."""
+    from spoold.fairshare import QueueIndex
 
-    keyed = [((r.id * 7 + prio_seed) % 10, r.id) for r in reqs]
-    order = [r for _, r in sorted(zip(keyed, reqs, strict=True), key=lambda kr: kr[0])]
+    prio = {r.id: (r.id * 7 + prio_seed) % 10 for r in reqs}
+    order = sorted(reqs, key=lambda r: (prio[r.id], r.id))
+    idx = QueueIndex({r.id: r for r in reqs}.__getitem__)
+    for r in reqs:
+        idx.add(r.shape if r.plain else ("other",), r.owner, QueueIndex.entry(prio[r.id], r.id))
     running = [Running(99, gpus=(0,), ends_at=50.0)]
     a = schedule(order, running, res(4, busy=busy, cpus=3), 0.0, {5: "running"})
-    b = schedule(ShapeQueue(zip(keyed, reqs, strict=True)), running,
+    b = schedule(idx, running,
                  res(4, busy=busy, cpus=3), 0.0, {5: "running"})
     assert a.start == b.start and a.reject == b.reject and a.cancel == b.cancel
     assert a.reservation == b.reservation
