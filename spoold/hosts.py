@@ -141,10 +141,11 @@ class Hosts:
         ``pending`` is as of this write (gsub counts pending/ itself near the
         cap). The keys are listed in docs/spool-format.md."""
         gpumem = max((g.get("memory_total") or 0 for g in snap), default=0)
+        slurm = str(self.d.executor.enforced().get("gpus", "")).startswith("SLURM")
         words = {"time": int(now), "timeout": int(self.d.o.host_timeout),
                  "boot": BOOT_ID, "up": int(_uptime()), "gpus": len(snap),
                  "limit": self.d.limit, "cpus": len(self.d.cpu_ids), "mem": self.d.mem,
-                 "gpumem": int(gpumem), "slurm": int(str(self.d.executor.enforced().get("gpus", "")).startswith("SLURM")),
+                 "gpumem": int(gpumem), "slurm": int(slurm),
                  "pending": len(self.d.queue.names or ()),
                  "max_pending": self.d.o.max_pending}
         return " ".join(f"{k}={v}" for k, v in words.items())

@@ -18,10 +18,9 @@ from conftest import fake_gpu_list, wait_for
 from test_multiuser import USERS, users  # noqa: F401 - users: a fixture
 
 from spoold import ghist as ghist_mod
-from spoold import gqueue
+from spoold import gqueue, tools
 from spoold import job as jobmod
 from spoold import spool as spoolmod
-from spoold import tools
 from spoold.hosts import resources_of
 from spoold.records import Records
 from spoold.scheduler import Resources

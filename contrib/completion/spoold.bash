@@ -19,7 +19,7 @@ _spoold_tool() {
                 --after --hold --output --on-finish --host --requeue --array --file --wait
                 -D --chdir --partition --account --qos --constraint --spool --help" ;;
     gkill|gcancel|ghold|grelease|grequeue) opts="--spool --help" ;;
-    gstat) opts="--json -u --user --watch --spool --help" ;;
+    gstat) opts="--json -u --user -a --all --watch --spool --help" ;;
     ghist) opts="-f --failed -n -u --user --since --json --clean --older-than --timeline
                  --spool --help" ;;
     glog) opts="-f --follow --spool --help" ;;
