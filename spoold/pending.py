@@ -14,7 +14,7 @@ Invariants:
   came or went unseen) and lstats a slice of the mirror (files changed in
   place unseen), so every entry is checked again within a few; and a new
   name whose id a vanished name held (gprio's rename) takes over at once.
-- Reading is budgeted (PARSE_BUDGET files a pass, in queue order), and so is
+- Reading is budgeted (READ_SLICE_S a pass, in queue order), and so is
   naming dropped files (``naming``: a batch a pass): a daemon
   started on 100,000 files, or 20,000 dropped ones, schedules at once.
 - A name seen for the first time is admitted only if its id is the file's
@@ -51,7 +51,8 @@ from .spool import DEFAULT_PRIORITY, BadFile, PendingName, parse_pending_name
 
 log = logging.getLogger("spoold")
 
-PARSE_BUDGET = 2000  # pending files read per pass; the rest wait for the next pass
+PARSE_BUDGET = 2000  # pending files read per pass at most, and as many as take
+READ_SLICE_S = 0.05  # about this long: the rest wait for the next pass
 VERIFY_SHARE = 16  # each full pass lstats 1/16 of the mirror (PARSE_BUDGET names at least)
 LIST_SKIPS = 5  # full passes in a row that may skip listing an unchanged pending/
 SETTLE_S = 2.0  # an in-place write counts as finished after this long unchanged
@@ -91,7 +92,8 @@ class PendingQueue:
         self.listed = False
         self.dir_key: tuple | None = None  # pending/'s (inode, mtime) when last listed
         self.skips = 0
-        self.reads = self.limit = 0
+        self.reads = self.limit = 0  # files read so far; where this pass's budget ends
+        self.until = 0.0  # ... or when (time.monotonic())
         self.top = self.hint = 0
         self.not_jobs: set[str] = set()  # names in pending/ that are never jobs, as last seen
         self.pending_ids = _PendingIds(self)
@@ -139,15 +141,15 @@ class PendingQueue:
         self.drain()
         touched = self.touched | self.backlog | self.waiting
         self.touched, self.backlog, self.waiting = set(), set(), set()
-        self.limit = self.reads + PARSE_BUDGET
         if full or not self.listed:
             self.relist()
         if self.shared and (full or touched):
             self.reprioritize()
+        self.limit, self.until = self.reads + PARSE_BUDGET, time.monotonic() + READ_SLICE_S
         for name in touched:
             self.look(name, now)
-        self.namer.name_dropped(now)
         self.read_unread(now)
+        self.namer.name_dropped(now)  # after the reads: its own slice of the pass
         if full:
             self.verify_slice(now)
         if self.shared and self.o.fairshare_halflife > 0:
@@ -221,10 +223,14 @@ class PendingQueue:
             else:
                 self.foreign.pop(name, None)
             return
-        if name not in self.cache and self.reads >= self.limit:
+        if name not in self.cache and self.spent():
             self.backlog.add(name)  # over this pass's budget
             return
         self.admit(p, self.load_pending(name, now))
+
+    def spent(self) -> bool:
+        """This pass has read its share: the rest waits for the next pass."""
+        return self.reads >= self.limit or time.monotonic() > self.until
 
     @staticmethod
     def not_a_job(name: str) -> None:  # said once per name, not each pass
@@ -236,7 +242,7 @@ class PendingQueue:
         if len(self.unread) > USED_SNAPSHOT:
             self.used = self.namer.used_ids()
         try:
-            while self.unread and self.reads < self.limit:
+            while self.unread and not self.spent():
                 name = self.unread.pop()
                 if name not in self.gone:
                     self.admit(parse_pending_name(name), self.load_pending(name, now))
