@@ -76,7 +76,7 @@ class PendingQueue:
         self.rejects: set[str] = set()  # read names that are not valid jobs, until they leave
         self.dups: set[str] = set()  # names whose id a read name of another owner holds
         self.closed: set[str] = set()  # names closed after writing
-        self.gone: set[str] = set()  # names we moved out of pending/ since the last listing
+        self.gone: set[str] = set()  # names we moved out of pending/ since the last full pass
         self.touched: set[str] = set()  # names events reported since the last pass
         # The watcher thread only puts (name, kind) here; the loop drains it,
         # so no event is lost between two threads sharing a set.
@@ -142,6 +142,7 @@ class PendingQueue:
         touched = self.touched | self.backlog | self.waiting
         self.touched, self.backlog, self.waiting = set(), set(), set()
         if full or not self.listed:
+            self.gone = set()  # bounded; an event still queued for one costs an lstat
             self.relist()
         if self.shared and (full or touched):
             self.reprioritize()
@@ -204,7 +205,7 @@ class PendingQueue:
             if self.top < p.job_id <= spoolmod.MAX_ID:
                 self.top = p.job_id
         self.closed = {n for n in self.closed if os.path.lexists(self.path(n))}
-        self.gone, self.listed = set(), True
+        self.listed = True
         if len(self.specs) > 1024:  # kinds of jobs no longer pending: let them go
             self.specs = {s.req: s.req for s in cache.values() if isinstance(s, Slim)}
 
@@ -276,6 +277,7 @@ class PendingQueue:
         elif isinstance(job, str):
             self.rejects.add(name)
         elif not job.order:
+            self.rejects.discard(name)  # rewritten as a valid job before it was refused
             holder = self.ids.setdefault(p.job_id, name)
             if holder != name and not os.path.lexists(self.path(holder)):
                 # Renamed within pending/ (gprio): no event says the old name left.
