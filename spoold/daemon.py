@@ -54,6 +54,7 @@ from .spool import Spool
 log = logging.getLogger("spoold")
 
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
+LARGE_FOLDER, LARGE_RECOUNT_S = 10000, 10.0  # --metrics: how often a big folder is counted
 MAX_BACKOFF_S = 30.0  # longest wait between retries while the spool cannot be written
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMLINK)
 
@@ -107,6 +108,7 @@ class Daemon:
         self.peers: tuple[Resources, ...] = ()
         self.foreign: dict[int, list] = {}  # GPU -> processes on it that are no job's
         self.metrics = Metrics()
+        self.counts: dict[str, tuple] = {}  # folder -> (mtime_ns, jobs, when counted)
         self.write_failed = False
         self.backoff = 0.0
         self.blocked_until = 0.0
@@ -349,13 +351,24 @@ class Daemon:
         """--metrics: the Prometheus text file, rewritten when something changed."""
         if self.o.metrics is None:
             return
-        folders = {d: len(self.spool.list_ids(d)) for d in ("running", *spoolmod.FINAL_DIRS)}
+        folders = {d: self.count(d) for d in ("running", *spoolmod.FINAL_DIRS)}
         folders["pending"] = len(self.queue.names or ())
         held = {i for run in self.runs.values() for i in run.record.get("assigned_gpus") or ()}
         gpus = [r.as_dict() | {"busy": self.busy(r), "assigned": r.index in held}
                 for r in self.gpu_views()]
         metrics.write(self.o.metrics, self.metrics.render(folders, gpus, self.hosts.beat_time))
 
+
+    def count(self, folder: str) -> int:
+        """Jobs in ``folder``, listed again only when its mtime moved, and a
+        large folder (100,000 records) at most every LARGE_RECOUNT_S."""
+        st = os.stat(self.spool.dir(folder))
+        now = time.monotonic()
+        mtime, n, at = self.counts.get(folder, (None, 0, 0.0))
+        if st.st_mtime_ns != mtime and (n < LARGE_FOLDER or now - at >= LARGE_RECOUNT_S):
+            mtime, n, at = st.st_mtime_ns, len(self.spool.list_ids(folder)), now
+            self.counts[folder] = (mtime, n, at)
+        return n
 
     def gpu_views(self) -> list[GpuReading]:
         by_index = {r.index: r for r in self.readings}
