@@ -87,8 +87,6 @@ class Lifecycle:
         self.executor = None  # executor.Executor: set by the daemon before the first pass
         self.ending: list | None = None  # jobs ended in this batch, not yet released
 
-
-
     # ---- pending -> final ---------------------------------------------------------
     def reject_file(self, p, reason: str, original: str | None = None) -> None:
         """A pending entry that is not a valid job: keep its bytes, record why."""
@@ -255,14 +253,6 @@ class Lifecycle:
 
     def duplicate(self, job_id: int) -> bool:
         return job_id in self.runs or self.spool.where(job_id) is not None
-
-    # ---- running ---------------------------------------------------------------------
-
-
-
-
-
-    # ---- ending ------------------------------------------------------------------------
 
     def start_all(self, starts) -> None:
         """Claim every job the scheduler picked, make the claims durable (each
