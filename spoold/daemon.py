@@ -151,8 +151,8 @@ class Daemon:
             delay = min(MAX_BACKOFF_S, delay * 2)
 
     def setup_resources(self) -> None:
-        self.source = open_source(self.o.fake_gpus, "jobs asking for GPUs will fail"
-                                  if self.o.executor == "local" else
+        self.source = open_source(self.o.fake_gpus, "running CPU-only: jobs asking for GPUs "
+                                  "will fail" if self.o.executor == "local" else
                                   "SLURM places the jobs (GPUs are read only where it runs)")
         self.readings = self.source.read() if self.source else []
         found = [r.index for r in self.readings]

@@ -450,7 +450,8 @@ class NvmlGpus:
         return self._devices.read(range(self._count))
 
 
-def open_source(fake: Path | None, why_none: str = "jobs asking for GPUs will fail"
+def open_source(fake: Path | None,
+                why_none: str = "running CPU-only: jobs asking for GPUs will fail"
                 ) -> GpuSource | None:
     """The GPU source to poll, or None for a CPU-only machine (logged, with
     ``why_none``: what that means for this daemon's jobs)."""
@@ -461,7 +462,7 @@ def open_source(fake: Path | None, why_none: str = "jobs asking for GPUs will fa
     try:
         src = NvmlGpus()
     except (ImportError, RuntimeError, OSError) as e:
-        log.info("no GPUs found (%s): running CPU-only; %s", e, why_none)
+        log.info("no GPUs found (%s); %s", e, why_none)
         return None
     if not src.read():
         log.info("NVML found no GPUs here; %s", why_none)

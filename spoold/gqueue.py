@@ -45,11 +45,11 @@ from collections import Counter
 from . import job as jobmod
 from . import spool as spoolmod
 from .fairshare import Limit, effective_priority, queue_keys
-from .hosts import resources_of
+from .hosts import places_by_slurm, resources_of
 from .options import Options
 from .policy import Shares
 from .records import owner_of
-from .scheduler import Request, request_of, schedule
+from .scheduler import Request, gate_only, request_of, schedule
 from .spool import DEFAULT_PRIORITY, BadFile, Spool
 from .toolbase import command_text, natural, num, user_name
 
@@ -260,8 +260,11 @@ def explain(w: Waiting, live: list[dict], pending: list[dict], running: list, bo
         requests = [got[1] for i in ahead if (got := w.read(i)) and got[1] is not None]
         res = dataclasses.replace(resources_of(h["beat"], h["host"], paused),
                                   limits=limits_of(shares))
-        d = schedule(requests, [b for host, b in bookings if host == h["host"]], res, w.now,
-                     Deps())
+        mine = [b for host, b in bookings if host == h["host"]]
+        if places_by_slurm(h["beat"].get("enforced")):  # the bridge only gates; SLURM places
+            d = gate_only(requests, mine, h["host"], Deps(), paused, throttle_arrays=False)
+        else:
+            d = schedule(requests, mine, res, w.now, Deps())
         prefix = f"{h['host']}: " if len(live) > 1 else ""
         for s_ in d.start:
             reasons[s_.id] = "starting"

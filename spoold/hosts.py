@@ -74,6 +74,12 @@ def resources_of(beat: dict, host: str | None = None, paused: bool = False) -> R
                      paused=paused)
 
 
+def places_by_slurm(enforced) -> bool:
+    """Whether a heartbeat's ``enforced:`` says SLURM places its jobs (gsub's
+    rule too: its ``slurm=`` summary word)."""
+    return isinstance(enforced, dict) and str(enforced.get("gpus", "")).startswith("SLURM")
+
+
 class Hosts:
     def __init__(self, d):
         self.d = d  # the daemon: its options, spool, runs and readings
@@ -141,7 +147,7 @@ class Hosts:
         ``pending`` is as of this write (gsub counts pending/ itself near the
         cap). The keys are listed in docs/spool-format.md."""
         gpumem = max((g.get("memory_total") or 0 for g in snap), default=0)
-        slurm = str(self.d.executor.enforced().get("gpus", "")).startswith("SLURM")
+        slurm = places_by_slurm(self.d.executor.enforced())
         words = {"time": int(now), "timeout": int(self.d.o.host_timeout),
                  "boot": BOOT_ID, "up": int(_uptime()), "gpus": len(snap),
                  "limit": self.d.limit, "cpus": len(self.d.cpu_ids), "mem": self.d.mem,

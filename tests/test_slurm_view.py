@@ -8,7 +8,9 @@ bridge keeps ``slurm_id``, ``slurm_state``, ``slurm_reason`` and
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 
 import pytest
@@ -125,3 +127,30 @@ def test_ghist_shows_the_slurm_id_and_the_wait_in_slurms_queue(tmp_path, capsys)
     assert (table["2"]["SLURMID"], table["2"]["WAIT"]) == ("-", "1m00s")
     sp.record("done", 1).unlink()
     assert "SLURMID" not in _ghist(sp, capsys) and "WAIT" not in _ghist(sp, capsys)
+
+
+def test_pending_jobs_of_a_slurm_host_are_explained_in_slurms_terms(tmp_path, capsys):
+    """A bridge host has no GPUs of its own: gstat judges its queue as the
+    bridge does (gate only; SLURM places), never 'spoold manages none'; an
+    element of a %N array whose SLURM array still runs waits for it."""
+    sp = spoolmod.Spool(tmp_path / "spool")
+    sp.create()
+    beat = {"host": "box", "time": NOW, "pid": 1, "host_timeout": 60, "cpus": 8, "mem": 64000,
+            "limit": 0, "gpus": [], "enforced": {"gpus": "SLURM (--gres=gpu:N)"},
+            "jobs": [{"id": 1, "uid": None, "gpus": [], "array_id": 5}]}
+    sp.host_file("box").write_bytes(jobmod.dump(beat))
+    sp.record("running", 1).write_bytes(jobmod.dump(
+        {"id": 1, "cmd": "x", "host": "box", "gpus": 2, "array_id": 5, "array_index": 1,
+         "array_limit": 1, "slurm_id": "7_1", "slurm_state": "RUNNING", "started_at": NOW}))
+    (sp.pending / "0010-00000002.yaml").write_text("cmd: train\ngpus: 2\n")
+    (sp.pending / "0010-00000003.yaml").write_text(
+        "cmd: x\ngpus: 2\narray_id: 5\narray_index: 2\narray_limit: 1\n")
+    fd = os.open(sp.host_lock("box"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # its daemon is alive
+    try:
+        rows = {r["id"]: r for r in json.loads(_gstat(sp, capsys, "--json"))["pending"]}
+    finally:
+        os.close(fd)
+    assert rows[2]["reason"] == "starting"
+    assert "per SLURM array" in rows[3]["reason"]
+    assert not any("manages none" in (r["reason"] or "") for r in rows.values())
