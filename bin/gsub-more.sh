@@ -549,9 +549,32 @@ _gdelivermany() {
 }
 
 # ---------------------------------------------------------------- one job's delivery
-# _gundelivered [MESSAGE]: the job is still in tmp/ (it could not be
-# written, or mv left it there: _gx is what mv said): remove it and fail
+# _gtmpname [failed]: the job (_gjob) goes to a file from mktemp (O_EXCL, a
+# random name), ours, written with >|: something was at _gtmp already (a
+# planted fifo is never opened), no random name could be read (_gtmp
+# empty), or (`failed`) the write under `set -C` failed.  Then a regular
+# file of ours at _gtmp is what that write made (only we make files owned
+# by us, and this id's names are ours alone): removed, and gsub fails.
+_gtmpname() {
+  if [ -n "${1-}" ] && [ -f "$_gtmp" ] && [ ! -L "$_gtmp" ] && [ -O "$_gtmp" ]; then
+    _gundelivered "can not write $_gtmp (disk full?)"
+  fi
+  _gtmp=$(mktemp "$_gspool/tmp/$_gid.XXXXXXXX" 2> /dev/null) ||
+    _gdie 1 "can not create a file in $_gspool/tmp (disk full?)"
+  2> /dev/null printf '%s' "$_gjob" >| "$_gtmp" ||
+    _gundelivered "can not write $_gtmp (disk full?)"
+}
+
+# _gundelivered [MESSAGE]: the job is still in tmp/: it could not be
+# written (MESSAGE), or the mv of gsub's delivery left it there.  Then mv is
+# run again, to say why (its message, in _gx): if the file does move this
+# time (the entry in its way has gone), it is delivered after all.  Else it
+# is removed and gsub fails.
 _gundelivered() {
+  if [ -z "${1-}" ]; then
+    _gx=$(mv -T -n -- "$_gtmp" "$_gdst" 2>&1)
+    [ -e "$_gtmp" ] || [ -L "$_gtmp" ] || return 0
+  fi
   rm -f -- "$_gtmp"
   [ -z "${1-}" ] || _gdie 1 "$1"
   if [ -e "$_gdst" ] || [ -L "$_gdst" ]; then

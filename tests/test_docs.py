@@ -107,6 +107,7 @@ PLACEHOLDERS = {
     "ID": r"0*[1-9][0-9]{0,7}", "IIIIIIII": r"[0-9]{8}", "PPPP": r"[0-9]{4}",
     "NNNN": r"[0-9]{1,4}", "HOST": r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "NAME": r"[^/]+",
     "XXXXXXXX": r"[A-Za-z0-9]{8}", "N": r"[1-9]", "GPU": r"0|[1-9][0-9]{0,3}",
+    "UUID": r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
 }
 
 
@@ -275,6 +276,9 @@ def test_a_live_spool_holds_only_paths_the_doc_describes(spool, daemon, tmp_path
                   "requests/prio-ID": "gprio of a job SLURM queues (test_slurm_executor.py)"}
     if os.geteuid() != 0:
         never_seen["state/ids/ID"] = "made only in a shared spool (a root daemon)"
+        never_seen["tmp/ID.UUID"] = "gsub's name for one job in a shared spool only"
+    else:  # (in a private spool gsub's ID.IIIIIIII is one of these)
+        never_seen["tmp/ID.XXXXXXXX"] = "mktemp: only where gsub's random name was taken"
     seen = entries | in_tmp
     assert set(files) - matched(seen, files) == set(never_seen)
     assert set(folders) - matched(subfolders | in_tmp, folders) <= {
