@@ -156,6 +156,27 @@ def test_entry_at_the_jobs_pending_name_is_never_entered_or_replaced(spool, tmp_
     assert submit(spool, "true", shell=shell)[0] == 4  # the next id is fine
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_job_mv_left_behind_is_moved_by_the_second_mv(spool, tmp_path, shell):
+    """gsub's mv is a plain command, its message unread; where the file is
+    still in tmp/ mv runs again to say why. If the entry in its way has gone
+    by then, that second mv delivers the job: gsub prints its id."""
+    (spool / "state" / "next-id").write_text("1\n")
+    taken = pending_file(spool, 1)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "mv").write_text(
+        f"#!/bin/sh\nif [ -e '{tmp_path}/once' ]; then rm -f '{taken}'\n"
+        f"else echo x > '{tmp_path}/once'; echo 'x-planted: true' > '{taken}'; fi\n"
+        f"exec {shutil.which('mv')} \"$@\"\n")
+    (bindir / "mv").chmod(0o755)
+    env = base_env(PATH=f"{bindir}:{os.environ['PATH']}")
+    p = run(spool, "-c", "echo hi", shell=shell, env=env)
+    assert (p.returncode, p.stdout) == (0, b"1\n") and b"not submitted" not in p.stderr
+    assert yaml.safe_load(taken.read_text())["cmd"] == "echo hi"
+    assert os.listdir(spool / "tmp") == []
+
+
 @pytest.mark.parametrize("kind", ["folder", "file"])
 def test_array_never_enters_or_replaces_an_entry_at_its_pending_names(spool, tmp_path, kind):
     (spool / "state" / "next-id").write_text("1\n")
