@@ -453,7 +453,10 @@ class Lifecycle:
 
     def settled(self, ended: list) -> None:
         for state in {state for _, state, _, _ in ended}:
-            spoolmod.fsync_dir(self.spool.dir(state))
+            # A failed fsync is logged (and backed off) but the runs are still
+            # released: their records are in their final folders already, and a
+            # run kept would be ended again into a second record.
+            self.guard(None, spoolmod.fsync_dir, self.spool.dir(state))
         for run, state, code, reason in ended:
             self.guard(run.id, self.release, run, state, code, reason)
         self.records.prune()
