@@ -64,13 +64,13 @@ def test_wait_all_zero(spool, daemon, tmp_path):
 
 # ---------------------------------------------------------------- quoting, exhaustively
 def quoting_harness(tmp_path: Path) -> Path:
-    """gsub's quoting functions alone (its _gq, and _gqx from gsub-more.sh,
+    """gsub's quoting functions alone (its _gq, and _gqx from gsub-quote.sh,
     loaded as gsub loads it), run over their arguments: one line out per
     argument, the YAML scalar or INVALID."""
     src = GSUB.read_text()
     head = src[:src.index("# " + "=" * 64 + " main")]
     h = tmp_path / "quote.sh"
-    for lib in ("gspool.sh", "gsub-more.sh"):  # sourced from beside the script
+    for lib in ("gspool.sh", "gsub-quote.sh"):  # sourced from beside the script
         shutil.copy(GSUB.parent / lib, tmp_path)
     h.write_text(head + 'for _ga; do if _gq "$_ga"; then printf "%s\\n" "$_gr"; '
                  "else echo INVALID; fi; done\n")
