@@ -218,16 +218,16 @@ def _pair(line: str) -> tuple[str, str | None]:
 
 def _value(v: str):
     if v.startswith("[") and v.endswith("]") and v != "[]":
-        items, pos, body = [], 1, v
-        while pos < len(body):
-            m = _ITEM.match(body, pos)
+        items, pos = [], 1
+        while pos < len(v):
+            m = _ITEM.match(v, pos)
             if m is None:
                 raise _Unknown
             items.append(_scalar_of(m.group(1)))
             pos = m.end()
             if m.group(2) != ",":
                 break
-        if pos != len(body):
+        if pos != len(v):
             raise _Unknown
         return items
     return _scalar_of(v)

@@ -45,6 +45,20 @@ def wait_for(cond, timeout: float = 15.0, what: str = "condition", interval: flo
         time.sleep(interval)
 
 
+def lock_free(path: Path) -> bool:
+    """Whether no process holds an flock on ``path`` (probed without blocking)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def fill(folder: Path, one_file: bool) -> list[Path]:
     """Fill the filesystem of ``folder``: one big file (space), or empty files
     until no inode is left. Returns what to remove to free it again."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HOST, REPO, tool_env, wait_for
+from conftest import HOST, REPO, lock_free, tool_env, wait_for
 from test_multiuser import RUNUSER, alice_daemon, shared, users  # noqa: F401 (fixtures)
 
 from spoold import control
@@ -32,14 +32,7 @@ def spoold(root: Path, *args: str, user: str | None = None,
 
 
 def lock_is_free(root: Path, host: str = HOST) -> bool:
-    fd = os.open(RealSpool(root).host_lock(host), os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    return lock_free(RealSpool(root).host_lock(host))
 
 
 def alive(pid: int) -> bool:

@@ -99,10 +99,10 @@ def test_gsub_files_read_the_same(tmp_path):
     import subprocess
     from pathlib import Path
 
+    from spoold.spool import Spool
+
     spool = tmp_path / "s"
-    for d in ("pending", "tmp", "state/ids", "running", "done", "failed", "cancelled",
-              "requests", "logs", "state/hosts"):
-        (spool / d).mkdir(parents=True)
+    Spool(spool).create()
     gsub = Path(__file__).resolve().parent.parent / "bin" / "gsub"
     env = dict(os.environ, ODD="a\tb", QUOTE='say "hi"', UNI="é€😀", EMPTY="",
                BACK="a\\b", YES="yes", NUM="007")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import yaml
-from conftest import HOST, wait_for
+from conftest import HOST, lock_free, wait_for
 
 SOAK_JOBS = int(os.environ.get("SPOOLD_SOAK_JOBS", "150"))
 SOAK_KILLS = int(os.environ.get("SPOOLD_SOAK_KILLS", "12"))
@@ -74,16 +74,7 @@ def test_vanished_job_fails_with_reason(spool, daemon_factory):
 
 
 def _lock_free(spool, j) -> bool:
-    import fcntl
-
-    fd = os.open(spool.root / "state" / "run" / HOST / f"{j}.lock", os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    return lock_free(spool.root / "state" / "run" / HOST / f"{j}.lock")
 
 
 def test_claimed_but_never_started_goes_back_to_pending(spool, daemon_factory):

@@ -149,11 +149,17 @@ def test_success_while_the_bridge_is_down_and_slurm_forgot(spool, daemon_factory
     assert spool.log(first).strip() == "ok"
 
 
-def test_queued_job_is_not_running_and_gkill_cancels_it_before_it_runs(spool, bridge, tmp_path):
+def _queued_behind_a_hog(spool, tmp_path):
+    """A job holding all 4 GPUs until ``go`` exists, and a 1-GPU job behind it
+    that would touch ``marker`` if it ever ran: (go, marker, hog, queued)."""
     go, hog_ran, marker = tmp_path / "go", tmp_path / "hog", tmp_path / "ran"
     hog = spool.gsub("-n", "4", "-c", f"touch {hog_ran}; while [ ! -e {go} ]; do sleep 0.1; done")
     wait_for(hog_ran.exists, 60, "the job holding all GPUs to run")
-    queued = spool.gsub("-n", "1", "-c", f"touch {marker}")
+    return go, marker, hog, spool.gsub("-n", "1", "-c", f"touch {marker}")
+
+
+def test_queued_job_is_not_running_and_gkill_cancels_it_before_it_runs(spool, bridge, tmp_path):
+    go, marker, hog, queued = _queued_behind_a_hog(spool, tmp_path)
     wait_for(lambda: spool.where(queued) == "running"
              and spool.record(queued).get("slurm_reason"), 60, "SLURM's pending reason")
     rec = spool.record(queued)
@@ -170,10 +176,7 @@ def test_queued_job_is_not_running_and_gkill_cancels_it_before_it_runs(spool, br
 
 
 def test_gcancel_of_a_job_slurm_has_not_started(spool, bridge, tmp_path):
-    go, hog_ran, marker = tmp_path / "go", tmp_path / "hog", tmp_path / "ran"
-    hog = spool.gsub("-n", "4", "-c", f"touch {hog_ran}; while [ ! -e {go} ]; do sleep 0.1; done")
-    wait_for(hog_ran.exists, 60, "the job holding all GPUs to run")
-    queued = spool.gsub("-n", "1", "-c", f"touch {marker}")
+    go, marker, hog, queued = _queued_behind_a_hog(spool, tmp_path)
     wait_for(lambda: spool.where(queued) == "running"
              and spool.record(queued).get("slurm_state") == "PENDING", 60, "handed to SLURM")
     spool.run("gcancel", str(queued), check=False)
