@@ -179,6 +179,8 @@ class Cgroups:
         """SIGKILL everything in the job, forks racing with us included; return
         how many processes were signalled. Does not wait for them to be reaped."""
         path = self.path(job_id)
+        if self.v2 and not self.populated(job_id):
+            return 0  # the common end: nothing left (and nothing can enter but by us)
         if self.v2 and (path / "cgroup.kill").exists():
             n = len(self.pids(job_id))
             with contextlib.suppress(FileNotFoundError):
@@ -209,9 +211,14 @@ class Cgroups:
         remove() may be called again."""
         for base in self._bases():
             job = base / f"job-{job_id}"
-            for sub, _, _ in sorted(os.walk(job), key=lambda t: -len(t[0])):  # deepest first
-                with contextlib.suppress(OSError):  # EBUSY: a process is still in it
-                    os.rmdir(sub)
+            try:
+                os.rmdir(job)  # the common case: no sub-cgroups, no process left
+            except FileNotFoundError:
+                continue
+            except OSError:  # sub-cgroups first, deepest first; EBUSY: a process is in one
+                for sub, _, _ in sorted(os.walk(job), key=lambda t: -len(t[0])):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(sub)
             with contextlib.suppress(OSError):  # ENOTEMPTY/EBUSY: other jobs live there
                 os.rmdir(base)
 

@@ -359,7 +359,7 @@ class LocalExecutor:
         for job_id in list(self.tidy):
             if job_id in runs:
                 continue
-            if not self.cgroups.exists(job_id):
-                self.tidy.discard(job_id)
-            elif not self.cgroups.populated(job_id):
+            if not self.cgroups.populated(job_id):
                 self.cgroups.remove(job_id)
+                if not self.cgroups.exists(job_id):
+                    self.tidy.discard(job_id)

@@ -10,9 +10,10 @@ Invariants:
   else may write it; otherwise it is ignored with a log line (a user must
   not give themselves more GPUs). The same holds for each override file.
 - Usage is a cache of the records: each record is read once (by inode) and
-  added to its owner's sum once; a record that is gone stops counting. A
-  folder is listed again when its mtime moves, and every folder on each full
-  re-check, so a finished job counts at the next pass. Every host computes the same numbers
+  added to its owner's sum once; a record that is gone stops counting. The
+  daemon's own records count as it writes them (``note``); a folder is listed
+  again when its mtime moves (at most every RELIST_S), and every folder on each
+  full re-check, so another host's finished job counts within RELIST_S. Every host computes the same numbers
   from the same records (up to clock skew between hosts).
 """
 
@@ -39,6 +40,12 @@ from .spool import BadFile
 log = logging.getLogger("spoold")
 
 DIR_SETTLE_S = 1.0  # a folder's mtime this old is trusted to change with its next change
+# A folder whose mtime moved is listed again at most this often between full
+# re-checks: the daemon's own records are counted as it writes them (note), so
+# a listing only finds other hosts' records and deletions, and listing done/
+# (up to --keep records per user) at every pass of a busy queue cost more than
+# the pass.
+RELIST_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,8 @@ class Shares:
         self._count: dict[int, int] = {}  # records per uid
         self._open: set[tuple] = set()
         self._dirs: dict[str, tuple | None] = {}  # folder -> (inode, mtime) at its listing
+        self._listed: dict[str, float] = {}  # folder -> monotonic time of its listing
+        self.relist_s = RELIST_S
         self._groups: dict[int, tuple[set[str], str]] = {}
 
     # ---- the policy file ---------------------------------------------------------
@@ -178,7 +187,7 @@ class Shares:
             for key, entry in entries.items():
                 self._add(key, entry, now)
         for state in ("running", *spoolmod.FINAL_DIRS):
-            self._rescan(state, now)
+            self._rescan(state, now, full)
         for key in [k for k in self._open if _ended_by(self.jobs[k], now)]:
             self._open.discard(key)  # ended by now: into its owner's sum, once
             self._sums[self.jobs[key][1]] += self._part(self.jobs[key])
@@ -192,16 +201,20 @@ class Shares:
             total[uid] += job_usage(gpus, start, now if end is None else end, now, h)
         return total
 
-    def _rescan(self, state: str, now: float) -> None:
+    def _rescan(self, state: str, now: float, full: bool) -> None:
         """List ``state``'s folder again if it may have changed since the last
-        listing. Its mtime is trusted only if it was DIR_SETTLE_S old at that
-        listing: a change in the same clock tick as the listing could leave
-        the mtime as it was."""
+        listing (and that was RELIST_S ago, or ``full``). Its mtime is trusted
+        only if it was DIR_SETTLE_S old at that listing: a change in the same
+        clock tick as the listing could leave the mtime as it was."""
         path = self.spool.dir(state)
         st = os.stat(path)
         key = (st.st_ino, st.st_mtime_ns)
         if self._dirs.get(state) == key:
             return
+        tick = time.monotonic()
+        if not full and tick - self._listed.get(state, -math.inf) < self.relist_s:
+            return
+        self._listed[state] = tick
         seen = set()
         with os.scandir(path) as it:
             for e in it:

@@ -7,7 +7,8 @@ pending/, and a wake-up of the loop's self-pipe).
 Invariants:
 - Events only wake the loop; it re-lists what changed (inotify can drop
   events, and a timer re-lists everything anyway).
-- Only news is watched: pending/, requests/ and this host's run folder.
+- Only news is watched: pending/, requests/ and this host's run folder
+  (there, only files closed after writing: a shepherd's exit).
   The daemon's own writes (records through tmp/, logs, heartbeats) wake
   nothing: on a busy queue they were ~17 events per job, each costing
   watchdog's two threads more than the loop's own work on it.
@@ -73,7 +74,7 @@ def start(d):
         obs = PollingObserver(timeout=0.5)
         for folder in news:
             obs.schedule(handler, str(folder), recursive=False)
-    elif (obs := _news_observer()) is not None:
+    elif (obs := _news_observer(news[2])) is not None:
         for folder in news:
             obs.schedule(handler, str(folder), recursive=False,
                          event_filter=[FileCreatedEvent, FileClosedEvent, FileDeletedEvent])
@@ -90,11 +91,13 @@ def start(d):
     return obs
 
 
-def _news_observer():
+def _news_observer(run_dir: Path):
     """An inotify observer whose watches never ask for "moved from" (see the
     module's invariants), or None where this watchdog is not laid out as
     4.x-7.x are (an emitter class chosen by the observer, whose mask comes
-    from ``get_event_mask_from_filter``)."""
+    from ``get_event_mask_from_filter``). In ``run_dir`` only a closed file is
+    news (a shepherd's exit closes its run file); the daemon's own creations
+    and removals there were half of the events of each job."""
     try:
         from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
         from watchdog.observers.inotify_c import InotifyConstants as IN
@@ -105,6 +108,8 @@ def _news_observer():
 
     class NewsEmitter(InotifyEmitter):
         def get_event_mask_from_filter(self):
+            if Path(os.fsdecode(self.watch.path)) == run_dir:
+                return IN.IN_CLOSE_WRITE | IN.IN_DELETE_SELF
             return (IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_CLOSE_WRITE | IN.IN_DELETE
                     | IN.IN_DELETE_SELF)
 

@@ -3,6 +3,7 @@ root daemon on a shared spool with two throwaway users."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -186,6 +187,7 @@ def test_usage_is_kept_one_record_at_a_time(tmp_path):
     sp = RealSpool(tmp_path / "spool")
     sp.create()
     shares = Shares(sp, SimpleNamespace(policy=None, fairshare_halflife=3600.0), True)
+    shares.relist_s = 0  # every call lists a folder whose mtime moved (see the next test)
     now = 10_000.0
     recs = {}
 
@@ -217,6 +219,32 @@ def test_usage_is_kept_one_record_at_a_time(tmp_path):
     del recs[7]
     check(now + 800)
     assert shares.usage(now + 900, full=True) == pytest.approx(shares.usage(now + 900))
+
+
+def test_usage_lists_a_changed_folder_at_most_every_relist_s(tmp_path):
+    """Between full re-checks a folder whose mtime moved is listed again only
+    RELIST_S after its last listing (listing done/ at each pass of a busy
+    queue cost more than the pass); the daemon's own records count at once
+    through note(), and a full re-check finds everything."""
+    from types import SimpleNamespace
+
+    from spoold.policy import Shares
+    from spoold.spool import Spool as RealSpool
+
+    sp = RealSpool(tmp_path / "spool")
+    sp.create()
+    shares = Shares(sp, SimpleNamespace(policy=None, fairshare_halflife=math.inf), True)
+    shares.relist_s = 3600.0
+    _record(sp.done, 1, A, 1, 100.0, 200.0)
+    assert shares.usage(1000.0) == {A: pytest.approx(100.0)}  # the first listing
+    _record(sp.done, 2, B, 2, 100.0, 200.0)  # another host's record
+    assert shares.usage(1001.0) == {A: pytest.approx(100.0)}  # not listed again yet
+    ours = {"id": 3, "uid": A, "assigned_gpus": [0], "started_at": 300.0, "ended_at": 400.0}
+    (sp.done / "3.yaml").write_text(yaml.safe_dump(ours))
+    shares.note("done", 3, sp.done / "3.yaml", ours, 1002.0)
+    assert shares.usage(1002.0) == {A: pytest.approx(200.0)}  # counted as it was written
+    assert shares.usage(1003.0, full=True) == {A: pytest.approx(200.0),
+                                               B: pytest.approx(200.0)}
 
 
 # ---- the real daemon on a shared spool -------------------------------------------------
