@@ -13,8 +13,9 @@ Invariants:
   added to its owner's sum once; a record that is gone stops counting. The
   daemon's own records count as it writes them (``note``); a folder is listed
   again when its mtime moves (at most every RELIST_S), and every folder on each
-  full re-check, so another host's finished job counts within RELIST_S. Every host computes the same numbers
-  from the same records (up to clock skew between hosts).
+  full re-check, so another host's finished job counts within RELIST_S.
+  Every host computes the same numbers from the same records (up to clock
+  skew between hosts).
 """
 
 from __future__ import annotations
