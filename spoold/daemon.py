@@ -54,6 +54,7 @@ from .spool import Spool
 log = logging.getLogger("spoold")
 
 RESCAN_S = 5.0  # full re-list of the spool even if no event came
+BEAT_AFTER_START_S = 0.25  # a start rewrites the heartbeat if it is at least this old
 LARGE_FOLDER, LARGE_RECOUNT_S = 10000, 10.0  # --metrics: how often a big folder is counted
 MAX_BACKOFF_S = 30.0  # longest wait between retries while the spool cannot be written
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMLINK)
@@ -423,7 +424,9 @@ class Daemon:
         for job_id, reason in decision.cancel.items():
             self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
         self.jobs.start_all(decision.start)
-        if decision.start:  # gstat reads the jobs and shares from the heartbeat: now
+        # gstat reads the jobs and shares from the heartbeat: now, unless it was
+        # written a moment ago (a busy queue); then the next GPU poll writes it.
+        if decision.start and time.time() - self.hosts.beat_time >= BEAT_AFTER_START_S:
             self.hosts.heartbeat()
 
 
