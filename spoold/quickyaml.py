@@ -164,6 +164,11 @@ _ITEM = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|[^,"\'\[\]{}]+?)\
 _FIXED = {"true": True, "false": False, "null": None, "{}": {}, "[]": []}
 
 
+# A line of a block (a job's environment, above all) -> its (key, value): the
+# same lines come in every job of a user and in each job's two reads.
+_inner_seen: dict[str, tuple] = {}
+
+
 def load(text: str) -> dict | None:
     """``text`` as ``yaml.safe_load`` reads it, if it is a mapping in the
     dialect (block mappings two levels deep, scalar lists in flow or block
@@ -180,10 +185,17 @@ def load(text: str) -> dict | None:
             if line.startswith("  "):
                 if not isinstance(inner, dict):
                     return None
-                k, v = _pair(line[2:])
-                if v is None:
-                    return None  # a third level
-                inner[k] = _scalar_of(v)
+                hit = _inner_seen.get(line)
+                if hit is None:
+                    k, v = _pair(line[2:])
+                    if v is None:
+                        return None  # a third level
+                    hit = k, _scalar_of(v)
+                    if not isinstance(hit[1], (dict, list)):  # (only what cannot change)
+                        if len(_inner_seen) >= SEEN_MAX:
+                            _inner_seen.clear()
+                        _inner_seen[line] = hit
+                inner[hit[0]] = hit[1]
             elif line.startswith("- "):
                 if isinstance(inner, dict) and not inner:  # the block is a list
                     inner = out[blocks[-1]] = []

@@ -462,10 +462,12 @@ class Spool:
         ``ID.yaml`` or ``IIIIIIII.yaml`` in running/ or a final folder, else
         ("failed", None) for the kept original of a refused file. The one answer
         to "where is job N" and "is this id used" (gsub --wait asks the same)."""
+        root = os.fspath(self.root)  # (strings: this runs at every claim)
+        names = dict.fromkeys((record_name(job_id), f"{job_id:08d}.yaml"))
         for d in ("running", *FINAL_DIRS):
-            for name in dict.fromkeys((record_name(job_id), f"{job_id:08d}.yaml")):
-                if os.path.lexists(path := self.root / d / name):
-                    return d, path
+            for name in names:
+                if os.path.lexists(path := f"{root}/{d}/{name}"):
+                    return d, Path(path)
         return ("failed", None) if os.path.lexists(self.rejected_copy(job_id)) else None
 
     def where(self, job_id: int) -> str | None:

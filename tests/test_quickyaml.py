@@ -126,3 +126,15 @@ def test_gsub_files_read_the_same(tmp_path):
                    check=True, capture_output=True)
     (f,) = (spool / "pending").iterdir()
     assert load(f.read_text()) is None and yaml.safe_load(f.read_text())["env"]["CTRL"] == "a\x01b"
+
+
+def test_a_line_read_before_gives_the_same_value_and_never_a_shared_container():
+    """load() keeps what each line of a block read as (a job's environment
+    repeats across jobs): a second read is equal, and a value that can change
+    ({} or []) is fresh in each answer."""
+    text = "env:\n  HOME: /root\n  NUM: '3'\n  E: {}\n  L: []\nid: 4\n"
+    first, second = load(text), load(text)
+    assert first == second == yaml.safe_load(text)
+    first["env"]["E"]["x"] = 1
+    first["env"]["L"].append(1)
+    assert load(text)["env"] == {"HOME": "/root", "NUM": "3", "E": {}, "L": []}
