@@ -343,14 +343,18 @@ class LocalExecutor:
 
     def release(self, run) -> None:
         # Leftovers (daemonised children, a hook) would hold the GPUs the next job gets.
-        self.stop_leftovers(run)
+        self.stop_leftovers(run, last=True)
         runner.clear(self.run_path(run.id))
 
-    def stop_leftovers(self, run) -> None:
+    def stop_leftovers(self, run, last: bool = False) -> None:
+        """Kill what is left of the job; ``last``: its cgroup is not needed
+        again (no on-finish command will run in it)."""
         cg = self.cgroup_of(run.id)
         if cg is not None:
-            cg.kill(run.id)
-            self.tidy.add(run.id)
+            if cg.kill(run.id) == 0 and last:  # the common end: nothing left, so it goes now
+                cg.remove(run.id)
+            if cg.exists(run.id):  # else once its last process is gone
+                self.tidy.add(run.id)
         else:
             self.signal(run, signal.SIGKILL)
 

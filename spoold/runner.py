@@ -349,22 +349,25 @@ def status(run_path: Path, *, cgroups: Cgroups | None = None,
     with an empty cgroup is 'vanished': the job may have run, so it is never
     requeued. (So the daemon removes the cgroup before it clears the run file
     of a job it puts back in pending/.)"""
-    cg = cgroups if cgroups is not None and job_id is not None and cgroups.exists(
-        job_id) else None
     try:
         fd = os.open(run_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
+        words = None
+    else:
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "running", None  # (the common answer: no cgroup needed for it)
+            words = os.read(fd, 64).split()
+        finally:
+            os.close(fd)  # closing drops our probe lock at once
+    cg = cgroups if cgroups is not None and job_id is not None and cgroups.exists(
+        job_id) else None
+    if words is None:
         if cg is None:
             return "unstarted", None
         return ("running" if cg.populated(job_id) else "vanished"), None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return "running", None
-        words = os.read(fd, 64).split()
-    finally:
-        os.close(fd)  # closing drops our probe lock at once
     if not words:
         return "unstarted", None
     if words[-1].isdigit():
