@@ -9,7 +9,9 @@ Layout: ``<the daemon's own cgroup>/spoold-<hash>/job-<id>`` in each hierarchy
 used, where ``<hash>`` is a short sha256 of (spool root, host). So two daemons
 (two spools, or two ``--host`` names on one machine) never share a folder, and
 a restarted daemon, which systemd puts back into the same unit cgroup, finds
-its jobs' cgroups again. The ``spoold-<hash>`` folder is removed with its last job.
+its jobs' cgroups again. The ``spoold-<hash>`` folder stays while jobs come and
+go (making it again for each burst cost a mkdir, a write and an rmdir in each
+hierarchy) and is removed once the daemon has no job left (``remove_base``).
 
 Membership (``kind``), first usable wins:
 - cgroup v2 (a ``cgroup2`` mount, unified or hybrid): ended = ``populated 0``
@@ -135,7 +137,7 @@ class Cgroups:
 
     def create(self, job_id: int) -> None:
         for base, d in zip(self._bases(), self._dirs(job_id), strict=True):
-            try:  # the common case: one mkdir (the base is made again after its last job)
+            try:  # the common case: one mkdir (the base is made again after an idle time)
                 d.mkdir()
                 continue
             except (FileNotFoundError, FileExistsError):
@@ -206,9 +208,8 @@ class Cgroups:
 
     def remove(self, job_id: int) -> None:
         """Remove the job's cgroups (and sub-cgroups) if no process is left in
-        them, then the daemon's folders if that was their last job. Its usage
-        goes with them. Never raises: a missing or still busy cgroup stays, and
-        remove() may be called again."""
+        them. Its usage goes with them. Never raises: a missing or still busy
+        cgroup stays, and remove() may be called again."""
         for base in self._bases():
             job = base / f"job-{job_id}"
             try:
@@ -219,7 +220,12 @@ class Cgroups:
                 for sub, _, _ in sorted(os.walk(job), key=lambda t: -len(t[0])):
                     with contextlib.suppress(OSError):
                         os.rmdir(sub)
-            with contextlib.suppress(OSError):  # ENOTEMPTY/EBUSY: other jobs live there
+
+    def remove_base(self) -> None:
+        """Remove the daemon's ``spoold-<hash>`` folders if no job cgroup is
+        left in them (else they stay: ENOTEMPTY/EBUSY). Never raises."""
+        for base in self._bases():
+            with contextlib.suppress(OSError):
                 os.rmdir(base)
 
     def job_ids(self) -> set[int]:

@@ -132,6 +132,9 @@ class LocalExecutor:
         self.spool, self.o = lc.spool, lc.o
         self.cgroups = Cgroups.detect(self.spool.root, self.o.host)
         self.tidy: set[int] = set()  # job cgroups to remove once their last process is gone
+        # A job cgroup may exist since spoold-<hash> was last removed (at start:
+        # a previous daemon's jobs, adopted or not).
+        self.base_made = self.cgroups is not None
         if self.cgroups is not None:
             self.description = f"local; jobs run in cgroups ({self.cgroups.description})"
         else:
@@ -160,6 +163,7 @@ class LocalExecutor:
             raise LaunchError("slurm: options (partition, account, qos, constraint) need "
                               "spoold --executor slurm")
         try:
+            self.base_made = self.cgroups is not None
             pid = runner.launch(self.spool, self.run_path(run_id), job, start.gpus, start.cpus,
                                 creds, self.spool.log_path(run_id), cgroups=self.cgroups,
                                 mem_mib=job.mem or None)
@@ -203,6 +207,9 @@ class LocalExecutor:
                 self.lc.kill(run, KILL_TIME)
         if self.tidy:
             self.clean_cgroups(runs)
+        elif not runs and self.base_made:  # idle: the daemon's cgroup folders go too
+            self.cgroups.remove_base()
+            self.base_made = False
         return ended
 
     def wake_at(self, runs: dict, now: float) -> float:

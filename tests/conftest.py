@@ -263,3 +263,5 @@ def _remove_job_cgroups(root: Path) -> None:
             cg.kill(job_id)
             wait_for(lambda c=cg, j=job_id: not c.populated(j), 10, f"job {job_id}'s cgroup")
             cg.remove(job_id)
+        if cg is not None:
+            cg.remove_base()

@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import HOST as DAEMON_HOST
 from conftest import REPO, _kill_leftovers, wait_for
 from test_multiuser import users  # noqa: F401 (a fixture)
 
@@ -49,6 +50,7 @@ def empty_out(cg: Cgroups) -> None:
         cg.kill(job_id)
         wait_for(lambda j=job_id: not cg.populated(j), 10, f"cgroup of job {job_id} to empty")
         cg.remove(job_id)
+    cg.remove_base()
 
 
 @pytest.fixture(params=HIERARCHIES or [None], ids=lambda h: h[0] if h else "none")
@@ -96,7 +98,9 @@ def test_members_signal_and_kill_include_an_escaped_grandchild(cg, tmp_path):
     assert p.wait(5) == -signal.SIGKILL
     wait_for(lambda: not alive(escaped), what="the escaped grandchild to die")
     cg.remove(1)
-    assert not cg.exists(1) and not cg.base.exists()  # the daemon's folder goes with its last job
+    assert not cg.exists(1) and cg.base.exists()  # the daemon's folder stays for the next job
+    cg.remove_base()
+    assert not cg.base.exists()  # ... until the daemon is idle
 
 
 def test_remove_is_quiet_for_missing_and_busy_cgroups(cg):
@@ -474,6 +478,7 @@ def test_usage_counts_cpu_time_and_peak_memory_until_removed(metered, tmp_path):
     cg.remove(23)
     assert cg.usage(23) == {} and not cg.oom_killed(23)
     assert not any(d.exists() for d in cg._dirs(23))  # gone from every hierarchy
+    cg.remove_base()
     assert not any(b.exists() for b in cg._bases())
 
 
@@ -526,3 +531,18 @@ def test_v2_accounting_reads_and_writes_the_files_a_v2_kernel_has(tmp_path):
     assert not cg.oom_killed(1)  # hit the limit (max 40) but nothing was killed
     (job / "memory.events").write_text("low 0\nhigh 0\nmax 41\noom 1\noom_kill 1\n")
     assert cg.oom_killed(1)
+
+
+def test_the_daemons_cgroup_folder_goes_once_it_is_idle(daemon, spool, tmp_path):
+    """spoold-<hash> stays while jobs come and go (not made again for each
+    burst), and the daemon removes it once no job is left."""
+    cg = Cgroups.detect(spool.root, DAEMON_HOST) if os.geteuid() == 0 else None
+    if cg is None:
+        pytest.skip(f"no usable cgroup hierarchy: {Cgroups.why_not}")
+    go = tmp_path / "go"
+    job = spool.gsub("-n", "0", "--", "sh", "-c", f"until [ -e {go} ]; do sleep 0.05; done")
+    wait_for(lambda: cg.exists(job), what="the job's cgroup")
+    go.touch()
+    spool.wait_state(job, "done")
+    wait_for(lambda: not any(b.exists() for b in cg._bases()), 10,
+             "the daemon's cgroup folders to go once it is idle")
