@@ -81,6 +81,7 @@ class Cgroups:
         self.v2 = kind == "cgroup2"
         self.v2_acct = v2_acct  # of "cpu", "memory": files in the job's membership cgroup
         self.v1_acct = dict(v1_acct or {})  # "memory"/"cpuacct" -> spoold-<hash> in that v1
+        self._job_dirs: dict[int, tuple[Path, ...]] = {}
         # How a memory limit is enforced (None: it is not), for logs and gstat.
         self.memory_limits = ("cgroup v2 memory.max" if "memory" in v2_acct else
                               "cgroup v1 memory.limit_in_bytes" if "memory" in self.v1_acct
@@ -130,7 +131,7 @@ class Cgroups:
 
     # ---- one job ---------------------------------------------------------------
     def path(self, job_id: int) -> Path:
-        return self.base / f"job-{job_id}"
+        return self._dirs(job_id)[0]
 
     def exists(self, job_id: int) -> bool:
         return self.path(job_id).is_dir()
@@ -210,8 +211,7 @@ class Cgroups:
         """Remove the job's cgroups (and sub-cgroups) if no process is left in
         them. Its usage goes with them. Never raises: a missing or still busy
         cgroup stays, and remove() may be called again."""
-        for base in self._bases():
-            job = base / f"job-{job_id}"
+        for job in self._dirs(job_id):
             try:
                 os.rmdir(job)  # the common case: no sub-cgroups, no process left
             except FileNotFoundError:
@@ -303,9 +303,15 @@ class Cgroups:
         """spoold-<hash> in each hierarchy used: membership first."""
         return [self.base, *(b for b in self.v1_acct.values() if b != self.base)]
 
-    def _dirs(self, job_id: int) -> list[Path]:
-        """The job's folder in each hierarchy used, in ``_bases`` order."""
-        return [b / f"job-{job_id}" for b in self._bases()]
+    def _dirs(self, job_id: int) -> tuple[Path, ...]:
+        """The job's folder in each hierarchy used, in ``_bases`` order (kept:
+        asked for ~10 times per job)."""
+        dirs = self._job_dirs.get(job_id)
+        if dirs is None:
+            if len(self._job_dirs) >= 1024:
+                self._job_dirs.clear()
+            dirs = self._job_dirs[job_id] = tuple(b / f"job-{job_id}" for b in self._bases())
+        return dirs
 
     def _memory_dir(self, job_id: int) -> Path | None:
         if "memory" in self.v2_acct:

@@ -175,6 +175,9 @@ class NotASpool(ValueError):
     """No spool named, or the named folder is something else; nothing is changed."""
 
 
+PATHS_KEPT = 4096  # Path objects cost ~2 us to build; a few thousand jobs' are kept
+
+
 class Spool:
     """Paths and the few primitive operations on a spool root."""
 
@@ -182,6 +185,15 @@ class Spool:
         self.root = Path(root).absolute()
         for d in ALL_DIRS:
             setattr(self, d.replace("/", "_"), self.root / d)
+        self._paths: dict[tuple, Path] = {}  # a job's paths, asked for ~20 times per job
+
+    def _memo(self, key: tuple, make) -> Path:
+        p = self._paths.get(key)
+        if p is None:
+            if len(self._paths) >= PATHS_KEPT:
+                self._paths.clear()
+            p = self._paths[key] = make()
+        return p
 
     tmp: Path
     pending: Path
@@ -246,17 +258,17 @@ class Spool:
         return self.root / state
 
     def record(self, state: str, job_id: int) -> Path:
-        return self.root / state / record_name(job_id)
+        return self._memo((state, job_id), lambda: self.root / state / record_name(job_id))
 
     def log_path(self, job_id: int) -> Path:
-        return self.logs / f"{job_id}.log"
+        return self._memo(("logs", job_id), lambda: self.logs / f"{job_id}.log")
 
     def run_dir(self, host: str) -> Path:
         """Run files of the jobs one host runs (each host sees only its own)."""
         return self.state_run / host
 
     def run_lock(self, job_id: int, host: str) -> Path:
-        return self.state_run / host / f"{job_id}.lock"
+        return self._memo(("run", host, job_id), lambda: self.state_run / host / f"{job_id}.lock")
 
     def host_file(self, host: str) -> Path:
         """The host's heartbeat: time, pid, GPU readings, limits."""
