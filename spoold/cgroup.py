@@ -139,7 +139,7 @@ class Cgroups:
     def create(self, job_id: int) -> None:
         for base, d in zip(self._bases(), self._dirs(job_id), strict=True):
             try:  # the common case: one mkdir (the base is made again after an idle time)
-                d.mkdir()
+                os.mkdir(d)
                 continue
             except (FileNotFoundError, FileExistsError):
                 pass
@@ -168,11 +168,7 @@ class Cgroups:
     def populated(self, job_id: int) -> bool:
         if not self.v2:
             return bool(self.pids(job_id))
-        try:
-            with open(self.path(job_id) / "cgroup.events") as f:
-                return "populated 1" in f.read().splitlines()
-        except FileNotFoundError:
-            return False
+        return "populated 1" in _read(f"{self.path(job_id)}/cgroup.events").splitlines()
 
     def signal(self, job_id: int, sig: int) -> int:
         """Send ``sig`` to every member once; return how many got it."""
@@ -381,13 +377,21 @@ def _v1_accounting(own: dict[str, Path], name: str, v2_acct: frozenset[str]) -> 
     return found
 
 
-def _read(path: Path) -> str:
-    """A cgroup file's text; "" when it (or its cgroup) does not exist."""
+def _read(path: Path | str) -> str:
+    """A cgroup file's text; "" when it (or its cgroup) does not exist. (Read
+    with os.read: several per job, and open()'s buffered text layers cost
+    more than the read.)"""
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
 
 
 def _read_int(path: Path) -> int | None:
