@@ -12,6 +12,10 @@ Invariants:
   writes text that loads as something else, and ``load`` never answers
   anything but what ``yaml.safe_load`` answers: tests/test_quickyaml.py
   checks both on generated records, and on what gsub writes.
+- What repeats from job to job (a user's environment) is converted once:
+  ``emit`` keeps the text of each string, and of each block of strings, and
+  ``load`` the key and value of each block line; bounded, and only immutable
+  values are kept, so an answer never shares a container with another.
 - The layout is PyYAML's for the same data (``job.dump``'s settings): block
   mappings, sequences at the key's column, short lists of short scalars in
   flow style (``assigned_gpus: [0, 3]``), no line wrapping; a string is plain
@@ -61,13 +65,35 @@ def _mapping(data: dict, indent: str, out: list[str]) -> None:
         if isinstance(v, dict):
             if v:
                 out.append(key + "\n")
-                _mapping(v, indent + "  ", out)
+                out.append(_block(v, indent + "  "))
             else:
                 out.append(key + " {}\n")
         elif isinstance(v, list):
             _list(v, key, indent, out)
         else:
             out.append(f"{key} {_scalar(v)}\n")
+
+
+# A nested mapping of strings (a job's environment, above all) -> its text: the
+# same block is written in each of a job's records and in every job of a user.
+# (Strings only: 1, 1.0 and True are equal keys but not the same YAML.)
+_blocks: dict[tuple, str] = {}
+
+
+def _block(data: dict, indent: str) -> str:
+    key = hit = None
+    if all(type(v) is str for v in data.values()):
+        key = (indent, tuple(data.items()))
+        hit = _blocks.get(key)
+    if hit is None:
+        out: list[str] = []
+        _mapping(data, indent, out)
+        hit = "".join(out)
+        if key is not None:
+            if len(_blocks) >= BLOCKS_MAX:
+                _blocks.clear()
+            _blocks[key] = hit
+    return hit
 
 
 def _list(items: list, key: str, indent: str, out: list[str]) -> None:
@@ -77,7 +103,7 @@ def _list(items: list, key: str, indent: str, out: list[str]) -> None:
     if len(items) <= FLOW_MAX and all(
             isinstance(x, (int, float, str)) and not isinstance(x, bool)
             and (not isinstance(x, str) or len(x) < 200) for x in items):
-        out.append(f"{key} [{', '.join(_scalar(x) for x in items)}]\n")
+        out.append(f"{key} [{', '.join(map(_flow_scalar, items))}]\n")
         return
     out.append(key + "\n")
     for x in items:
@@ -91,6 +117,14 @@ def _list(items: list, key: str, indent: str, out: list[str]) -> None:
             out.append(f"{indent}- {'{}' if isinstance(x, dict) else '[]'}\n")
         else:
             out.append(f"{indent}- {_scalar(x)}\n")
+
+
+def _flow_scalar(v) -> str:
+    """``_scalar`` inside ``[...]``, where a comma ends a plain scalar."""
+    text = _scalar(v)
+    if "," in text and text == v:  # plain (a plain string has nothing to escape)
+        return "'" + text + "'"
+    return text
 
 
 def _scalar(v) -> str:
@@ -119,6 +153,7 @@ def _scalar(v) -> str:
 _seen: dict[str, str] = {}  # str -> its YAML form: a job's environment repeats in each
 # record and across one user's jobs, and a lookup costs a tenth of the checks
 SEEN_MAX = 8192
+BLOCKS_MAX = 256
 
 
 def _str(s: str) -> str:

@@ -138,3 +138,26 @@ def test_a_line_read_before_gives_the_same_value_and_never_a_shared_container():
     first["env"]["E"]["x"] = 1
     first["env"]["L"].append(1)
     assert load(text)["env"] == {"HOME": "/root", "NUM": "3", "E": {}, "L": []}
+
+
+def test_a_block_written_before_is_written_the_same_and_never_for_other_types():
+    """emit() keeps the text of a block of strings (a job's environment): the
+    next record with the same block gets the same text; 1, 1.0 and True are
+    equal in Python but not in YAML, so a block with them is never taken for
+    another."""
+    env = {"HOME": "/root", "PATH": "/usr/bin:/bin", "X": "1"}
+    first = emit({"env": env})
+    assert emit({"env": dict(env)}) == first and yaml.safe_load(first) == {"env": env}
+    for same in ({"a": True}, {"a": 1}, {"a": 1.0}, {"a": "1"}):
+        assert yaml.safe_load(emit({"m": same})) == {"m": same}
+        assert type(yaml.safe_load(emit({"m": same}))["m"]["a"]) is type(same["a"])
+
+
+def test_a_comma_in_a_flow_list_item_stays_in_it():
+    """A plain scalar ends at a comma inside [...]: `gsub train lr=0.1,0.2`
+    was recorded as argv [train, lr=0.1,0.2], read back as three arguments
+    (hypothesis found it)."""
+    rec = {"argv": ["train", "lr=0.1,0.2", "a,b c"], "name": "x,y"}
+    text = emit(rec)
+    assert yaml.safe_load(text) == rec and load(text) == rec
+    assert jobmod.parse(text.encode()).data["argv"] == rec["argv"]
