@@ -106,6 +106,17 @@ def test_grequeue_same_command_env_cwd_new_id(spool, daemon, tmp_path):
     assert p.returncode == 1 and b"not in the spool" in p.stderr
 
 
+def test_grequeue_keeps_an_argument_with_a_comma_whole(spool, daemon):
+    """The record of `gsub -- printf %s lr=0.1,0.2` once said argv [printf, %s,
+    lr=0.1,0.2] (a plain scalar ends at a comma in [...]): grequeue ran it
+    with the argument cut in two."""
+    j = spool.gsub("-n", "0", "--", "printf", "%s|", "lr=0.1,0.2")
+    spool.wait_state(j, "done")
+    new = int(spool.run("grequeue", str(j)).stdout)
+    spool.wait_state(new, "done")
+    assert spool.log(j) == spool.log(new) == "lr=0.1,0.2|"
+
+
 def test_on_finish_runs_with_id_and_code_and_output_file(spool, daemon, tmp_path):
     hook_out, out = tmp_path / "hook", tmp_path / "sub dir" / "out.log"
     out.parent.mkdir()
