@@ -12,6 +12,9 @@ Invariants:
   The daemon's own writes (records through tmp/, logs, heartbeats) wake
   nothing: on a busy queue they were ~17 events per job, each costing
   watchdog's two threads more than the loop's own work on it.
+- An event costs one thread: watchdog's inotify reader calls the daemon
+  (``_direct``, watchdog >= 7); an observer, the fallback for older
+  layouts, passes it through two more threads first.
 - No event is ever held back. watchdog holds a rename's "moved from" half
   for 0.5 s, and every event behind it, waiting for its "moved to" half in
   the same watch; so the inotify mask of these watches has no "moved from"
@@ -74,6 +77,8 @@ def start(d):
         obs = PollingObserver(timeout=0.5)
         for folder in news:
             obs.schedule(handler, str(folder), recursive=False)
+    elif (obs := _direct(d, news)) is not None:
+        pass
     elif (obs := _news_observer(news[2])) is not None:
         for folder in news:
             obs.schedule(handler, str(folder), recursive=False,
@@ -108,13 +113,64 @@ def _news_observer(run_dir: Path):
 
     class NewsEmitter(InotifyEmitter):
         def get_event_mask_from_filter(self):
-            if Path(os.fsdecode(self.watch.path)) == run_dir:
-                return IN.IN_CLOSE_WRITE | IN.IN_DELETE_SELF
-            return (IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_CLOSE_WRITE | IN.IN_DELETE
-                    | IN.IN_DELETE_SELF)
+            return _mask(IN, Path(os.fsdecode(self.watch.path)) == run_dir)
 
     obs = InotifyObserver()
     if getattr(obs, "_emitter_class", None) is not InotifyEmitter:
         return None
     obs._emitter_class = NewsEmitter  # watchdog has no public way to choose the mask
     return obs
+
+
+def _mask(IN, run_dir: bool) -> int:
+    """What a watch asks for: no "moved from" (see the module's invariants);
+    in the run folder only closed files (a shepherd's exit closes its run
+    file; the daemon's own creations and removals there are no news)."""
+    if run_dir:
+        return IN.IN_CLOSE_WRITE | IN.IN_DELETE_SELF
+    return IN.IN_CREATE | IN.IN_MOVED_TO | IN.IN_CLOSE_WRITE | IN.IN_DELETE | IN.IN_DELETE_SELF
+
+
+def _direct(d, news: tuple):
+    """watchdog's inotify reader (``InotifyFD``, watchdog >= 7), to be started:
+    it calls us from its own thread; None where this watchdog has none. An
+    observer passes each event on through two more threads (an emitter and a
+    dispatcher), a GIL hand-off each: of the daemon's CPU for an event that
+    only wakes the loop, the three threads took over half."""
+    try:
+        from watchdog.observers.inotify_c import InotifyConstants as IN
+        from watchdog.observers.inotify_c import InotifyFD
+    except ImportError:
+        return None
+    if not hasattr(InotifyFD, "add_callback"):
+        return None
+    kinds = ((IN.IN_MOVED_TO, "moved_to"), (IN.IN_CREATE, "created"),
+             (IN.IN_CLOSE_WRITE, "closed"), (IN.IN_DELETE, "deleted"))
+
+    class News:
+        def __init__(self, folder: Path):
+            self.pending = folder == d.spool.pending
+
+        def on_event(self, event) -> None:
+            if self.pending and event.name:
+                kind = next((k for bit, k in kinds if event.mask & bit), None)
+                if kind:
+                    d.queue.events.put((os.fsdecode(event.name), kind))
+            d.waker.wake()
+
+        def on_watch_deleted(self, wd) -> None:
+            d.waker.wake()  # (the loop recreates the folder; a full pass finds its files)
+
+        def on_queue_overflow(self) -> None:
+            d.next_rescan = 0.0  # events were lost: re-list everything now
+            d.waker.wake()
+
+    reader = InotifyFD()
+    try:
+        for folder in news:
+            reader.add_callback(os.fsencode(folder), _mask(IN, folder == news[2]) | IN.IN_ONLYDIR
+                                | IN.IN_DONT_FOLLOW, News(folder), "spoold")
+    except OSError:
+        reader.close()
+        raise
+    return reader

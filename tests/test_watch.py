@@ -1,0 +1,108 @@
+"""The watcher (spoold/watch.py) on its own, in each of its inotify layouts:
+watchdog's reader calling the daemon directly (watchdog >= 7), and an
+observer with the daemon's own mask (the layout of watchdog 4-6, the
+fallback). Each must hand pending/ news to the queue with its kind, wake the
+loop for requests/ and for a shepherd's exit in the run folder, and say
+nothing of the daemon's own creations and removals there."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from types import SimpleNamespace
+
+import pytest
+from conftest import wait_for
+
+from spoold import watch
+from spoold.spool import Spool
+
+
+class Waker:
+    def __init__(self):
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def wake(self) -> None:
+        with self.lock:
+            self.count += 1
+
+
+@pytest.fixture(params=["direct", "observer"])
+def watched(request, tmp_path, monkeypatch):
+    sp = Spool(tmp_path / "spool")
+    sp.create()
+    sp.run_dir("h").mkdir(parents=True)
+    if request.param == "observer":
+        monkeypatch.setattr(watch, "_direct", lambda d, news: None)
+    d = SimpleNamespace(spool=sp, o=SimpleNamespace(host="h", polling=False),
+                        queue=SimpleNamespace(events=queue.SimpleQueue()), waker=Waker(),
+                        next_rescan=5.0)
+    obs = watch.start(d)
+    if request.param == "direct":
+        assert type(obs).__name__ == "InotifyFD", "watchdog >= 7 has InotifyFD: use it"
+    # An observer's emitters add their watches from their own threads, after
+    # start() returns: wait until the kernel lists a watch on each folder.
+    wait_for(lambda: {os.stat(f).st_ino for f in (sp.pending, sp.requests, sp.run_dir("h"))}
+             <= watched_inodes(), 5, "the watches to be set")
+    yield sp, d
+    obs.stop()
+    obs.join(2)
+
+
+def watched_inodes() -> set[int]:
+    """Inodes this process has an inotify watch on (/proc/self/fdinfo)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                found.update(int(w[4:], 16) for line in f if line.startswith("inotify wd:")
+                             for w in line.split() if w.startswith("ino:"))
+        except OSError:
+            continue
+    return found
+
+
+def events(d) -> list:
+    out = []
+    while not d.queue.events.empty():
+        out.append(d.queue.events.get())
+    return out
+
+
+def test_pending_news_reach_the_queue_with_their_kind(watched):
+    sp, d = watched
+    tmp = sp.tmp / "x"
+    tmp.write_text("argv: [true]\n")
+    os.rename(tmp, sp.pending / "0010-00000001.yaml")  # gsub's way
+    (sp.pending / "dropped.yaml").write_text("argv: [true]\n")  # a program's way
+    os.unlink(sp.pending / "dropped.yaml")
+    seen: list = []
+    want = [("dropped.yaml", "created"), ("dropped.yaml", "closed"),
+            ("dropped.yaml", "deleted")]
+    # (an observer calls a rename whose other half it was not asked for "created";
+    # the queue takes both kinds alike)
+    moved = {("0010-00000001.yaml", "moved_to"), ("0010-00000001.yaml", "created")}
+    wait_for(lambda: seen.extend(events(d)) or all(w in seen for w in want)
+             and moved & set(seen), 5, "the four events")
+    assert [e for e in seen if e[0] == "dropped.yaml"] == want
+    assert d.waker.count >= 1
+
+
+def test_the_run_folder_wakes_the_loop_only_for_a_closed_file(watched):
+    sp, d = watched
+    run, start = sp.run_dir("h"), d.waker.count
+    fd = os.open(run / "7.lock", os.O_RDWR | os.O_CREAT, 0o600)  # the daemon creates it
+    os.write(fd, b"s\n")
+    os.unlink(run / "7.lock")  # removed while still open: no news either
+    os.close(fd)  # the last close of a file open for writing: a shepherd's exit
+    wait_for(lambda: d.waker.count > start, 5, "a wake-up for the closed run file")
+    os.close(os.open(run / "8.lock", os.O_RDONLY | os.O_CREAT, 0o600))  # made, never written
+    os.close(os.open(run / "9.lock", os.O_WRONLY | os.O_CREAT, 0o600))  # a marker after it
+    wait_for(lambda: d.waker.count >= start + 2, 5, "the marker's wake-up")
+    # (one watch delivers in order: had 8.lock woken the loop, that came first)
+    assert d.waker.count == start + 2
+    assert events(d) == []  # nothing of the run folder goes to the pending queue
