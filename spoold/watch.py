@@ -170,7 +170,8 @@ def _direct(d, news: tuple):
         for folder in news:
             reader.add_callback(os.fsencode(folder), _mask(IN, folder == news[2]) | IN.IN_ONLYDIR
                                 | IN.IN_DONT_FOLLOW, News(folder), "spoold")
-    except OSError:
+    except OSError as e:  # (a folder that is a link, say): an observer does what it can
+        log.info("watching %s directly failed (%s); using a watchdog observer", folder, e)
         reader.close()
-        raise
+        return None
     return reader

@@ -29,6 +29,13 @@ class Waker:
             self.count += 1
 
 
+def daemon_like(sp: Spool) -> SimpleNamespace:
+    """What watch.start uses of a daemon."""
+    return SimpleNamespace(spool=sp, o=SimpleNamespace(host="h", polling=False),
+                           queue=SimpleNamespace(events=queue.SimpleQueue()), waker=Waker(),
+                           next_rescan=5.0)
+
+
 @pytest.fixture(params=["direct", "observer"])
 def watched(request, tmp_path, monkeypatch):
     sp = Spool(tmp_path / "spool")
@@ -36,9 +43,7 @@ def watched(request, tmp_path, monkeypatch):
     sp.run_dir("h").mkdir(parents=True)
     if request.param == "observer":
         monkeypatch.setattr(watch, "_direct", lambda d, news: None)
-    d = SimpleNamespace(spool=sp, o=SimpleNamespace(host="h", polling=False),
-                        queue=SimpleNamespace(events=queue.SimpleQueue()), waker=Waker(),
-                        next_rescan=5.0)
+    d = daemon_like(sp)
     obs = watch.start(d)
     if request.param == "direct":
         assert type(obs).__name__ == "InotifyFD", "watchdog >= 7 has InotifyFD: use it"
@@ -106,3 +111,20 @@ def test_the_run_folder_wakes_the_loop_only_for_a_closed_file(watched):
     # (one watch delivers in order: had 8.lock woken the loop, that came first)
     assert d.waker.count == start + 2
     assert events(d) == []  # nothing of the run folder goes to the pending queue
+
+
+def test_a_folder_that_is_a_link_is_left_to_an_observer(tmp_path):
+    """The direct reader never watches through a link (IN_DONT_FOLLOW,
+    IN_ONLYDIR); where a folder is one, the watcher falls back to an observer
+    instead of failing the daemon's start."""
+    sp = Spool(tmp_path / "spool")
+    sp.create()
+    (tmp_path / "elsewhere").mkdir()
+    sp.run_dir("h").parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(tmp_path / "elsewhere", sp.run_dir("h"))
+    obs = watch.start(daemon_like(sp))
+    try:
+        assert type(obs).__name__ != "InotifyFD"
+    finally:
+        obs.stop()
+        obs.join(2)
