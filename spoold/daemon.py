@@ -101,6 +101,7 @@ class Daemon:
         self.next_poll = 0.0
         self.next_rescan = 0.0
         self.stop = False
+        self.watcher = None  # watch.start's, once the loop runs
         self.draining = opts.drain
         self.source = None
         self.managed: list[int] = []
@@ -206,7 +207,7 @@ class Daemon:
         self.setup_logfile()
         self.setup_resources()
         self.guard(None, self.recover)
-        observer = watching.start(self)
+        observer = self.watcher = watching.start(self)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGUSR1, self._on_drain)
@@ -290,13 +291,15 @@ class Daemon:
             self.backoff = 0.0
 
     def repair(self) -> None:
-        """Recreate spool folders that were removed or moved away under us."""
+        """Recreate spool folders that were removed or moved away under us, and
+        watch again those whose watch went with them."""
         gone = self.spool.missing()
         if gone or not self.spool.run_dir(self.o.host).is_dir():
             log.warning("spool folder(s) missing: %s; recreating them",
                         ", ".join(gone) or f"state/run/{self.o.host}")
             self.spool.ensure(self.shared)
             self.spool.run_dir(self.o.host).mkdir(mode=0o700, exist_ok=True)
+        watching.again(self.watcher)
 
     def tick(self) -> None:
         now = time.time()

@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -148,7 +149,8 @@ def _direct(d, news: tuple):
              (IN.IN_CLOSE_WRITE, "closed"), (IN.IN_DELETE, "deleted"))
 
     class News:
-        def __init__(self, folder: Path):
+        def __init__(self, folder: Path, reader):
+            self.folder, self.reader = folder, reader
             self.pending = folder == d.spool.pending
 
         def on_event(self, event) -> None:
@@ -159,19 +161,42 @@ def _direct(d, news: tuple):
             d.waker.wake()
 
         def on_watch_deleted(self, wd) -> None:
-            d.waker.wake()  # (the loop recreates the folder; a full pass finds its files)
+            self.reader.lost.add(self.folder)  # the loop makes it again, then `again`
+            d.waker.wake()
 
         def on_queue_overflow(self) -> None:
             d.next_rescan = 0.0  # events were lost: re-list everything now
             d.waker.wake()
 
-    reader = InotifyFD()
+    class Reader(InotifyFD):
+        def __init__(self):
+            super().__init__()
+            self.lost: set[Path] = set()  # folders whose watch went with them
+
+        def watch(self, folder: Path) -> None:
+            self.add_callback(os.fsencode(folder), _mask(IN, folder == news[2]) | IN.IN_ONLYDIR
+                              | IN.IN_DONT_FOLLOW, News(folder, self), "spoold")
+
+        def again(self) -> None:
+            for folder in list(self.lost):
+                with contextlib.suppress(OSError):  # not back yet: at the next repair
+                    self.watch(folder)
+                    self.lost.discard(folder)
+
+    reader = Reader()
     try:
         for folder in news:
-            reader.add_callback(os.fsencode(folder), _mask(IN, folder == news[2]) | IN.IN_ONLYDIR
-                                | IN.IN_DONT_FOLLOW, News(folder), "spoold")
+            reader.watch(folder)
     except OSError as e:  # (a folder that is a link, say): an observer does what it can
         log.info("watching %s directly failed (%s); using a watchdog observer", folder, e)
         reader.close()
         return None
     return reader
+
+
+def again(watcher) -> None:
+    """Watch again the folders the loop has just made again (a watch goes with
+    its folder). Only the direct reader can; where an observer watches, the
+    full re-lists find what comes into them."""
+    if hasattr(watcher, "again"):
+        watcher.again()

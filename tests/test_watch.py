@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import threading
 from types import SimpleNamespace
 
@@ -56,14 +57,14 @@ def watched(request, tmp_path, monkeypatch):
     obs.join(2)
 
 
-def watched_inodes() -> set[int]:
-    """Inodes this process has an inotify watch on (/proc/self/fdinfo)."""
+def watched_inodes(pid: int | str = "self") -> set[int]:
+    """Inodes process ``pid`` has an inotify watch on (/proc/PID/fdinfo)."""
     found = set()
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
                 continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                 found.update(int(w[4:], 16) for line in f if line.startswith("inotify wd:")
                              for w in line.split() if w.startswith("ino:"))
         except OSError:
@@ -128,3 +129,17 @@ def test_a_folder_that_is_a_link_is_left_to_an_observer(tmp_path):
     finally:
         obs.stop()
         obs.join(2)
+
+
+def test_a_removed_pending_folder_is_watched_again_once_the_daemon_makes_it(spool, daemon):
+    """`rm -rf pending` takes its inotify watch along: the daemon makes the
+    folder again and watches the new one (else a submission would wait for a
+    full re-list, every 5 s or more, instead of its event)."""
+    pending = spool.root / "pending"
+    wait_for(lambda: os.stat(pending).st_ino in watched_inodes(daemon.proc.pid), 10,
+             "the daemon's watch on pending/")
+    shutil.rmtree(pending)
+    wait_for(pending.is_dir, 15, "pending/ to be made again")
+    wait_for(lambda: os.stat(pending).st_ino in watched_inodes(daemon.proc.pid), 10,
+             "a watch on the new pending/")
+    spool.wait_state(spool.gsub("-n", "0", "--", "true"), "done")
