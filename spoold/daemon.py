@@ -102,6 +102,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.stop = False
         self.watcher = None  # watch.start's, once the loop runs
+        self.beat_owed = False  # a start not in the heartbeat yet (it was just written)
         self.draining = opts.drain
         self.source = None
         self.managed: list[int] = []
@@ -253,6 +254,8 @@ class Daemon:
                     t = min(t, run.kill_at)
             return t - now
         t = min(self.next_poll, self.next_rescan, self.executor.wake_at(self.runs, now))
+        if self.beat_owed:
+            t = min(t, self.hosts.beat_time + BEAT_AFTER_START_S)
         if self.queue.unsettled:
             t = min(t, now + 0.5)
         if self.queue.unparsed:
@@ -428,8 +431,10 @@ class Daemon:
             self.guard(job_id, self.jobs.end_pending, job_id, "cancelled", reason)
         self.jobs.start_all(decision.start)
         # gstat reads the jobs and shares from the heartbeat: now, unless it was
-        # written a moment ago (a busy queue); then the next GPU poll writes it.
-        if decision.start and time.time() - self.hosts.beat_time >= BEAT_AFTER_START_S:
+        # written a moment ago (a busy queue); then BEAT_AFTER_START_S after it.
+        self.beat_owed = self.beat_owed or bool(decision.start)
+        if self.beat_owed and time.time() - self.hosts.beat_time >= BEAT_AFTER_START_S:
+            self.beat_owed = False
             self.hosts.heartbeat()
 
 

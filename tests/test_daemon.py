@@ -269,3 +269,25 @@ def test_files_in_pending_that_are_not_jobs_are_named_once(spool, daemon):
     for name in ("notes.txt", "x.yaml~"):
         assert text.count(f"pending/{name}: not a job file name") == 1, text
     assert (spool.root / "pending" / "notes.txt").exists()  # left alone
+
+
+def test_a_start_right_after_a_heartbeat_shows_in_the_next_one_soon(spool, daemon_factory,
+                                                                   tmp_path):
+    """A busy queue rewrites the heartbeat at most every 0.25 s; a job started
+    just after a write is in the next one 0.25 s later, not at the next GPU
+    poll (30 s here)."""
+    import yaml
+
+    daemon_factory("--poll", "30")
+    go = tmp_path / "go"
+    wait = f"until [ -e {go} ]; do sleep 0.05; done"
+    jobs = [spool.gsub("-n", "0", "-c", wait) for _ in range(3)]  # ~10 ms apart
+    beat = spool.root / "state" / "hosts" / f"{HOST}.yaml"
+
+    def shown() -> set:
+        return {j["id"] for j in (yaml.safe_load(beat.read_text()) or {}).get("jobs") or ()}
+
+    try:
+        wait_for(lambda: set(jobs) <= shown(), 5, "every running job in the heartbeat")
+    finally:
+        go.touch()
