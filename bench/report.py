@@ -136,9 +136,28 @@ def machine(ctx: Ctx) -> dict:
         "nproc": os.cpu_count(),
         "cpu": _first_line("/proc/cpuinfo", "model name"),
         "mem_mib": int(mem_kb.split()[0]) // 1024 if mem_kb else None,
-        "filesystem_tmp": _out(["findmnt", "-no", "FSTYPE,OPTIONS", "-T", str(ctx.tmp)]),
+        "filesystem_tmp": _with_journal(
+            _out(["findmnt", "-no", "FSTYPE,OPTIONS", "-T", str(ctx.tmp)]), ctx.tmp),
         "loadavg_before": os.getloadavg(),
     }
+
+
+def _with_journal(fs: str | None, path: Path) -> str | None:
+    """``fs`` plus, for an ext4 without a journal, a warning: its inode
+    allocator skips inodes freed in the last minutes, so what was deleted
+    there just before a run (a test suite, the last run's clean-up) makes
+    every file spoold creates dearer (docs/performance.md, "The spool's
+    filesystem")."""
+    if not fs or not fs.startswith("ext4"):
+        return fs
+    dev = os.path.basename(_out(["findmnt", "-no", "SOURCE", "-T", str(path)]) or "")
+    try:
+        options = Path(f"/proc/fs/ext4/{dev}/options").read_text().split()
+    except OSError:
+        return fs
+    if any(o.startswith("data=") for o in options):
+        return fs + " (journal)"
+    return fs + " (NO journal: run after minutes without bulk deletes there)"
 
 
 def emit(meta: dict, notes: list[str], results: dict, errors: dict, rows: list[dict],
