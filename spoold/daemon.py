@@ -22,6 +22,7 @@ import errno
 import fcntl
 import logging
 import os
+import queue
 import select
 import signal
 import socket
@@ -102,6 +103,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.stop = False
         self.watcher = None  # watch.start's, once the loop runs
+        self.run_news: queue.SimpleQueue = queue.SimpleQueue()  # run files closed (watcher)
         self.beat_owed = False  # a start not in the heartbeat yet (it was just written)
         self.draining = opts.drain
         self.source = None

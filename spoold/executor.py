@@ -53,6 +53,7 @@ from .scheduler import Decision, schedule
 log = logging.getLogger("spoold")
 
 HOOK_FIELDS = ("cwd", "env", "umask", "shell", "name", "array_index")  # what a hook keeps
+SWEEP_S = 1.0  # every running job's run file is probed at least this often (poll)
 
 
 # What a booking means in practice (gstat shows it from the heartbeat).
@@ -135,6 +136,7 @@ class LocalExecutor:
         # A job cgroup may exist since spoold-<hash> was last removed (at start:
         # a previous daemon's jobs, adopted or not).
         self.base_made = self.cgroups is not None
+        self.sweep_at = 0.0  # when every run file is probed again (poll)
         if self.cgroups is not None:
             self.description = f"local; jobs run in cgroups ({self.cgroups.description})"
         else:
@@ -176,10 +178,26 @@ class LocalExecutor:
 
     # ---- watching ----------------------------------------------------------------
     def poll(self, runs: dict, now: float) -> list[Ended]:
+        """The runs that ended. A run file is probed when there is news of its
+        job (its shepherd was reaped, or its run file closed: a shepherd's
+        exit), while its on-finish command runs, and every run's at least every
+        SWEEP_S (a job adopted after a restart is no child of ours, and inotify
+        can drop events); the others run on as they did."""
         ended = []
+        reaped = runner.take_reaped()
+        news = self.lc.d.run_news
+        closed = set()
+        while not news.empty():
+            closed.add(news.get())
+        if now >= self.sweep_at:
+            self.sweep_at, reaped = now + SWEEP_S, None
         for run in list(runs.values()):
-            state, code = runner.status(self.run_path(run.id), cgroups=self.cgroups,
-                                        job_id=run.id)
+            if reaped is None or run.pid in reaped or f"{run.id}.lock" in closed \
+                    or run.hook_until is not None:
+                state, code = runner.status(self.run_path(run.id), cgroups=self.cgroups,
+                                            job_id=run.id)
+            else:
+                state, code = "running", None  # no news of it
             if state in ("unstarted", "vanished") and not os.path.lexists(self.run_path(run.id)):
                 # Its run file was removed under us (it had started: it is in runs).
                 if run.pid is not None and runner.running_child(run.pid):

@@ -24,7 +24,7 @@ import fcntl
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import job as jobmod
@@ -57,6 +57,7 @@ class Run:
     util_sum: float = 0.0  # utilization % of its GPUs, summed over polls
     util_n: int = 0
     used: dict | None = None  # CPU and memory, read as it ended (before any hook ran)
+    _booked: tuple | None = field(default=None, repr=False, compare=False)  # (its key, booking)
 
     def gpu_usage(self) -> dict:
         out = {}
@@ -67,7 +68,16 @@ class Run:
         return out
 
     def booking(self) -> Running:
-        return running_of(self.id, self.record)
+        """What the job books (``scheduler.running_of``), made again only when
+        a field it is made of changed: it is asked for each running job at
+        every pass, and with hundreds running that was a third of a pass."""
+        rec = self.record
+        key = (rec.get("started_at"), rec.get("time_limit"), tuple(rec.get("assigned_gpus") or ()),
+               tuple(rec.get("assigned_cpus") or ()), rec.get("gpu_mem"), rec.get("mem"),
+               rec.get("array_id"), rec.get("uid"))
+        if self._booked is None or self._booked[0] != key:
+            self._booked = (key, running_of(self.id, rec))
+        return self._booked[1]
 
     @property
     def hook_until(self) -> float | None:

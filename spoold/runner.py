@@ -290,13 +290,36 @@ _children: dict[int, subprocess.Popen] = {}
 _usage: dict[int, dict] = {}
 USAGE_KEPT = 1024
 CHILD_EXIT_WAIT_S = 1.0  # a shepherd exits right after writing the job's status
+# Children reaped since ``take_reaped`` was last asked: the jobs that may have ended.
+_reaped: set[int] = set()
 
 
 def reap() -> None:
-    """Collect every ended child (never blocks)."""
+    """Collect every ended child (never blocks). waitid(WNOWAIT) names an
+    ended child without reaping it: ours are reaped one by one, and only a
+    child that is not ours makes us ask each of ours (a system call per
+    running job, at every pass, was what it cost before)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return  # no child at all
+        if info is None:
+            return  # none has ended
+        proc = _children.get(info.si_pid)
+        if proc is None or not _ended(info.si_pid, proc):
+            break  # not ours (its owner reaps it): look at ours one by one
+        del _children[info.si_pid]
     for pid, proc in list(_children.items()):
         if _ended(pid, proc):
             del _children[pid]
+
+
+def take_reaped() -> set[int]:
+    """The pids of the children reaped since the last call."""
+    out = set(_reaped)
+    _reaped.clear()
+    return out
 
 
 def running_child(pid: int) -> bool:
@@ -328,9 +351,11 @@ def _ended(pid: int, proc: subprocess.Popen) -> bool:
         got, status, ru = os.wait4(pid, os.WNOHANG)
     except ChildProcessError:  # reaped behind our back: its usage is lost
         proc.returncode = -1
+        _reaped.add(pid)
         return True
     if got != pid:
         return False
+    _reaped.add(pid)
     proc.returncode = os.waitstatus_to_exitcode(status)
     _usage[pid] = {"cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
                    "max_rss_mib": round(ru.ru_maxrss / 1024, 1)}  # Linux: KiB

@@ -2,7 +2,8 @@
 
 Owns: which folders are watched, for which kinds of event, and how an event
 reaches the loop (a (name, kind) on the pending queue's event queue for
-pending/, and a wake-up of the loop's self-pipe).
+pending/, a run file's name on ``run_news`` for the run folder, and a
+wake-up of the loop's self-pipe).
 
 Invariants:
 - Events only wake the loop; it re-lists what changed (inotify can drop
@@ -60,6 +61,8 @@ def start(d):
                 wake = wake or p.parent in news
                 if p.parent == pending:
                     d.queue.events.put((p.name, kind))
+                elif p.parent == news[2]:
+                    d.run_news.put(p.name)
             if wake:
                 d.waker.wake()
 
@@ -152,12 +155,15 @@ def _direct(d, news: tuple):
         def __init__(self, folder: Path, reader):
             self.folder, self.reader = folder, reader
             self.pending = folder == d.spool.pending
+            self.runs = folder == news[2]
 
         def on_event(self, event) -> None:
             if self.pending and event.name:
                 kind = next((k for bit, k in kinds if event.mask & bit), None)
                 if kind:
                     d.queue.events.put((os.fsdecode(event.name), kind))
+            elif self.runs and event.name:
+                d.run_news.put(os.fsdecode(event.name))
             d.waker.wake()
 
         def on_watch_deleted(self, wd) -> None:

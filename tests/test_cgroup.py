@@ -546,3 +546,22 @@ def test_the_daemons_cgroup_folder_goes_once_it_is_idle(daemon, spool, tmp_path)
     spool.wait_state(job, "done")
     wait_for(lambda: not any(b.exists() for b in cg._bases()), 10,
              "the daemon's cgroup folders to go once it is idle")
+
+
+def test_reap_takes_its_own_children_past_one_that_is_not_its_own():
+    """runner.reap asks waitid which child ended and reaps only its own
+    (shepherds and hooks): a child some other part started stays for its
+    owner to reap, and ours are still collected and reported."""
+    def zombie(p: subprocess.Popen) -> bool:
+        return os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+    stranger = subprocess.Popen(["true"])
+    ours = subprocess.Popen(["true"])
+    runner._children[ours.pid] = ours
+    wait_for(lambda: zombie(stranger) and zombie(ours), 5, "both to end")
+    runner.take_reaped()
+    runner.reap()
+    assert ours.pid not in runner._children and ours.returncode == 0
+    assert runner.take_reaped() == {ours.pid}
+    assert zombie(stranger)  # still there for its owner
+    assert stranger.wait(5) == 0

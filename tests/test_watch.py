@@ -34,7 +34,7 @@ def daemon_like(sp: Spool) -> SimpleNamespace:
     """What watch.start uses of a daemon."""
     return SimpleNamespace(spool=sp, o=SimpleNamespace(host="h", polling=False),
                            queue=SimpleNamespace(events=queue.SimpleQueue()), waker=Waker(),
-                           next_rescan=5.0)
+                           next_rescan=5.0, run_news=queue.SimpleQueue())
 
 
 @pytest.fixture(params=["direct", "observer"])
@@ -114,6 +114,10 @@ def test_the_run_folder_wakes_the_loop_only_for_a_closed_file(watched):
     # (one watch delivers in order: had 8.lock woken the loop, that came first)
     assert d.waker.count == start + 2
     assert events(d) == []  # nothing of the run folder goes to the pending queue
+    closed = []
+    while not d.run_news.empty():
+        closed.append(d.run_news.get())
+    assert closed == ["7.lock", "9.lock"]  # the run files closed, for the executor to probe
 
 
 def test_a_folder_that_is_a_link_is_left_to_an_observer(tmp_path):
