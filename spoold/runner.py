@@ -350,12 +350,15 @@ def _ended(pid: int, proc: subprocess.Popen) -> bool:
     try:
         got, status, ru = os.wait4(pid, os.WNOHANG)
     except ChildProcessError:  # reaped behind our back: its usage is lost
-        proc.returncode = -1
-        _reaped.add(pid)
-        return True
+        got, ru = pid, None
     if got != pid:
         return False
+    if len(_reaped) >= USAGE_KEPT:  # no one asks (the SLURM executor): news, not a log
+        _reaped.clear()
     _reaped.add(pid)
+    if ru is None:
+        proc.returncode = -1
+        return True
     proc.returncode = os.waitstatus_to_exitcode(status)
     _usage[pid] = {"cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
                    "max_rss_mib": round(ru.ru_maxrss / 1024, 1)}  # Linux: KiB
