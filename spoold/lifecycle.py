@@ -84,6 +84,16 @@ class Run:
         return self.record.get("hook_started_at")
 
 
+def identified(rec: dict, job_id: int, uid: int) -> dict:
+    """A job file's fields as the start of its record: what it says about a
+    run (``RUN_FIELDS``, ``reason``) is its owner's words and goes; identity
+    comes from the kernel (``uid``, the file's owner) and its name."""
+    for k in (*RUN_FIELDS, "reason"):
+        rec.pop(k, None)
+    rec.update(id=job_id, uid=uid, user=runner.creds_for(uid).name)
+    return rec
+
+
 class Lifecycle:
     def __init__(self, d):
         self.d = d  # the daemon, for its metrics
@@ -220,12 +230,8 @@ class Lifecycle:
                                 f"this spoold (uid {self.uid}) runs only its own files",
                                 "rejected")
             return None
-        rec = dict(job.data)
-        for k in (*RUN_FIELDS, "reason"):
-            rec.pop(k, None)
-        # Identity from the kernel: the uid we just checked, and its name.
-        rec.update(id=job_id, uid=uid, user=runner.creds_for(uid).name, host=self.o.host,
-                   claimed_at=time.time(), **extra)
+        rec = identified(dict(job.data), job_id, uid)
+        rec.update(host=self.o.host, claimed_at=time.time(), **extra)
         if not finite(rec.get("submitted_at")):
             rec["submitted_at"] = fd_st.st_mtime
         rec.setdefault("name", job.name)
@@ -333,14 +339,11 @@ class Lifecycle:
         except (BadFile, jobmod.JobError, ValueError) as e:
             rec = {"id": job_id}
             log.error("running/%s is unreadable (%s)", path.name, e)
+        st = os.lstat(path)
+        if st.st_uid != self.uid:  # the claimed file itself, its record never written
+            rec = identified(rec, job_id, owner_of(st.st_uid, rec))
         if rec.get("host") not in (None, self.o.host):
             return  # another host's job (shared spool)
-        st = os.lstat(path)
-        if st.st_uid != self.uid:  # the claimed file itself, its record never written:
-            for k in RUN_FIELDS:  # what it says about a run is its owner's words
-                rec.pop(k, None)
-            uid = owner_of(st.st_uid, rec)
-            rec.update(id=job_id, uid=uid, user=runner.creds_for(uid).name)
         # (a rename keeps the mtime the submitter gave the file; it sets the ctime)
         if rec.get("host") is None and time.time() - max(st.st_mtime, st.st_ctime) < \
                 CLAIM_GRACE_S and not self.executor.launched_here(job_id):

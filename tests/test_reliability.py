@@ -120,6 +120,22 @@ def test_launched_before_its_record_was_written_is_adopted(spool, daemon_factory
     assert rec["exit_code"] == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root daemon's shared spool")
+def test_a_claimed_file_is_not_another_hosts_because_it_says_so(spool, daemon_factory):
+    """The crash window between the claim and the record, in a shared spool:
+    running/ holds the user's own file, which says `host: nowhere`. That is
+    its owner's word, not a host's claim (it was taken as one, and the job
+    stayed in running/ for good): the job goes back to pending/ and runs."""
+    j = spool.gsub("-n", "0", "--", "true")
+    src = spool.root / "pending" / f"0010-{j:08d}.yaml"
+    dst = spool.root / "running" / f"{j}.yaml"
+    dst.write_text(src.read_text() + "host: nowhere\n")
+    os.chown(dst, 65534, 65534)  # a user's file, as the claim moved it
+    src.unlink()
+    daemon_factory()
+    spool.wait_state(j, "done", "failed", timeout=40)  # (after the claim's grace)
+
+
 def _host() -> str:
     import socket
 
