@@ -240,8 +240,13 @@ class PendingQueue:
 
     def read_unread(self, now: float) -> None:
         """Read listed names not read yet, in queue order, within the budget."""
-        if len(self.unread) > USED_SNAPSHOT:
+        if not self.unread or self.spent():
+            return  # (the names touched in this pass took its share)
+        if min(len(self.unread), self.limit - self.reads) > USED_SNAPSHOT:
             self.used = self.namer.used_ids()
+            # Listing the final folders is this pass's overhead, not its reading
+            # (with --keep's records, it alone could spend the slice, every pass).
+            self.until = max(self.until, time.monotonic() + READ_SLICE_S)
         try:
             while self.unread and not self.spent():
                 name = self.unread.pop()

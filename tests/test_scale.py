@@ -98,3 +98,29 @@ def test_one_event_on_a_long_queue_keeps_the_queue_order(spool, daemon_factory):
         spool.wait_state(expected, "running")
         running = sorted(int(p.stem) for p in (spool.root / "running").glob("*.yaml"))
         assert running == sorted((2500, n + 1, 2)[:gpu + 1]), running
+
+
+def test_listing_the_final_folders_never_takes_a_pass_s_whole_reading_slice(spool):
+    """Reading a long unread queue starts with one listing of running/ and the
+    final folders (which ids are used). With --keep's records that listing
+    alone took the pass's 50 ms slice, every pass: the queue was never read.
+    The slice now starts after the listing."""
+    import time as clock
+
+    from spoold import daemon as d
+    from spoold import pending as pendingmod
+
+    spool.run("gsub", "--array", "1-100", "-n", "1", "--", "true")
+    dm = d.Daemon(d.parse_args(["--spool", str(spool.root), "--fake-gpus",
+                                str(spool.gpu_file), "--host", "inproc"]))
+    dm.lock()
+    dm.setup_resources()
+    listing = dm.queue.namer.used_ids
+
+    def slow_listing():  # as long as a listing of ~100,000 records
+        clock.sleep(2 * pendingmod.READ_SLICE_S)
+        return listing()
+
+    dm.queue.namer.used_ids = slow_listing
+    dm.queue.refresh(clock.time(), True)
+    assert len(dm.queue.cache) > 0, "the listing took the whole slice: nothing was read"
