@@ -164,6 +164,19 @@ def test_env_captured_exactly(spool, shell, tmp_path):
 
 
 @pytest.mark.parametrize("shell", SHELLS)
+def test_a_skipped_variable_whose_value_spans_lines_hides_nothing(spool, shell, tmp_path):
+    """`_` is never recorded; when its value holds a quote and a newline, the
+    line export -p prints for it can look complete: the next line, part of its
+    value, was then read as a variable of its own (a second HOME here)."""
+    env = {"PATH": os.environ["PATH"], "HOME": "/home/someone",
+           "_": "a'\nexport HOME='x"}
+    _, job = submit(spool, "true", shell=shell, env=env, cwd=tmp_path)
+    assert job["env"]["HOME"] == "/home/someone" and "_" not in job["env"]
+    text = next((spool / "pending").iterdir()).read_text()
+    assert text.count('"HOME"') == 1
+
+
+@pytest.mark.parametrize("shell", SHELLS)
 def test_env_no_internal_variables(spool, shell):
     _, job = submit(spool, "-c", "x\ty\u00e9", shell=shell)
     assert not [k for k in job["env"] if k.startswith("_g")]
