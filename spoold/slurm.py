@@ -483,17 +483,23 @@ def _from_sacct(ids: list[str], run) -> dict:
     return found
 
 
-def jobcomp_file(run=subprocess.run) -> str | None:
-    """Where ``jobcomp/filetxt`` writes (``JobCompLoc``), or None when SLURM
-    keeps no such file."""
+def config(run=subprocess.run) -> dict[str, str]:
+    """``scontrol show config`` as {key: value}; {} when the controller does
+    not answer."""
     try:
         out = _run(run, ["scontrol", "show", "config"])
     except SlurmError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines())}
+
+
+def jobcomp_file(run=subprocess.run) -> str | None:
+    """Where ``jobcomp/filetxt`` writes (``JobCompLoc``), or None when SLURM
+    keeps no such file."""
+    conf = config(run)
+    if conf.get("JobCompType") != "jobcomp/filetxt":
         return None
-    conf = {k.strip(): v for k, _, v in (line.partition(" = ") for line in out.splitlines())}
-    if conf.get("JobCompType", "").strip() != "jobcomp/filetxt":
-        return None
-    loc = conf.get("JobCompLoc", "").strip()
+    loc = conf.get("JobCompLoc", "")
     return loc if loc.startswith("/") else None
 
 

@@ -131,15 +131,8 @@ def find(array_id: int, index: int, spool_root, user: str | int,
 def max_array_size(run=subprocess.run) -> int:
     """SLURM's MaxArraySize (task ids go up to one less); 1001, SLURM's
     default, when the controller does not say."""
-    try:
-        out = slurm._run(run, ["scontrol", "show", "config"])
-    except slurm.SlurmError:
-        return 1001
-    for line in out.splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "MaxArraySize" and value.strip().isdigit():
-            return int(value.strip())
-    return 1001
+    value = slurm.config(run).get("MaxArraySize", "")
+    return int(value) if value.isdigit() else 1001
 
 
 def ranges(indexes: list[int]) -> str:
