@@ -34,7 +34,7 @@ from .executor import LaunchError
 from .gpus import foreign as foreign_procs
 from .pending import Slim
 from .records import KILL_GPU_MEM, RUN_FIELDS, finite, outcome_of, owner_of, read_record
-from .scheduler import Running, running_of
+from .scheduler import Running, booking_key, running_of
 from .spool import BadFile
 
 log = logging.getLogger("spoold")
@@ -71,12 +71,9 @@ class Run:
         """What the job books (``scheduler.running_of``), made again only when
         a field it is made of changed: it is asked for each running job at
         every pass, and with hundreds running that was a third of a pass."""
-        rec = self.record
-        key = (rec.get("started_at"), rec.get("time_limit"), tuple(rec.get("assigned_gpus") or ()),
-               tuple(rec.get("assigned_cpus") or ()), rec.get("gpu_mem"), rec.get("mem"),
-               rec.get("array_id"), rec.get("uid"))
+        key = booking_key(self.record)
         if self._booked is None or self._booked[0] != key:
-            self._booked = (key, running_of(self.id, rec))
+            self._booked = (key, running_of(self.id, self.record))
         return self._booked[1]
 
     @property

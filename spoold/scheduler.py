@@ -91,6 +91,14 @@ def request_of(job, job_id: int, default_limit: float | None = None,
                    owner=owner)
 
 
+def booking_key(rec: dict) -> tuple:
+    """The fields of a record ``running_of`` reads: its booking changes only
+    when these do (``lifecycle.Run.booking`` keeps it until then)."""
+    return (rec.get("started_at"), rec.get("time_limit"), tuple(rec.get("assigned_gpus") or ()),
+            tuple(rec.get("assigned_cpus") or ()), rec.get("gpu_mem"), rec.get("mem"),
+            rec.get("array_id"), rec.get("uid"))
+
+
 def running_of(job_id: int, rec: dict) -> Running:
     """The bookings of a running job, from its record."""
     limit, started = rec.get("time_limit"), rec.get("started_at")

@@ -258,7 +258,8 @@ class Spool:
         return self.root / state
 
     def record(self, state: str, job_id: int) -> Path:
-        return self._memo((state, job_id), lambda: self.root / state / record_name(job_id))
+        return self._memo(("record", state, job_id),
+                          lambda: self.root / state / record_name(job_id))
 
     def log_path(self, job_id: int) -> Path:
         return self._memo(("logs", job_id), lambda: self.logs / f"{job_id}.log")
