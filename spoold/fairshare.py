@@ -77,8 +77,15 @@ def queue_keys(jobs: Iterable[tuple[int, int, int]], usage: Mapping[int, float])
     for prio, owner, job_id in jobs:
         n = ahead.get(owner, 0)
         ahead[owner] = n + 1
-        keys[job_id] = (prio, usage.get(owner, 0.0) + n * QUEUE_COST_S, job_id)
+        keys[job_id] = share_key(prio, usage.get(owner, 0.0), n, job_id)
     return keys
+
+
+def share_key(prio: int, owner_usage: float, ahead: int, job_id: int) -> tuple:
+    """A pending job's place: its priority, then its owner's usage plus
+    QUEUE_COST_S for each of the owner's jobs ahead of it, then its id (the
+    one formula of ``queue_keys``, which gstat uses, and ``QueueIndex``)."""
+    return (prio, owner_usage + ahead * QUEUE_COST_S, job_id)
 
 
 def effective_priority(prio: int, owner: int, shared: bool, admin: bool,
@@ -179,8 +186,7 @@ class QueueIndex:
         if self.usage is None:
             return entry  # sorts as (priority, id)
         ahead = sum(bisect.bisect_left(self._groups[gk], entry) for gk in self._of_owner[owner])
-        return (entry >> ID_BITS, self.usage.get(owner, 0.0) + ahead * QUEUE_COST_S,
-                entry & _ID_MASK)
+        return share_key(entry >> ID_BITS, self.usage.get(owner, 0.0), ahead, entry & _ID_MASK)
 
     def __iter__(self):
         self._skipped = set()
