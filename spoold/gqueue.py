@@ -51,7 +51,8 @@ from .policy import Shares
 from .records import owner_of
 from .scheduler import Request, gate_only, request_of, schedule
 from .spool import DEFAULT_PRIORITY, BadFile, Spool
-from .toolbase import command_text, natural, num, user_name
+from .toolbase import command_text, num, user_name
+from .util import natural, positive
 
 PRIVATE_PENDING = "another user's job (details private)"
 NO_DAEMON = "no daemon"  # the reason of every pending job while no host's daemon is alive
@@ -294,23 +295,17 @@ def published_shares(beat: dict) -> list[dict]:
     shares = beat.get("shares")
     out = []
     for e in shares if isinstance(shares, list) else []:
-        uid = _uid(e.get("uid")) if isinstance(e, dict) else None
+        uid = natural(e.get("uid")) if isinstance(e, dict) else None
         if uid is None:
             continue
         usage, rank = num(e.get("usage_gpu_h")), e.get("rank")
         out.append({"uid": uid, "user": user_name(uid, e.get("user")),
-                    "gpus": _uid(e.get("gpus")) or 0,
+                    "gpus": natural(e.get("gpus")) or 0,
                     "usage_gpu_h": usage if usage is not None and usage >= 0 else None,
-                    "rank": rank if _id(rank) else None, "max_gpus": _uid(e.get("max_gpus")),
-                    "max_cpus": _uid(e.get("max_cpus")), "admin": e.get("admin") is True})
+                    "rank": rank if positive(rank) else None,
+                    "max_gpus": natural(e.get("max_gpus")),
+                    "max_cpus": natural(e.get("max_cpus")), "admin": e.get("admin") is True})
     return out
-
-
-def _id(v) -> bool:
-    return (natural(v) or 0) > 0
-
-
-_uid = natural
 
 
 def merged_shares(live: list[dict]) -> list[dict]:

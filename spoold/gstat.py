@@ -65,7 +65,6 @@ from .toolbase import (
     hosts_view,
     ints,
     json_text,
-    natural,
     num,
     open_spool,
     read_owned,
@@ -77,7 +76,7 @@ from .toolbase import (
     user_arg,
     user_name,
 )
-from .util import fmt_duration
+from .util import fmt_duration, natural, positive
 
 
 def snapshot(sp: Spool, user: str | None = None, now: float | None = None,
@@ -102,8 +101,7 @@ def snapshot(sp: Spool, user: str | None = None, now: float | None = None,
     pending, unread = pending_view(waiting, user, shown, unread_rows)
     explain(waiting, live, pending, running, bookings, shown)
     if user:
-        running = [r for r in running if r["user"] == user]
-        pending = [p for p in pending if p["user"] == user]
+        running = [r for r in running if r["user"] == user]  # (pending_view kept user's only)
         shares = [s for s in shares if s["user"] == user]
     pid = next((h["pid"] for h in hosts if h["alive"]), None)
     more = {} if unread_rows else {"unread": unread}
@@ -132,7 +130,7 @@ def running_view(sp: Spool, hosts: list[dict], now: float) -> tuple[list[dict], 
                 continue  # it finished meanwhile
             host, entry = published.get(job_id, (None, {}))
             row = _private_row(job_id, host, entry, now)
-            uid = _uid(entry.get("uid"))
+            uid = natural(entry.get("uid"))
             rec = {"assigned_gpus": row["assigned_gpus"], "assigned_cpus": row["assigned_cpus"],
                    "gpu_mem": row["gpu_mem"], "mem": row["mem"],
                    "started_at": row["started_at"], "time_limit": row["time_limit"]}
@@ -152,15 +150,8 @@ def running_view(sp: Spool, hosts: list[dict], now: float) -> tuple[list[dict], 
 def published_jobs(beat: dict) -> list[dict]:
     """The heartbeat's ``jobs:`` entries that are well formed ([] if none)."""
     jobs = beat.get("jobs")
-    return [e for e in jobs if isinstance(e, dict) and _id(e.get("id"))] if isinstance(
+    return [e for e in jobs if isinstance(e, dict) and positive(e.get("id"))] if isinstance(
         jobs, list) else []
-
-
-def _id(v) -> bool:
-    return (natural(v) or 0) > 0
-
-
-_uid = natural
 
 
 def _mib(v) -> int | float | None:
@@ -205,7 +196,7 @@ def _running_row(job_id: int, rec: dict, uid: int | None, now: float) -> dict:
 def _private_row(job_id: int, host: str | None, e: dict, now: float) -> dict:
     """Another user's running job, from its host's heartbeat (empty: an older daemon)."""
     gpus, cpus, started = ints(e.get("gpus")), ints(e.get("cpus")), num(e.get("started_at"))
-    uid = _uid(e.get("uid"))
+    uid = natural(e.get("uid"))
     return _with_slurm({
         "id": job_id, "name": str(e.get("name") or ""),
         "user": user_name(uid, e.get("user")) if e else "", "gpus": len(gpus) if e else None,

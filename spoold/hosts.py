@@ -25,6 +25,7 @@ from . import spool as spoolmod
 from .records import read_record
 from .scheduler import Gpu, Resources
 from .spool import BadFile
+from .util import natural
 
 log = logging.getLogger("spoold")
 
@@ -49,11 +50,6 @@ SLURM_KEYS = ("slurm_id", "slurm_state", "slurm_reason", "slurm_queued_at")  # S
 
 
 
-def _count(value) -> int | None:
-    """A whole number >= 0 from a heartbeat field, else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def resources_of(beat: dict, host: str | None = None, paused: bool = False) -> Resources:
     """What a host offers, as its heartbeat says: the one reading of a
     heartbeat, for the daemon (other hosts' capacity) and for gstat (why a job
@@ -63,14 +59,14 @@ def resources_of(beat: dict, host: str | None = None, paused: bool = False) -> R
     GPU limit is the daemon's default, min(8, GPUs)."""
     listed = beat.get("gpus")
     gpus = tuple(
-        Gpu(g["index"], str(g["busy"]) if g.get("busy") else None, _count(g.get("memory_total")),
-            _count(g.get("memory_used")),
-            failed=bool(g.get("error")) or _count(g.get("memory_total")) is None)
+        Gpu(g["index"], str(g["busy"]) if g.get("busy") else None, natural(g.get("memory_total")),
+            natural(g.get("memory_used")),
+            failed=bool(g.get("error")) or natural(g.get("memory_total")) is None)
         for g in (listed if isinstance(listed, list) else [])
-        if isinstance(g, dict) and _count(g.get("index")) is not None)
-    return Resources(gpus=gpus, cpus=tuple(range(_count(beat.get("cpus")) or 0)),
-                     mem=_count(beat.get("mem")) or 0,
-                     limit=_count(beat.get("limit")) or min(8, len(gpus)), host=host,
+        if isinstance(g, dict) and natural(g.get("index")) is not None)
+    return Resources(gpus=gpus, cpus=tuple(range(natural(beat.get("cpus")) or 0)),
+                     mem=natural(beat.get("mem")) or 0,
+                     limit=natural(beat.get("limit")) or min(8, len(gpus)), host=host,
                      paused=paused)
 
 

@@ -82,11 +82,6 @@ def num(value) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
-def natural(value) -> int | None:
-    """A whole number >= 0 from an untrusted field (a uid, a count), else None (no bools)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def ints(value) -> list[int]:
     """The whole numbers of an untrusted list (no bools), [] if it is not a list."""
     return [x for x in value if isinstance(x, int) and not isinstance(x, bool)] if isinstance(

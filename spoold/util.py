@@ -103,3 +103,13 @@ def fmt_time(epoch: float | None) -> str:
     if not epoch:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def natural(value) -> int | None:
+    """A whole number >= 0 from an untrusted field (a uid, a count), else None (no bools)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def positive(value) -> bool:
+    """An untrusted field is a whole number > 0 (an id, a rank)."""
+    return (natural(value) or 0) > 0
