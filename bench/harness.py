@@ -35,9 +35,11 @@ POLL = 1.0  # --poll given to every spoold
 # Sizes of each scenario; a scenario reads only its own keys. The full sizes are
 # issue 13's (500 jobs, 20,000 dropped files, 100,000 pending); quick mode keeps
 # every scenario and shrinks them so that CI's `--quick` stays near a minute.
-QUICK = dict(submit_n=30, start_n=8, tput_n=100, cpu_n=100, idle_s=5.0, busy_s=3.0,
+QUICK = dict(submit_n=30, start_n=8, tput_n=100, cpu_n=100, many_running=50, many_n=50,
+             idle_s=5.0, busy_s=3.0,
              dropped_n=5_000, scale_n=10_000, scale_idle_s=3.0, settle_max_s=30.0)
-FULL = dict(submit_n=120, start_n=20, tput_n=500, cpu_n=500, idle_s=30.0, busy_s=10.0,
+FULL = dict(submit_n=120, start_n=20, tput_n=500, cpu_n=500, many_running=200, many_n=300,
+            idle_s=30.0, busy_s=10.0,
             dropped_n=20_000, scale_n=100_000, scale_idle_s=5.0, settle_max_s=120.0)
 
 

@@ -7,6 +7,6 @@ Each module has a docstring saying what it measures and how, and:
 - optionally ``extra(result) -> list[str]``: lines printed after the table.
 """
 
-from scenarios import array, cpu, dropped, idle, scale, start, submit, throughput
+from scenarios import array, cpu, dropped, idle, many, scale, start, submit, throughput
 
-ALL = {m.NAME: m for m in (submit, start, throughput, array, cpu, idle, dropped, scale)}
+ALL = {m.NAME: m for m in (submit, start, throughput, array, cpu, many, idle, dropped, scale)}
